@@ -1,0 +1,1 @@
+fn main() { eprintln!("pulsegate-loadgen: not built yet"); std::process::exit(2); }
