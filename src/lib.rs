@@ -1,14 +1,42 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # pulsegate
+//!
+//! A push gateway for mobile carriers. Millions of devices each hold one MQTT
+//! (3.1.1 or 5.0) connection; application servers push to them over HTTP.
+//!
+//! ## Architecture in a page
+//! - `main` parses `config::Config`, raises RLIMIT_NOFILE (`sys::rlimit`),
+//!   probes io_uring (`sys::uring`) and starts the shards and the HTTP API.
+//! - `shard`: one pinned thread per shard. Each owns a listener bound with
+//!   SO_REUSEPORT, an event loop (`shard::uring_loop`: multishot accept into
+//!   direct descriptors, multishot recv from a provided buffer ring; or
+//!   `shard::epoll_loop` as the fallback), a slab of `shard::conn::Conn`
+//!   (≤ 64 bytes each; an `Active` box only while a connection is busy), and a
+//!   hierarchical `shard::wheel::TimerWheel` for connect timeouts, keep-alive
+//!   expiry (1.5 x keep-alive, re-armed lazily from the last-activity time) and
+//!   close linger. The protocol logic (`shard::core`, `shard::packets`,
+//!   `shard::deliver`) is sans-IO and shared by both backends.
+//! - `registry`: client id -> (shard, slot, generation), striped mutexes; also
+//!   stored offline sessions (clean start false) with their undelivered pushes.
+//! - `shard::mailbox`: bounded crossbeam channels + wake-ups (eventfd read kept
+//!   posted on the ring, or mio's waker). The API and other shards post
+//!   `Command`s; a shard never waits on anyone.
+//! - `shard::counters`: relaxed single-writer atomics per shard, read by
+//!   `metrics` (Prometheus) and, later, the coordinator.
+//! - `api`: HTTP/1.1 (httparse + serde_json): `POST /v1/messages`, `GET /metrics`.
+//! - `protocol::mqtt`: the sans-IO codec, one file per packet type.
+//!
+//! Dependencies point one way: main -> {api, shard} -> {protocol, sys, config, limits}.
+#![deny(unsafe_code)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod limits;
+pub mod metrics;
+pub mod protocol;
+pub mod push;
+pub mod registry;
+pub mod shard;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -1,0 +1,329 @@
+//! Runtime configuration: command-line flags over a TOML file over embedded
+//! defaults, parsed and validated once at start-up.
+//!
+//! Owns `Config` and its validation. Must never be re-read or mutated after
+//! start-up; every other module receives an `Arc<Config>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::limits;
+
+/// Which event-loop backend the shards run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// io_uring, falling back to epoll when the kernel refuses the ring.
+    Auto,
+    /// io_uring only; start-up fails if it is unavailable.
+    Uring,
+    /// mio/epoll.
+    Epoll,
+}
+
+/// Command-line flags. Every flag is optional so the TOML file can set it.
+#[derive(Parser, Debug, Default)]
+#[command(name = "pulsegate", version, about = "MQTT push gateway for mobile carriers")]
+pub struct Flags {
+    /// TOML configuration file (flags win over it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// MQTT listen address (every shard binds it with SO_REUSEPORT).
+    #[arg(long)]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// HTTP API listen address.
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    /// Shard threads (default: number of CPUs). May exceed the CPU count:
+    /// each io_uring shard has its own fixed-file table.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Event-loop backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
+    /// Connections held in total over all shards.
+    #[arg(long)]
+    pub max_connections: Option<u64>,
+    /// MQTT 5 Server Keep Alive imposed in CONNACK (seconds).
+    #[arg(long)]
+    pub server_keepalive_s: Option<u16>,
+    /// Seconds a new connection may take to send CONNECT.
+    #[arg(long)]
+    pub connect_timeout_s: Option<u32>,
+    /// Largest MQTT packet accepted from a device.
+    #[arg(long)]
+    pub max_packet_bytes: Option<u32>,
+    /// Server -> device QoS 1 window per connection.
+    #[arg(long)]
+    pub max_inflight: Option<u16>,
+    /// QoS 1 pushes kept per device beyond the inflight window (and per stored session).
+    #[arg(long)]
+    pub pending_pushes_per_device_max: Option<u32>,
+    /// Offline sessions (clean start false) kept in total.
+    #[arg(long)]
+    pub stored_sessions_max: Option<u32>,
+    /// Longest an offline session is kept, whatever the client asks (seconds).
+    #[arg(long)]
+    pub session_expiry_max_s: Option<u32>,
+    /// Bytes per provided receive buffer (io_uring backend).
+    #[arg(long)]
+    pub recv_buf_bytes: Option<u32>,
+    /// Provided receive buffers per shard (io_uring backend, power of two).
+    #[arg(long)]
+    pub recv_bufs_per_shard: Option<u16>,
+    /// Pin shard threads to CPUs (round-robin).
+    #[arg(long)]
+    pub pin_cpus: Option<bool>,
+    /// Concurrent HTTP API connections.
+    #[arg(long)]
+    pub http_max_connections: Option<usize>,
+    /// Largest HTTP request body.
+    #[arg(long)]
+    pub http_max_body_bytes: Option<usize>,
+}
+
+/// The TOML file: same names as the flags, with underscores.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    mqtt_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    shards: Option<usize>,
+    backend: Option<BackendChoice>,
+    max_connections: Option<u64>,
+    server_keepalive_s: Option<u16>,
+    connect_timeout_s: Option<u32>,
+    max_packet_bytes: Option<u32>,
+    max_inflight: Option<u16>,
+    pending_pushes_per_device_max: Option<u32>,
+    stored_sessions_max: Option<u32>,
+    session_expiry_max_s: Option<u32>,
+    recv_buf_bytes: Option<u32>,
+    recv_bufs_per_shard: Option<u16>,
+    pin_cpus: Option<bool>,
+    http_max_connections: Option<usize>,
+    http_max_body_bytes: Option<usize>,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mqtt_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub shards: usize,
+    pub backend: BackendChoice,
+    pub max_connections: u64,
+    pub server_keepalive_s: Option<u16>,
+    pub connect_timeout_s: u32,
+    pub max_packet_bytes: u32,
+    pub max_inflight: u16,
+    pub pending_pushes_per_device_max: u32,
+    pub stored_sessions_max: u32,
+    pub session_expiry_max_s: u32,
+    pub recv_buf_bytes: u32,
+    pub recv_bufs_per_shard: u16,
+    pub pin_cpus: bool,
+    pub http_max_connections: usize,
+    pub http_max_body_bytes: usize,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug)]
+pub enum ConfigError {
+    FileUnreadable { path: PathBuf, error: std::io::Error },
+    FileInvalid { path: PathBuf, error: String },
+    OutOfRange { setting: &'static str, value: u64, min: u64, max: u64 },
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::FileUnreadable { path, error } => {
+                write!(f, "cannot read config file {}: {error}", path.display())
+            }
+            ConfigError::FileInvalid { path, error } => {
+                write!(f, "invalid config file {}: {error}", path.display())
+            }
+            ConfigError::OutOfRange { setting, value, min, max } => {
+                write!(f, "{setting} = {value} is out of range [{min}, {max}]")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            backend: BackendChoice::Auto,
+            max_connections: 1_000_000,
+            server_keepalive_s: None,
+            connect_timeout_s: 10,
+            max_packet_bytes: 256 * 1024,
+            max_inflight: 32,
+            pending_pushes_per_device_max: 64,
+            stored_sessions_max: 1_000_000,
+            session_expiry_max_s: 24 * 3600,
+            recv_buf_bytes: 2048,
+            recv_bufs_per_shard: 2048,
+            pin_cpus: true,
+            http_max_connections: 256,
+            http_max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Flags over file over defaults, then validation.
+    pub fn from_flags(flags: &Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| ConfigError::FileUnreadable { path: path.clone(), error })?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError::FileInvalid { path: path.clone(), error: e.to_string() })?
+            }
+        };
+        let d = Config::default();
+        let config = Config {
+            mqtt_listen: flags.mqtt_listen.or(file.mqtt_listen).unwrap_or(d.mqtt_listen),
+            http_listen: flags.http_listen.or(file.http_listen).unwrap_or(d.http_listen),
+            shards: flags.shards.or(file.shards).unwrap_or(d.shards),
+            backend: flags.backend.or(file.backend).unwrap_or(d.backend),
+            max_connections: flags.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            server_keepalive_s: flags.server_keepalive_s.or(file.server_keepalive_s),
+            connect_timeout_s: flags.connect_timeout_s.or(file.connect_timeout_s).unwrap_or(d.connect_timeout_s),
+            max_packet_bytes: flags.max_packet_bytes.or(file.max_packet_bytes).unwrap_or(d.max_packet_bytes),
+            max_inflight: flags.max_inflight.or(file.max_inflight).unwrap_or(d.max_inflight),
+            pending_pushes_per_device_max: flags
+                .pending_pushes_per_device_max
+                .or(file.pending_pushes_per_device_max)
+                .unwrap_or(d.pending_pushes_per_device_max),
+            stored_sessions_max: flags.stored_sessions_max.or(file.stored_sessions_max).unwrap_or(d.stored_sessions_max),
+            session_expiry_max_s: flags.session_expiry_max_s.or(file.session_expiry_max_s).unwrap_or(d.session_expiry_max_s),
+            recv_buf_bytes: flags.recv_buf_bytes.or(file.recv_buf_bytes).unwrap_or(d.recv_buf_bytes),
+            recv_bufs_per_shard: flags.recv_bufs_per_shard.or(file.recv_bufs_per_shard).unwrap_or(d.recv_bufs_per_shard),
+            pin_cpus: flags.pin_cpus.or(file.pin_cpus).unwrap_or(d.pin_cpus),
+            http_max_connections: flags.http_max_connections.or(file.http_max_connections).unwrap_or(d.http_max_connections),
+            http_max_body_bytes: flags.http_max_body_bytes.or(file.http_max_body_bytes).unwrap_or(d.http_max_body_bytes),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn range(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+            if value < min || value > max {
+                return Err(ConfigError::OutOfRange { setting, value, min, max });
+            }
+            Ok(())
+        }
+        range("shards", self.shards as u64, 1, limits::SHARDS_MAX as u64)?;
+        range("max_connections", self.max_connections, 1, limits::CONNECTIONS_PER_SHARD_MAX as u64 * self.shards as u64)?;
+        range("connect_timeout_s", self.connect_timeout_s as u64, 1, 3600)?;
+        range("max_packet_bytes", self.max_packet_bytes as u64, 64, limits::MAX_PACKET_BYTES_CEILING as u64)?;
+        range("max_inflight", self.max_inflight as u64, 1, limits::INFLIGHT_MAX as u64)?;
+        range("pending_pushes_per_device_max", self.pending_pushes_per_device_max as u64, 0, 65_536)?;
+        range("recv_buf_bytes", self.recv_buf_bytes as u64, 256, 1 << 20)?;
+        range("recv_bufs_per_shard", self.recv_bufs_per_shard as u64, 16, 32_768)?;
+        if !self.recv_bufs_per_shard.is_power_of_two() {
+            return Err(ConfigError::OutOfRange {
+                setting: "recv_bufs_per_shard (power of two)",
+                value: self.recv_bufs_per_shard as u64,
+                min: 16,
+                max: 32_768,
+            });
+        }
+        if let Some(ka) = self.server_keepalive_s {
+            range("server_keepalive_s", ka as u64, 1, u16::MAX as u64)?;
+        }
+        range("http_max_connections", self.http_max_connections as u64, 1, 65_536)?;
+        range("http_max_body_bytes", self.http_max_body_bytes as u64, 64, 64 << 20)?;
+        Ok(())
+    }
+
+    /// Connection slots each shard owns.
+    pub fn connections_per_shard(&self) -> u32 {
+        let per = self.max_connections.div_ceil(self.shards as u64);
+        per.min(limits::CONNECTIONS_PER_SHARD_MAX as u64) as u32
+    }
+
+    /// The effective configuration, one `key = value` per line (TOML).
+    pub fn render(&self) -> String {
+        let backend = match self.backend {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Uring => "uring",
+            BackendChoice::Epoll => "epoll",
+        };
+        let ka = self.server_keepalive_s.map(|s| s.to_string()).unwrap_or_else(|| "none (client's own)".into());
+        format!(
+            "mqtt_listen = \"{}\"\nhttp_listen = \"{}\"\nshards = {}\nbackend = \"{backend}\"\nmax_connections = {}\n\
+             server_keepalive_s = {ka}\nconnect_timeout_s = {}\nmax_packet_bytes = {}\nmax_inflight = {}\n\
+             pending_pushes_per_device_max = {}\nstored_sessions_max = {}\nsession_expiry_max_s = {}\n\
+             recv_buf_bytes = {}\nrecv_bufs_per_shard = {}\npin_cpus = {}\nhttp_max_connections = {}\nhttp_max_body_bytes = {}\n",
+            self.mqtt_listen,
+            self.http_listen,
+            self.shards,
+            self.max_connections,
+            self.connect_timeout_s,
+            self.max_packet_bytes,
+            self.max_inflight,
+            self.pending_pushes_per_device_max,
+            self.stored_sessions_max,
+            self.session_expiry_max_s,
+            self.recv_buf_bytes,
+            self.recv_bufs_per_shard,
+            self.pin_cpus,
+            self.http_max_connections,
+            self.http_max_body_bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("pg-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        let path = dir.join("a.toml");
+        std::fs::write(&path, "shards = 3\nmax_inflight = 7\nbackend = \"epoll\"\n").expect("temp file is writable");
+        let flags = Flags::try_parse_from(["pulsegate", "--config", path.to_str().expect("utf-8 path"), "--shards", "5"])
+            .expect("flags parse");
+        let c = Config::from_flags(&flags).expect("valid");
+        assert_eq!(c.shards, 5);
+        assert_eq!(c.max_inflight, 7);
+        assert_eq!(c.backend, BackendChoice::Epoll);
+        assert_eq!(c.connect_timeout_s, 10);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_out_of_range_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("pg-config-b-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        let path = dir.join("b.toml");
+        std::fs::write(&path, "shardz = 3\n").expect("temp file is writable");
+        let flags = Flags::try_parse_from(["pulsegate", "--config", path.to_str().expect("utf-8 path")]).expect("parse");
+        assert!(matches!(Config::from_flags(&flags), Err(ConfigError::FileInvalid { .. })));
+        let flags = Flags::try_parse_from(["pulsegate", "--shards", "0"]).expect("parse");
+        assert!(matches!(Config::from_flags(&flags), Err(ConfigError::OutOfRange { setting: "shards", .. })));
+        let flags = Flags::try_parse_from(["pulsegate", "--recv-bufs-per-shard", "1000"]).expect("parse");
+        assert!(Config::from_flags(&flags).is_err());
+    }
+
+    #[test]
+    fn connections_are_split_over_shards() {
+        let c = Config { shards: 3, max_connections: 100, ..Config::default() };
+        assert_eq!(c.connections_per_shard(), 34);
+    }
+}

@@ -1,0 +1,50 @@
+//! Compile-time limits and the const asserts that relate them.
+//!
+//! Owns every fixed maximum that is not an operator setting. Must never hold a
+//! value an operator would tune per host: those live in `config.rs`.
+
+/// Largest number of connection slots one shard can own (slab keys fit in the
+/// 32-bit key field of `sys::user_data`; the wheel indexes timers by slab key).
+pub const CONNECTIONS_PER_SHARD_MAX: u32 = 1 << 22;
+
+/// Largest number of shards (a shard id is a u16 in registry locations).
+pub const SHARDS_MAX: usize = 256;
+
+/// Largest MQTT packet the gateway will ever accept, whatever the config says
+/// (the MQTT remaining-length field tops out at 268,435,455).
+pub const MAX_PACKET_BYTES_CEILING: u32 = 16 * 1024 * 1024;
+
+/// Server -> device QoS 1 window ceiling (the client's Receive Maximum and the
+/// config's `max_inflight` are both clamped to this).
+pub const INFLIGHT_MAX: u16 = 1024;
+
+/// Commands waiting in one shard's mailbox before senders are told "overloaded".
+pub const MAILBOX_COMMANDS_MAX: usize = 65_536;
+
+/// Timers expired per wheel advance; the rest fire on the next loop turn.
+pub const EXPIRED_PER_TURN_MAX: usize = 4_096;
+
+/// Completions drained per loop turn before handlers run.
+pub const COMPLETIONS_PER_TURN_MAX: usize = 4_096;
+
+/// How long a closing connection may take to flush its last packet
+/// (CONNACK with an error, DISCONNECT) before it is cut.
+pub const CLOSE_LINGER_MS: u64 = 2_000;
+
+/// Longest an event loop sleeps without a timer due, so shutdown and counters
+/// are never stale by more than this.
+pub const LOOP_SLEEP_MS_MAX: u64 = 250;
+
+/// Bytes read per recv in the epoll backend (one shared buffer per shard).
+pub const EPOLL_READ_BUF_BYTES: usize = 64 * 1024;
+
+/// A connection whose unsent bytes exceed this is a slow consumer and is closed.
+pub const SEND_BACKLOG_BYTES_MAX: usize = 1024 * 1024;
+
+/// MQTT Subscribe/Unsubscribe filters per packet (the codec enforces it too).
+pub const FILTERS_PER_PACKET_MAX: usize = 32;
+
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+const _: () = assert!(CONNECTIONS_PER_SHARD_MAX <= u32::MAX / 2);
+const _: () = assert!(MAX_PACKET_BYTES_CEILING <= 268_435_455);
+const _: () = assert!(SEND_BACKLOG_BYTES_MAX >= MAX_PACKET_BYTES_CEILING as usize / 16);

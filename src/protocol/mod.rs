@@ -1,0 +1,6 @@
+//! Sans-IO codecs. `mqtt`: MQTT 3.1.1 and 5.0 packets, both directions.
+//!
+//! Owns wire formats. Must never import anything else from the crate, touch a
+//! socket, or panic on peer bytes.
+
+pub mod mqtt;

@@ -1,0 +1,217 @@
+//! The connection registry: client id -> owning (shard, slot, generation), and
+//! the offline sessions of devices that connected with clean start false.
+//!
+//! Owns the process-wide map, striped over mutexes so shards and the HTTP API
+//! rarely contend. Must never block on I/O or hold a stripe lock while calling
+//! out of this module; it never talks to shards itself (callers post commands).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::push::Push;
+
+/// Where a connected device lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub shard: u16,
+    pub key: u32,
+    pub generation: u32,
+    /// The connection asked for a persistent session (clean start false).
+    pub persistent: bool,
+}
+
+/// What `claim` found.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The connection that held the id before (to be taken over).
+    pub previous: Option<Location>,
+    /// Undelivered pushes of the stored session, when the new connection resumes it.
+    pub resumed: Option<Vec<Push>>,
+}
+
+/// What `release` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The id was ours and is now offline (its session stored if persistent).
+    Removed { session_stored: bool, pushes_dropped: usize },
+    /// Another connection took the id over; the caller forwards its pushes there
+    /// when it is persistent.
+    Replaced(Location),
+    /// Nothing registered under that id.
+    Absent,
+}
+
+struct StoredSession {
+    pushes: Vec<Push>,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct Stripe {
+    online: HashMap<Arc<str>, Location>,
+    sessions: HashMap<Arc<str>, StoredSession>,
+}
+
+/// Number of mutex stripes (power of two).
+const STRIPES: usize = 64;
+
+pub struct Registry {
+    stripes: Box<[Mutex<Stripe>]>,
+    hasher: std::collections::hash_map::RandomState,
+    stored_sessions_max: u32,
+    stored_sessions: std::sync::atomic::AtomicU32,
+}
+
+impl Registry {
+    pub fn new(stored_sessions_max: u32) -> Registry {
+        Registry {
+            stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            stored_sessions_max,
+            stored_sessions: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    fn stripe(&self, client_id: &str) -> MutexGuard<'_, Stripe> {
+        let mut h = self.hasher.build_hasher();
+        client_id.hash(&mut h);
+        let index = (h.finish() as usize) & (STRIPES - 1);
+        // A poisoned stripe means a thread panicked while holding it; the map is
+        // still structurally sound (no invariant spans an await point), so keep going.
+        match self.stripes[index].lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Registers `client_id` at `location`. With `resume`, the stored session
+    /// (if any, and not expired) is handed back; without it, it is discarded.
+    pub fn claim(&self, client_id: &Arc<str>, location: Location, resume: bool, now: Instant) -> Claim {
+        let mut stripe = self.stripe(client_id);
+        let previous = stripe.online.insert(client_id.clone(), location);
+        let stored = stripe.sessions.remove(&**client_id);
+        if stored.is_some() {
+            self.stored_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let resumed = match stored {
+            Some(s) if resume && s.expires_at > now => Some(s.pushes),
+            _ => None,
+        };
+        Claim { previous, resumed }
+    }
+
+    /// Unregisters the connection at `location`. If it still owns the id and
+    /// `keep_until` is set, its undelivered `pushes` are stored as its session.
+    pub fn release(
+        &self,
+        client_id: &str,
+        location: Location,
+        pushes: Vec<Push>,
+        keep_until: Option<Instant>,
+    ) -> Release {
+        let mut stripe = self.stripe(client_id);
+        let Some((key, current)) = stripe.online.get_key_value(client_id).map(|(k, v)| (k.clone(), *v)) else {
+            return Release::Absent;
+        };
+        if current != location {
+            return Release::Replaced(current);
+        }
+        stripe.online.remove(client_id);
+        let Some(expires_at) = keep_until else {
+            return Release::Removed { session_stored: false, pushes_dropped: pushes.len() };
+        };
+        let count = self.stored_sessions.load(std::sync::atomic::Ordering::Relaxed);
+        if count >= self.stored_sessions_max {
+            return Release::Removed { session_stored: false, pushes_dropped: pushes.len() };
+        }
+        self.stored_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stripe.sessions.insert(key, StoredSession { pushes, expires_at });
+        Release::Removed { session_stored: true, pushes_dropped: 0 }
+    }
+
+    /// The owner of `client_id`, if connected.
+    pub fn lookup(&self, client_id: &str) -> Option<Location> {
+        self.stripe(client_id).online.get(client_id).copied()
+    }
+
+    /// Appends `push` to the stored session of an offline persistent device.
+    /// Returns false if there is no such session (or it is full).
+    pub fn store_for_offline(&self, client_id: &str, push: Push, per_device_max: usize) -> bool {
+        let mut stripe = self.stripe(client_id);
+        match stripe.sessions.get_mut(client_id) {
+            Some(s) if s.pushes.len() < per_device_max => {
+                s.pushes.push(push);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Offline sessions currently stored.
+    pub fn stored_sessions(&self) -> u32 {
+        self.stored_sessions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn loc(shard: u16, key: u32, persistent: bool) -> Location {
+        Location { shard, key, generation: 1, persistent }
+    }
+
+    fn push(id: u64) -> Push {
+        Push { id, qos: 1, payload: Bytes::from_static(b"x") }
+    }
+
+    #[test]
+    fn claim_then_takeover_reports_previous_owner() {
+        let r = Registry::new(10);
+        let id: Arc<str> = Arc::from("dev-1");
+        let now = Instant::now();
+        assert!(r.claim(&id, loc(0, 1, false), false, now).previous.is_none());
+        let c = r.claim(&id, loc(1, 7, false), false, now);
+        assert_eq!(c.previous, Some(loc(0, 1, false)));
+        assert_eq!(r.lookup("dev-1"), Some(loc(1, 7, false)));
+        // The old owner releasing must not remove the new one.
+        assert_eq!(r.release("dev-1", loc(0, 1, false), vec![], None), Release::Replaced(loc(1, 7, false)));
+        assert_eq!(r.lookup("dev-1"), Some(loc(1, 7, false)));
+    }
+
+    #[test]
+    fn persistent_session_is_stored_and_resumed_once() {
+        let r = Registry::new(10);
+        let id: Arc<str> = Arc::from("dev-2");
+        let now = Instant::now();
+        r.claim(&id, loc(0, 1, true), true, now);
+        let until = now + std::time::Duration::from_secs(60);
+        let rel = r.release("dev-2", loc(0, 1, true), vec![push(1), push(2)], Some(until));
+        assert_eq!(rel, Release::Removed { session_stored: true, pushes_dropped: 0 });
+        assert!(r.lookup("dev-2").is_none());
+        assert!(r.store_for_offline("dev-2", push(3), 3));
+        assert!(!r.store_for_offline("dev-2", push(4), 3));
+        let c = r.claim(&id, loc(1, 2, true), true, now);
+        assert_eq!(c.resumed.map(|p| p.iter().map(|p| p.id).collect::<Vec<_>>()), Some(vec![1, 2, 3]));
+        assert_eq!(r.stored_sessions(), 0);
+    }
+
+    #[test]
+    fn clean_start_discards_and_expiry_and_bound_are_honoured() {
+        let r = Registry::new(1);
+        let now = Instant::now();
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        r.claim(&a, loc(0, 1, true), true, now);
+        r.claim(&b, loc(0, 2, true), true, now);
+        r.release("a", loc(0, 1, true), vec![push(1)], Some(now));
+        // The bound: the second session is not stored.
+        let rel = r.release("b", loc(0, 2, true), vec![push(2)], Some(now + std::time::Duration::from_secs(5)));
+        assert_eq!(rel, Release::Removed { session_stored: false, pushes_dropped: 1 });
+        // Expired (expires_at == now is not > now): nothing resumed.
+        assert!(r.claim(&a, loc(0, 3, true), true, now).resumed.is_none());
+    }
+}

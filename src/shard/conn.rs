@@ -1,0 +1,184 @@
+//! One connection's state: a small fixed slot for every connection, and a boxed
+//! `Active` part only while the connection is mid-packet, sending, or has
+//! pushes in flight.
+//!
+//! Owns the per-connection layout and its size budget. Must never allocate for
+//! an idle connection: `active` is None whenever there is nothing in flight.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::protocol::mqtt::ProtocolVersion;
+use crate::push::Push;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Accepted, no CONNECT yet (connect timeout armed).
+    AwaitConnect,
+    /// CONNECT accepted (keep-alive armed).
+    Connected,
+    /// Closing: flushing its last bytes, then the backend closes the socket.
+    Closing,
+}
+
+/// `Conn::flags`: protocol facts.
+pub const FLAG_V5: u8 = 1 << 0;
+/// The session outlives the connection (clean start false / session expiry > 0).
+pub const FLAG_PERSISTENT: u8 = 1 << 1;
+/// Queued on the shard's dirty list (has output to flush).
+pub const FLAG_DIRTY: u8 = 1 << 2;
+/// Closing and its linger ran out: close without waiting for output.
+pub const FLAG_FORCE_CLOSE: u8 = 1 << 3;
+/// Was registered in the registry (its client id is claimed).
+pub const FLAG_REGISTERED: u8 = 1 << 4;
+
+/// `Conn::io_flags`: backend operations outstanding on this connection.
+pub const IO_RECV_ARMED: u8 = 1 << 0;
+pub const IO_SEND_IN_FLIGHT: u8 = 1 << 1;
+pub const IO_CLOSE_SUBMITTED: u8 = 1 << 2;
+pub const IO_CLOSE_DONE: u8 = 1 << 3;
+/// epoll backend: registered for WRITABLE while an unsent tail waits.
+pub const IO_WANT_WRITE: u8 = 1 << 4;
+
+/// The slab entry: every connection has one, idle or not.
+pub struct Conn {
+    /// Shard clock (ms) of the last packet received.
+    pub last_activity_ms: u64,
+    /// The client id, shared with the registry (stored once).
+    pub client_id: Option<Arc<str>>,
+    /// Only while something is in flight.
+    pub active: Option<Box<Active>>,
+    /// Fixed-file index (io_uring direct descriptor) or raw fd.
+    pub io: u32,
+    /// Bumped on every slot reuse; completions and commands carry it.
+    pub generation: u32,
+    /// The device's Maximum Packet Size (MQTT 5), else the protocol maximum.
+    pub client_max_packet_bytes: u32,
+    /// Session expiry the device asked for (MQTT 5), seconds.
+    pub session_expiry_s: u32,
+    /// Effective keep-alive (0 = none).
+    pub keepalive_s: u16,
+    /// Server -> device QoS 1 window: min(config max_inflight, device Receive Maximum).
+    pub window: u16,
+    /// Next packet id to try for a server -> device QoS 1 PUBLISH.
+    pub next_packet_id: u16,
+    pub phase: Phase,
+    pub flags: u8,
+    pub io_flags: u8,
+}
+
+/// A QoS 1 push sent and not yet acknowledged.
+#[derive(Debug)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub push: Push,
+}
+
+/// The borrowed part of a busy connection.
+#[derive(Default)]
+pub struct Active {
+    /// Bytes of a packet that straddled receive buffers (≤ max_packet_bytes).
+    pub partial: Vec<u8>,
+    /// Encoded packets waiting for the next send.
+    pub out: Vec<u8>,
+    /// Bytes handed to the kernel; never touched while a send is in flight.
+    pub sending: Vec<u8>,
+    /// How much of `sending` the kernel has taken.
+    pub sent_bytes: usize,
+    /// QoS 1 pushes awaiting PUBACK (≤ window).
+    pub inflight: Vec<Inflight>,
+    /// QoS 1 pushes waiting for window room (≤ pending_pushes_per_device_max).
+    pub queued: VecDeque<Push>,
+}
+
+impl Active {
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_empty()
+            && self.out.is_empty()
+            && self.sending.len() == self.sent_bytes
+            && self.inflight.is_empty()
+            && self.queued.is_empty()
+    }
+
+    /// Bytes waiting to be sent, in flight or not.
+    pub fn backlog_bytes(&self) -> usize {
+        self.out.len() + (self.sending.len() - self.sent_bytes)
+    }
+}
+
+impl Conn {
+    pub fn new(io: u32, generation: u32, now_ms: u64) -> Conn {
+        Conn {
+            last_activity_ms: now_ms,
+            client_id: None,
+            active: None,
+            io,
+            generation,
+            client_max_packet_bytes: 268_435_455,
+            session_expiry_s: 0,
+            keepalive_s: 0,
+            window: 1,
+            next_packet_id: 1,
+            phase: Phase::AwaitConnect,
+            flags: 0,
+            io_flags: 0,
+        }
+    }
+
+    pub fn version(&self) -> ProtocolVersion {
+        if self.flags & FLAG_V5 != 0 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V311
+        }
+    }
+
+    pub fn is_v5(&self) -> bool {
+        self.flags & FLAG_V5 != 0
+    }
+
+    pub fn active(&mut self) -> &mut Active {
+        self.active.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the active part if nothing is in flight (gives the memory back).
+    pub fn shrink_if_idle(&mut self) {
+        if self.io_flags & IO_SEND_IN_FLIGHT != 0 {
+            return;
+        }
+        if self.active.as_ref().is_some_and(|a| a.is_idle()) {
+            self.active = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_slot_fits_the_memory_budget() {
+        // DESIGN-NOTES: ≤ 64 bytes of slot per connection (the slab entry adds its tag).
+        assert!(std::mem::size_of::<Conn>() <= 64, "Conn is {} bytes", std::mem::size_of::<Conn>());
+        assert!(std::mem::size_of::<slab::Slab<Conn>>() > 0);
+    }
+
+    #[test]
+    fn active_part_is_released_when_idle_and_no_send_is_in_flight() {
+        let mut c = Conn::new(3, 1, 0);
+        c.active().out.extend_from_slice(&[0xD0, 0]);
+        c.shrink_if_idle();
+        assert!(c.active.is_some());
+        let a = c.active();
+        a.sending = std::mem::take(&mut a.out);
+        a.sent_bytes = 2;
+        c.io_flags |= IO_SEND_IN_FLIGHT;
+        c.shrink_if_idle();
+        assert!(c.active.is_some(), "kept while the kernel may still read it");
+        c.io_flags &= !IO_SEND_IN_FLIGHT;
+        c.shrink_if_idle();
+        assert!(c.active.is_none());
+    }
+}

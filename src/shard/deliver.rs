@@ -1,0 +1,117 @@
+//! Server -> device delivery: PUBLISH on `push/{client_id}`, the QoS 1 window
+//! (packet ids, inflight, PUBACK), the bounded per-device queue behind it.
+//!
+//! Owns the inflight window. Must never exceed the device's Receive Maximum or
+//! Maximum Packet Size, and never queue more than `pending_pushes_per_device_max`.
+
+use super::conn::Phase;
+use super::core::Core;
+use super::counters::{bump, CloseReason, ProtocolErrorKind};
+use crate::limits;
+use crate::protocol::mqtt::{PubAck, Publish, PublishProperties};
+use crate::push::Push;
+use std::fmt::Write;
+
+impl Core {
+    /// Hands `push` to the connected device at `key`.
+    pub(super) fn deliver(&mut self, key: u32, push: Push) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.phase != Phase::Connected {
+            bump(&self.counters.pushes_dropped, 1);
+            return;
+        }
+        if push.qos == 0 {
+            self.send_publish(key, &push, None, false);
+            return;
+        }
+        let window = conn.window as usize;
+        let pending_max = self.shared.cfg.pending_pushes_per_device_max as usize;
+        let a = conn.active();
+        if a.inflight.len() < window && a.queued.is_empty() {
+            self.send_qos1(key, push, false);
+        } else if a.queued.len() < pending_max {
+            a.queued.push_back(push);
+        } else {
+            bump(&self.counters.pushes_dropped, 1);
+        }
+    }
+
+    /// Assigns a free packet id, records the push in flight and sends it.
+    fn send_qos1(&mut self, key: u32, push: Push, dup: bool) {
+        let conn = &mut self.conns[key as usize];
+        let a = conn.active.get_or_insert_with(Box::default);
+        let mut id = conn.next_packet_id.max(1);
+        // Bounded: the window (≤ INFLIGHT_MAX) is far below 65,535 ids.
+        while a.inflight.iter().any(|i| i.packet_id == id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        conn.next_packet_id = id.wrapping_add(1).max(1);
+        if self.send_publish(key, &push, Some(id), dup) {
+            let a = self.conns[key as usize].active();
+            a.inflight.push(super::conn::Inflight { packet_id: id, push });
+        }
+    }
+
+    /// Encodes PUBLISH; false if the device's Maximum Packet Size forbids it
+    /// (the push is dropped and counted) or the connection is a slow consumer.
+    fn send_publish(&mut self, key: u32, push: &Push, packet_id: Option<u16>, dup: bool) -> bool {
+        let conn = &mut self.conns[key as usize];
+        let version = conn.version();
+        let max_bytes = conn.client_max_packet_bytes as usize;
+        let mut topic = std::mem::take(&mut self.topic_scratch);
+        topic.clear();
+        let _ = write!(topic, "push/{}", conn.client_id.as_deref().unwrap_or(""));
+        let publish = Publish {
+            dup,
+            qos: push.qos,
+            retain: false,
+            topic: &topic,
+            packet_id,
+            payload: &push.payload,
+            properties: PublishProperties::default(),
+        };
+        let a = conn.active();
+        let before = a.out.len();
+        let written = publish.encode(version, &mut a.out);
+        self.topic_scratch = topic;
+        if written > max_bytes {
+            a.out.truncate(before);
+            bump(&self.counters.pushes_dropped, 1);
+            return false;
+        }
+        let backlog = a.backlog_bytes();
+        bump(&self.counters.pushes_sent, 1);
+        self.queue_packet(key, |_| {});
+        if backlog > limits::SEND_BACKLOG_BYTES_MAX {
+            self.begin_close(key, CloseReason::SlowConsumer);
+            return false;
+        }
+        true
+    }
+
+    /// PUBACK from the device: frees the window slot and sends what waits.
+    pub(super) fn on_puback(&mut self, key: u32, ack: PubAck) {
+        let conn = &mut self.conns[key as usize];
+        let Some(a) = conn.active.as_mut() else {
+            self.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
+            return;
+        };
+        let Some(pos) = a.inflight.iter().position(|i| i.packet_id == ack.packet_id) else {
+            self.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
+            return;
+        };
+        a.inflight.swap_remove(pos);
+        bump(&self.counters.pushes_acked, 1);
+        let window = conn.window as usize;
+        while let Some(a) = self.conns[key as usize].active.as_mut() {
+            if a.inflight.len() >= window {
+                break;
+            }
+            let Some(next) = a.queued.pop_front() else { break };
+            self.send_qos1(key, next, false);
+            if self.conns[key as usize].phase != Phase::Connected {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Shards: one pinned thread each, owning its listener, its connections, its
+//! timer wheel and its event loop (io_uring, or epoll as the fallback).
+//!
+//! Owns shard start-up. Must never share a connection between threads: other
+//! threads reach a shard only through its mailbox and read its counters.
+
+pub mod conn;
+pub mod core;
+pub mod counters;
+mod deliver;
+pub mod epoll_loop;
+pub mod mailbox;
+mod packets;
+// The ring's submission queue push is unsafe (the kernel reads the entry's
+// buffers later); each use carries its SAFETY note in that file.
+#[allow(unsafe_code)]
+pub mod uring_loop;
+pub mod wheel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::gateway::{BackendInUse, ShardHandle, Shared};
+use crate::limits;
+use crate::sys;
+
+/// Fixed-file slots kept free beyond a shard's connection capacity.
+const FIXED_FILES_SPARE: u32 = 64;
+/// Process fds kept for everything that is not a connection (epoll backend).
+const PROCESS_FDS_RESERVED: u64 = 256;
+
+/// Started shards.
+pub struct Shards {
+    pub threads: Vec<JoinHandle<()>>,
+    /// The MQTT address actually bound (port resolved when 0 was asked).
+    pub mqtt_addr: SocketAddr,
+    /// Connections each shard will hold.
+    pub capacity_per_shard: u32,
+}
+
+/// Why shards could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Bind { addr: SocketAddr, error: std::io::Error },
+    Setup { shard: usize, error: String },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::Setup { shard, error } => write!(f, "shard {shard} failed to start: {error}"),
+        }
+    }
+}
+
+/// Connections one shard can hold given the fd limit and the backend.
+pub fn capacity_per_shard(shared: &Shared, backend: BackendInUse, nofile_soft: u64) -> u32 {
+    let wanted = shared.cfg.connections_per_shard();
+    let shards = shared.cfg.shards as u64;
+    let cap = match backend {
+        // Each ring's fixed-file table is capped by RLIMIT_NOFILE, per ring.
+        BackendInUse::Uring => nofile_soft.saturating_sub(FIXED_FILES_SPARE as u64),
+        // Plain fds share the process table.
+        BackendInUse::Epoll => nofile_soft.saturating_sub(PROCESS_FDS_RESERVED) / shards,
+    };
+    (wanted as u64).min(cap).min(limits::CONNECTIONS_PER_SHARD_MAX as u64).max(1) as u32
+}
+
+/// Binds every shard's listener, builds mailboxes, installs the shard handles
+/// in `shared`, then starts the threads and waits until each one is running.
+pub fn start(shared: Arc<Shared>, backend: BackendInUse, nofile_soft: u64, stop: Arc<AtomicBool>) -> Result<Shards, StartError> {
+    let cfg = shared.cfg.clone();
+    let capacity = capacity_per_shard(&shared, backend, nofile_soft);
+    let mut addr = cfg.mqtt_listen;
+    let mut handles = Vec::new();
+    let mut parts = Vec::new();
+    for i in 0..cfg.shards {
+        let listener = sys::socket::reuseport_listener(addr, true).map_err(|error| StartError::Bind { addr, error })?;
+        if i == 0 {
+            addr = listener.local_addr().map_err(|error| StartError::Bind { addr, error })?;
+        }
+        let counters = Arc::new(counters::ShardCounters::default());
+        let part = match backend {
+            BackendInUse::Uring => {
+                let waker = Arc::new(sys::waker::EventFdWaker::new().map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?);
+                let (tx, rx) = mailbox::mailbox(limits::MAILBOX_COMMANDS_MAX, waker.clone());
+                handles.push(ShardHandle { mailbox: tx, counters: counters.clone() });
+                Part::Uring { waker, rx }
+            }
+            BackendInUse::Epoll => {
+                let poll = mio::Poll::new().map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?;
+                let waker = mio::Waker::new(poll.registry(), epoll_loop::WAKER)
+                    .map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?;
+                let (tx, rx) = mailbox::mailbox(limits::MAILBOX_COMMANDS_MAX, Arc::new(sys::waker::MioWaker(waker)));
+                handles.push(ShardHandle { mailbox: tx, counters: counters.clone() });
+                Part::Epoll { poll, rx }
+            }
+        };
+        parts.push((listener, counters, part));
+    }
+    shared.set_shards(handles);
+
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, Result<(), String>)>(cfg.shards);
+    let mut threads = Vec::new();
+    for (i, (listener, counters, part)) in parts.into_iter().enumerate() {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let ready = ready_tx.clone();
+        let pin = cfg.pin_cpus;
+        let (recv_bufs, recv_buf_bytes) = (cfg.recv_bufs_per_shard, cfg.recv_buf_bytes);
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || {
+                if pin {
+                    sys::affinity::pin_current_thread(i);
+                }
+                let core = core::Core::new(i as u16, shared, counters, capacity);
+                match part {
+                    Part::Uring { waker, rx } => {
+                        let table = capacity + FIXED_FILES_SPARE;
+                        let shard = sys::uring::build_shard_ring(table)
+                            .map_err(|e| e.to_string())
+                            .and_then(|ring| {
+                                uring_loop::UringShard::new(ring, core, listener, rx, waker, recv_bufs, recv_buf_bytes)
+                                    .map_err(|e| format!("provided buffer ring: {e}"))
+                            });
+                        match shard {
+                            Ok(s) => {
+                                let _ = ready.send((i, Ok(())));
+                                s.run(&stop);
+                            }
+                            Err(e) => {
+                                let _ = ready.send((i, Err(e)));
+                            }
+                        }
+                    }
+                    Part::Epoll { poll, rx } => match epoll_loop::EpollShard::new(poll, listener, rx, core) {
+                        Ok(s) => {
+                            let _ = ready.send((i, Ok(())));
+                            s.run(&stop);
+                        }
+                        Err(e) => {
+                            let _ = ready.send((i, Err(e.to_string())));
+                        }
+                    },
+                }
+            })
+            .map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..cfg.shards {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((shard, Err(error))) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(StartError::Setup { shard, error });
+            }
+            Err(_) => return Err(StartError::Setup { shard: usize::MAX, error: "a shard thread exited during start-up".into() }),
+        }
+    }
+    Ok(Shards { threads, mqtt_addr: addr, capacity_per_shard: capacity })
+}
+
+enum Part {
+    Uring { waker: Arc<sys::waker::EventFdWaker>, rx: mailbox::MailboxReceiver },
+    Epoll { poll: mio::Poll, rx: mailbox::MailboxReceiver },
+}

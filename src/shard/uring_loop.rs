@@ -1,0 +1,389 @@
+//! The io_uring shard loop: multishot accept into direct descriptors,
+//! multishot recv from a provided buffer ring, batched sends, eventfd wake-ups,
+//! timed waits driving the timer wheel.
+//!
+//! Owns the ring and every operation in flight on it. Must never free a
+//! connection slot while the kernel may still complete an operation on it,
+//! and never block outside `io_uring_enter`.
+
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::conn::{Phase, IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_RECV_ARMED, IO_SEND_IN_FLIGHT};
+use super::core::Core;
+use super::counters::{bump, CloseReason};
+use super::mailbox::MailboxReceiver;
+use crate::limits;
+use crate::sys::bufring::BufRing;
+use crate::sys::uring::ShardRing;
+use crate::sys::user_data::{pack, unpack, Op};
+use crate::sys::waker::EventFdWaker;
+
+/// Key used for operations that belong to no connection.
+const NO_KEY: u32 = u32::MAX;
+/// Buffer group id of the shard's provided buffer ring.
+const BUFFER_GROUP: u16 = 1;
+/// Pause before re-arming accept after an error such as a full fd table.
+const ACCEPT_RETRY_MS: u64 = 100;
+/// Longest a stopping shard waits for its devices to be disconnected.
+const SHUTDOWN_GRACE_MS: u64 = 3_000;
+
+pub struct UringShard {
+    // Field order is drop order: the ring goes first, so the kernel is done
+    // with the buffer ring and the wake buffer before they are freed.
+    ring: IoUring,
+    bufs: BufRing,
+    wake_buf: Box<[u8; 8]>,
+    waker: Arc<EventFdWaker>,
+    listener: TcpListener,
+    mailbox: MailboxReceiver,
+    core: Core,
+    fixed_files: bool,
+    accept_armed: bool,
+    accept_retry_at_ms: u64,
+    wake_armed: bool,
+    stop_deadline_ms: Option<u64>,
+    cqes: Vec<(u64, i32, u32)>,
+    keys: Vec<u32>,
+}
+
+impl UringShard {
+    pub fn new(
+        shard_ring: ShardRing,
+        core: Core,
+        listener: TcpListener,
+        mailbox: MailboxReceiver,
+        waker: Arc<EventFdWaker>,
+        recv_bufs: u16,
+        recv_buf_bytes: u32,
+    ) -> std::io::Result<UringShard> {
+        let bufs = BufRing::new(&shard_ring.ring.submitter(), recv_bufs, recv_buf_bytes, BUFFER_GROUP)?;
+        Ok(UringShard {
+            ring: shard_ring.ring,
+            bufs,
+            wake_buf: Box::new([0; 8]),
+            waker,
+            listener,
+            mailbox,
+            core,
+            fixed_files: shard_ring.fixed_files > 0,
+            accept_armed: false,
+            accept_retry_at_ms: 0,
+            wake_armed: false,
+            stop_deadline_ms: None,
+            cqes: Vec::with_capacity(limits::COMPLETIONS_PER_TURN_MAX),
+            keys: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Pushes one SQE, flushing the submission queue to the kernel when full.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built in this file references either a fixed
+            // file / fd owned by a live slot (kept until its Close completes), the
+            // provided buffer ring (lives as long as the ring), the wake buffer
+            // (a Box field dropped after the ring), or a connection's `sending`
+            // Vec, which `Core` never touches while IO_SEND_IN_FLIGHT is set.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            // SQ full: hand what we have to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    eprintln!("shard {}: io_uring submit failed: {e}", self.core.shard_id);
+                }
+                // EBUSY: the CQ is full; drain it before submitting more.
+                self.drain_completions();
+                self.handle_completions();
+            }
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let fd = types::Fd(self.listener.as_raw_fd());
+        let entry = opcode::AcceptMulti::new(fd)
+            .allocate_file_index(self.fixed_files)
+            // A direct descriptor has no process fd, so no CLOEXEC (the kernel refuses it).
+            .flags(if self.fixed_files { 0 } else { libc::SOCK_CLOEXEC })
+            .build()
+            .user_data(pack(Op::Accept, NO_KEY, 0));
+        self.push(entry);
+        self.accept_armed = true;
+    }
+
+    fn arm_wake(&mut self) {
+        let entry = opcode::Read::new(types::Fd(self.waker.raw_fd()), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(pack(Op::Wake, NO_KEY, 0));
+        self.push(entry);
+        self.wake_armed = true;
+    }
+
+    fn arm_recv(&mut self, key: u32) {
+        let Some(conn) = self.core.conn_mut(key) else { return };
+        if conn.phase == Phase::Closing || conn.io_flags & IO_RECV_ARMED != 0 {
+            return;
+        }
+        conn.io_flags |= IO_RECV_ARMED;
+        let (io, generation) = (conn.io, conn.generation);
+        let ud = pack(Op::Recv, key, generation);
+        let entry = if self.fixed_files {
+            opcode::RecvMulti::new(types::Fixed(io), BUFFER_GROUP).build()
+        } else {
+            opcode::RecvMulti::new(types::Fd(io as i32), BUFFER_GROUP).build()
+        };
+        self.push(entry.user_data(ud));
+    }
+
+    fn start_send(&mut self, key: u32) {
+        let Some(conn) = self.core.conn_mut(key) else { return };
+        if conn.io_flags & (IO_SEND_IN_FLIGHT | IO_CLOSE_SUBMITTED) != 0 {
+            return;
+        }
+        let (io, generation) = (conn.io, conn.generation);
+        let Some(bytes) = self.core.next_send(key) else { return };
+        let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+        let ud = pack(Op::Send, key, generation);
+        let entry = if self.fixed_files {
+            opcode::Send::new(types::Fixed(io), ptr, len).flags(libc::MSG_NOSIGNAL).build()
+        } else {
+            opcode::Send::new(types::Fd(io as i32), ptr, len).flags(libc::MSG_NOSIGNAL).build()
+        };
+        self.push(entry.user_data(ud));
+    }
+
+    /// Shutdown (hard-linked, so Close runs even if it fails) then Close.
+    fn start_close(&mut self, key: u32) {
+        let Some(conn) = self.core.conn_mut(key) else { return };
+        if conn.io_flags & IO_CLOSE_SUBMITTED != 0 {
+            return;
+        }
+        conn.io_flags |= IO_CLOSE_SUBMITTED;
+        let (io, generation) = (conn.io, conn.generation);
+        let (shutdown, close) = if self.fixed_files {
+            (
+                opcode::Shutdown::new(types::Fixed(io), libc::SHUT_RDWR).build(),
+                opcode::Close::new(types::Fixed(io)).build(),
+            )
+        } else {
+            (
+                opcode::Shutdown::new(types::Fd(io as i32), libc::SHUT_RDWR).build(),
+                opcode::Close::new(types::Fd(io as i32)).build(),
+            )
+        };
+        // Both must sit in the SQ together for the link to hold.
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 2 {
+            let _ = self.ring.submit();
+        }
+        self.push(shutdown.flags(squeue::Flags::IO_HARDLINK).user_data(pack(Op::Shutdown, key, generation)));
+        self.push(close.user_data(pack(Op::Close, key, generation)));
+    }
+
+    /// Closes an accepted socket that never got a slot.
+    fn close_orphan(&mut self, io: u32) {
+        let entry = if self.fixed_files {
+            opcode::Close::new(types::Fixed(io)).build()
+        } else {
+            opcode::Close::new(types::Fd(io as i32)).build()
+        };
+        self.push(entry.user_data(pack(Op::Close, NO_KEY, 0)));
+    }
+
+    fn try_release(&mut self, key: u32) {
+        let Some(conn) = self.core.conn_mut(key) else { return };
+        let f = conn.io_flags;
+        if f & IO_CLOSE_DONE != 0 && f & (IO_RECV_ARMED | IO_SEND_IN_FLIGHT) == 0 {
+            self.core.release(key);
+        }
+    }
+
+    fn drain_completions(&mut self) {
+        self.cqes.clear();
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in cq.by_ref().take(limits::COMPLETIONS_PER_TURN_MAX) {
+            self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+    }
+
+    fn handle_completions(&mut self) {
+        let cqes = std::mem::take(&mut self.cqes);
+        for &(ud, res, flags) in &cqes {
+            let Some((op, key, gen24)) = unpack(ud) else { continue };
+            match op {
+                Op::Accept => self.on_accept(res, flags),
+                Op::Wake => self.on_wake(),
+                Op::Recv => self.on_recv(key, gen24, res, flags),
+                Op::Send => self.on_send(key, gen24, res),
+                Op::Close => {
+                    if key != NO_KEY && self.core.conn(key, gen24).is_some() {
+                        if let Some(c) = self.core.conn_mut(key) {
+                            c.io_flags |= IO_CLOSE_DONE;
+                        }
+                        self.try_release(key);
+                    }
+                }
+                Op::Shutdown | Op::Cancel => {}
+            }
+        }
+        self.cqes = cqes;
+        self.bufs.publish();
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if res < 0 {
+            if self.core.counters().accept_errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                eprintln!("shard {}: accept failed: {}", self.core.shard_id, std::io::Error::from_raw_os_error(-res));
+            }
+            bump(&self.core.counters().accept_errors, 1);
+            self.accept_retry_at_ms = self.core.now_ms() + ACCEPT_RETRY_MS;
+            return;
+        }
+        let io = res as u32;
+        match self.core.accept(io) {
+            Some((key, _)) => self.arm_recv(key),
+            None => self.close_orphan(io),
+        }
+    }
+
+    fn on_wake(&mut self) {
+        self.wake_armed = false;
+        self.mailbox.rearm();
+        while let Some(command) = self.mailbox.try_recv() {
+            self.core.command(command);
+        }
+    }
+
+    fn on_recv(&mut self, key: u32, gen24: u32, res: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let live = self.core.conn(key, gen24).is_some();
+        if live && !cqueue::more(flags) {
+            if let Some(c) = self.core.conn_mut(key) {
+                c.io_flags &= !IO_RECV_ARMED;
+            }
+        }
+        if res > 0 {
+            if let Some(bid) = bid {
+                if live {
+                    let data = self.bufs.filled(bid, res as usize);
+                    self.core.receive(key, data);
+                }
+                self.bufs.push(bid);
+            }
+            if live && !cqueue::more(flags) {
+                self.arm_recv(key);
+            }
+        } else if live {
+            if let Some(bid) = bid {
+                self.bufs.push(bid);
+            }
+            match -res {
+                0 => self.core.peer_closed(key, CloseReason::PeerClosed),
+                libc::ENOBUFS => {
+                    bump(&self.core.counters().recv_buffer_exhausted, 1);
+                    self.arm_recv(key);
+                }
+                libc::ECANCELED => {}
+                _ => self.core.peer_closed(key, CloseReason::IoError),
+            }
+        }
+        if live {
+            self.try_release(key);
+        }
+    }
+
+    fn on_send(&mut self, key: u32, gen24: u32, res: i32) {
+        if self.core.conn(key, gen24).is_none() {
+            return;
+        }
+        if res >= 0 {
+            if self.core.send_done(key, res as usize) {
+                self.start_send(key);
+            }
+        } else {
+            self.core.send_stopped(key);
+            self.core.peer_closed(key, CloseReason::IoError);
+        }
+        if self.core.close_ready(key) {
+            self.start_close(key);
+        }
+        self.try_release(key);
+    }
+
+    /// Sends what handlers queued and closes what is ready to close.
+    fn flush(&mut self) {
+        let mut keys = std::mem::take(&mut self.keys);
+        self.core.take_dirty(&mut keys);
+        for &key in &keys {
+            self.start_send(key);
+        }
+        self.core.take_closing(&mut keys);
+        for &key in &keys {
+            if self.core.close_ready(key) {
+                self.start_close(key);
+            }
+        }
+        self.keys = keys;
+    }
+
+    /// Waits for at least one completion or the next timer, whichever is first.
+    fn wait(&mut self) {
+        let ms = if self.core.is_shutting_down() { 10 } else { self.core.sleep_ms() };
+        let ts = types::Timespec::from(Duration::from_millis(ms));
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) => match e.raw_os_error() {
+                // The timeout expired: timers are due.
+                Some(libc::ETIME) => {}
+                // A signal interrupted the wait: loop and check the stop flag.
+                Some(libc::EINTR) => {}
+                // The CQ is full: the next drain empties it.
+                Some(libc::EBUSY) => {}
+                _ => eprintln!("shard {}: io_uring_enter failed: {e}", self.core.shard_id),
+            },
+        }
+    }
+
+    /// Runs until Shutdown arrives and every device is disconnected (or the grace runs out).
+    pub fn run(mut self, stop: &std::sync::atomic::AtomicBool) {
+        self.arm_wake();
+        loop {
+            self.core.tick();
+            if stop.load(std::sync::atomic::Ordering::Relaxed) && !self.core.is_shutting_down() {
+                self.core.shutdown();
+            }
+            if self.core.is_shutting_down() {
+                let deadline = *self.stop_deadline_ms.get_or_insert(self.core.now_ms() + SHUTDOWN_GRACE_MS);
+                if self.core.connections() == 0 || self.core.now_ms() >= deadline {
+                    break;
+                }
+            } else if !self.accept_armed && self.core.now_ms() >= self.accept_retry_at_ms {
+                self.arm_accept();
+            }
+            if !self.wake_armed {
+                self.arm_wake();
+            }
+            self.flush();
+            self.wait();
+            self.drain_completions();
+            self.core.tick();
+            self.handle_completions();
+            self.core.run_timers();
+            self.flush();
+            bump(&self.core.counters().loop_turns, 1);
+        }
+    }
+}
