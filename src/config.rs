@@ -133,9 +133,20 @@ pub struct Config {
 /// Why a configuration was refused.
 #[derive(Debug)]
 pub enum ConfigError {
-    FileUnreadable { path: PathBuf, error: std::io::Error },
-    FileInvalid { path: PathBuf, error: String },
-    OutOfRange { setting: &'static str, value: u64, min: u64, max: u64 },
+    FileUnreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    FileInvalid {
+        path: PathBuf,
+        error: String,
+    },
+    OutOfRange {
+        setting: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -147,7 +158,12 @@ impl std::fmt::Display for ConfigError {
             ConfigError::FileInvalid { path, error } => {
                 write!(f, "invalid config file {}: {error}", path.display())
             }
-            ConfigError::OutOfRange { setting, value, min, max } => {
+            ConfigError::OutOfRange {
+                setting,
+                value,
+                min,
+                max,
+            } => {
                 write!(f, "{setting} = {value} is out of range [{min}, {max}]")
             }
         }
@@ -172,7 +188,7 @@ impl Default for Config {
             stored_sessions_max: 1_000_000,
             session_expiry_max_s: 24 * 3600,
             recv_buf_bytes: 2048,
-            recv_bufs_per_shard: 2048,
+            recv_bufs_per_shard: 256,
             pin_cpus: true,
             http_max_connections: 256,
             http_max_body_bytes: 256 * 1024,
@@ -186,10 +202,14 @@ impl Config {
         let file = match &flags.config {
             None => FileConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|error| ConfigError::FileUnreadable { path: path.clone(), error })?;
-                toml::from_str(&text)
-                    .map_err(|e| ConfigError::FileInvalid { path: path.clone(), error: e.to_string() })?
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::FileUnreadable {
+                    path: path.clone(),
+                    error,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::FileInvalid {
+                    path: path.clone(),
+                    error: e.to_string(),
+                })?
             }
         };
         let d = Config::default();
@@ -198,22 +218,46 @@ impl Config {
             http_listen: flags.http_listen.or(file.http_listen).unwrap_or(d.http_listen),
             shards: flags.shards.or(file.shards).unwrap_or(d.shards),
             backend: flags.backend.or(file.backend).unwrap_or(d.backend),
-            max_connections: flags.max_connections.or(file.max_connections).unwrap_or(d.max_connections),
+            max_connections: flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
             server_keepalive_s: flags.server_keepalive_s.or(file.server_keepalive_s),
-            connect_timeout_s: flags.connect_timeout_s.or(file.connect_timeout_s).unwrap_or(d.connect_timeout_s),
-            max_packet_bytes: flags.max_packet_bytes.or(file.max_packet_bytes).unwrap_or(d.max_packet_bytes),
+            connect_timeout_s: flags
+                .connect_timeout_s
+                .or(file.connect_timeout_s)
+                .unwrap_or(d.connect_timeout_s),
+            max_packet_bytes: flags
+                .max_packet_bytes
+                .or(file.max_packet_bytes)
+                .unwrap_or(d.max_packet_bytes),
             max_inflight: flags.max_inflight.or(file.max_inflight).unwrap_or(d.max_inflight),
             pending_pushes_per_device_max: flags
                 .pending_pushes_per_device_max
                 .or(file.pending_pushes_per_device_max)
                 .unwrap_or(d.pending_pushes_per_device_max),
-            stored_sessions_max: flags.stored_sessions_max.or(file.stored_sessions_max).unwrap_or(d.stored_sessions_max),
-            session_expiry_max_s: flags.session_expiry_max_s.or(file.session_expiry_max_s).unwrap_or(d.session_expiry_max_s),
+            stored_sessions_max: flags
+                .stored_sessions_max
+                .or(file.stored_sessions_max)
+                .unwrap_or(d.stored_sessions_max),
+            session_expiry_max_s: flags
+                .session_expiry_max_s
+                .or(file.session_expiry_max_s)
+                .unwrap_or(d.session_expiry_max_s),
             recv_buf_bytes: flags.recv_buf_bytes.or(file.recv_buf_bytes).unwrap_or(d.recv_buf_bytes),
-            recv_bufs_per_shard: flags.recv_bufs_per_shard.or(file.recv_bufs_per_shard).unwrap_or(d.recv_bufs_per_shard),
+            recv_bufs_per_shard: flags
+                .recv_bufs_per_shard
+                .or(file.recv_bufs_per_shard)
+                .unwrap_or(d.recv_bufs_per_shard),
             pin_cpus: flags.pin_cpus.or(file.pin_cpus).unwrap_or(d.pin_cpus),
-            http_max_connections: flags.http_max_connections.or(file.http_max_connections).unwrap_or(d.http_max_connections),
-            http_max_body_bytes: flags.http_max_body_bytes.or(file.http_max_body_bytes).unwrap_or(d.http_max_body_bytes),
+            http_max_connections: flags
+                .http_max_connections
+                .or(file.http_max_connections)
+                .unwrap_or(d.http_max_connections),
+            http_max_body_bytes: flags
+                .http_max_body_bytes
+                .or(file.http_max_body_bytes)
+                .unwrap_or(d.http_max_body_bytes),
         };
         config.validate()?;
         Ok(config)
@@ -222,16 +266,36 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         fn range(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
             if value < min || value > max {
-                return Err(ConfigError::OutOfRange { setting, value, min, max });
+                return Err(ConfigError::OutOfRange {
+                    setting,
+                    value,
+                    min,
+                    max,
+                });
             }
             Ok(())
         }
         range("shards", self.shards as u64, 1, limits::SHARDS_MAX as u64)?;
-        range("max_connections", self.max_connections, 1, limits::CONNECTIONS_PER_SHARD_MAX as u64 * self.shards as u64)?;
+        range(
+            "max_connections",
+            self.max_connections,
+            1,
+            limits::CONNECTIONS_PER_SHARD_MAX as u64 * self.shards as u64,
+        )?;
         range("connect_timeout_s", self.connect_timeout_s as u64, 1, 3600)?;
-        range("max_packet_bytes", self.max_packet_bytes as u64, 64, limits::MAX_PACKET_BYTES_CEILING as u64)?;
+        range(
+            "max_packet_bytes",
+            self.max_packet_bytes as u64,
+            64,
+            limits::MAX_PACKET_BYTES_CEILING as u64,
+        )?;
         range("max_inflight", self.max_inflight as u64, 1, limits::INFLIGHT_MAX as u64)?;
-        range("pending_pushes_per_device_max", self.pending_pushes_per_device_max as u64, 0, 65_536)?;
+        range(
+            "pending_pushes_per_device_max",
+            self.pending_pushes_per_device_max as u64,
+            0,
+            65_536,
+        )?;
         range("recv_buf_bytes", self.recv_buf_bytes as u64, 256, 1 << 20)?;
         range("recv_bufs_per_shard", self.recv_bufs_per_shard as u64, 16, 32_768)?;
         if !self.recv_bufs_per_shard.is_power_of_two() {
@@ -263,7 +327,10 @@ impl Config {
             BackendChoice::Uring => "uring",
             BackendChoice::Epoll => "epoll",
         };
-        let ka = self.server_keepalive_s.map(|s| s.to_string()).unwrap_or_else(|| "none (client's own)".into());
+        let ka = self
+            .server_keepalive_s
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none (client's own)".into());
         format!(
             "mqtt_listen = \"{}\"\nhttp_listen = \"{}\"\nshards = {}\nbackend = \"{backend}\"\nmax_connections = {}\n\
              server_keepalive_s = {ka}\nconnect_timeout_s = {}\nmax_packet_bytes = {}\nmax_inflight = {}\n\
@@ -298,8 +365,14 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir is writable");
         let path = dir.join("a.toml");
         std::fs::write(&path, "shards = 3\nmax_inflight = 7\nbackend = \"epoll\"\n").expect("temp file is writable");
-        let flags = Flags::try_parse_from(["pulsegate", "--config", path.to_str().expect("utf-8 path"), "--shards", "5"])
-            .expect("flags parse");
+        let flags = Flags::try_parse_from([
+            "pulsegate",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--shards",
+            "5",
+        ])
+        .expect("flags parse");
         let c = Config::from_flags(&flags).expect("valid");
         assert_eq!(c.shards, 5);
         assert_eq!(c.max_inflight, 7);
@@ -313,17 +386,28 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir is writable");
         let path = dir.join("b.toml");
         std::fs::write(&path, "shardz = 3\n").expect("temp file is writable");
-        let flags = Flags::try_parse_from(["pulsegate", "--config", path.to_str().expect("utf-8 path")]).expect("parse");
-        assert!(matches!(Config::from_flags(&flags), Err(ConfigError::FileInvalid { .. })));
+        let flags =
+            Flags::try_parse_from(["pulsegate", "--config", path.to_str().expect("utf-8 path")]).expect("parse");
+        assert!(matches!(
+            Config::from_flags(&flags),
+            Err(ConfigError::FileInvalid { .. })
+        ));
         let flags = Flags::try_parse_from(["pulsegate", "--shards", "0"]).expect("parse");
-        assert!(matches!(Config::from_flags(&flags), Err(ConfigError::OutOfRange { setting: "shards", .. })));
+        assert!(matches!(
+            Config::from_flags(&flags),
+            Err(ConfigError::OutOfRange { setting: "shards", .. })
+        ));
         let flags = Flags::try_parse_from(["pulsegate", "--recv-bufs-per-shard", "1000"]).expect("parse");
         assert!(Config::from_flags(&flags).is_err());
     }
 
     #[test]
     fn connections_are_split_over_shards() {
-        let c = Config { shards: 3, max_connections: 100, ..Config::default() };
+        let c = Config {
+            shards: 3,
+            max_connections: 100,
+            ..Config::default()
+        };
         assert_eq!(c.connections_per_shard(), 34);
     }
 }

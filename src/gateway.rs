@@ -15,9 +15,9 @@ use crate::api::{Gateway, PushError, PushRequest};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics;
-use crate::push::{format_id, Push, PushIds};
+use crate::push::{Push, PushIds, format_id};
 use crate::registry::{Location, Registry};
-use crate::shard::counters::{bump, ShardCounters};
+use crate::shard::counters::{ShardCounters, bump};
 use crate::shard::mailbox::{Command, MailboxSender, PostError};
 
 /// The backend the shards run on.
@@ -99,7 +99,11 @@ impl Shared {
 
     /// Forwards a push to its new owner (from a shard: drops are counted there).
     pub fn route_to(&self, owner: Location, push: Push, counters: &ShardCounters) {
-        let command = Command::Push { key: owner.key, generation: owner.generation, push };
+        let command = Command::Push {
+            key: owner.key,
+            generation: owner.generation,
+            push,
+        };
         if self.post(owner.shard, command).is_err() {
             bump(&counters.pushes_dropped, 1);
         }
@@ -117,15 +121,25 @@ impl Shared {
 impl Gateway for Shared {
     fn push(&self, req: PushRequest) -> Result<String, PushError> {
         if req.payload.len() > self.cfg.max_packet_bytes as usize {
-            return Err(PushError::PayloadTooLarge { max_bytes: self.cfg.max_packet_bytes });
+            return Err(PushError::PayloadTooLarge {
+                max_bytes: self.cfg.max_packet_bytes,
+            });
         }
         let Some(owner) = self.registry.lookup(&req.device) else {
             self.api_pushes_refused.fetch_add(1, Ordering::Relaxed);
             return Err(PushError::DeviceOffline);
         };
         let id = self.push_ids.next_id();
-        let push = Push { id, qos: req.qos.min(1), payload: Bytes::from(req.payload) };
-        let command = Command::Push { key: owner.key, generation: owner.generation, push };
+        let push = Push {
+            id,
+            qos: req.qos.min(1),
+            payload: Bytes::from(req.payload),
+        };
+        let command = Command::Push {
+            key: owner.key,
+            generation: owner.generation,
+            push,
+        };
         match self.post(owner.shard, command) {
             Ok(()) => {
                 self.api_pushes_accepted.fetch_add(1, Ordering::Relaxed);

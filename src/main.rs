@@ -1,8 +1,8 @@
 //! The `pulsegate` binary: flags -> Config -> shards and HTTP API -> wait for
 //! SIGINT/SIGTERM -> clean shutdown. Nothing else lives here.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;

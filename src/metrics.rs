@@ -8,7 +8,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::gateway::Shared;
 use crate::shard::counters::{CloseReason, ProtocolErrorKind, ShardCounters};
 
-fn per_shard(out: &mut String, shared: &Shared, name: &str, kind: &str, help: &str, get: impl Fn(&ShardCounters) -> u64) {
+fn per_shard(
+    out: &mut String,
+    shared: &Shared,
+    name: &str,
+    kind: &str,
+    help: &str,
+    get: impl Fn(&ShardCounters) -> u64,
+) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (i, h) in shared.shards().iter().enumerate() {
         let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(&h.counters));
@@ -32,32 +39,143 @@ pub fn render(shared: &Shared) -> String {
         "# HELP pulsegate_uptime_seconds Seconds since start.\n# TYPE pulsegate_uptime_seconds gauge\npulsegate_uptime_seconds {}",
         shared.started.elapsed().as_secs()
     );
-    per_shard(&mut out, shared, "pulsegate_connections", "gauge", "Open connections per shard.", |c| c.connections_open.load(Relaxed));
-    per_shard(&mut out, shared, "pulsegate_accepts_total", "counter", "Sockets accepted per shard.", |c| c.accepts.load(Relaxed));
-    per_shard(&mut out, shared, "pulsegate_keepalives_total", "counter", "PINGREQs served per shard.", |c| c.keepalives.load(Relaxed));
-    total(&mut out, shared, "pulsegate_accept_errors_total", "Accept failures (fd table full, ...).", |c| c.accept_errors.load(Relaxed));
-    let _ = writeln!(out, "# HELP pulsegate_connects_total Accepted CONNECTs by protocol version.\n# TYPE pulsegate_connects_total counter");
-    let v311: u64 = shared.shards().iter().map(|h| h.counters.connects_v311.load(Relaxed)).sum();
-    let v5: u64 = shared.shards().iter().map(|h| h.counters.connects_v5.load(Relaxed)).sum();
-    let _ = writeln!(out, "pulsegate_connects_total{{version=\"3.1.1\"}} {v311}\npulsegate_connects_total{{version=\"5\"}} {v5}");
-    total(&mut out, shared, "pulsegate_pushes_sent_total", "PUBLISHes sent to devices.", |c| c.pushes_sent.load(Relaxed));
-    total(&mut out, shared, "pulsegate_pushes_acked_total", "PUBACKs received for QoS 1 pushes.", |c| c.pushes_acked.load(Relaxed));
-    total(&mut out, shared, "pulsegate_pushes_dropped_total", "Pushes dropped (device gone, queue full, too large).", |c| c.pushes_dropped.load(Relaxed));
-    total(&mut out, shared, "pulsegate_pushes_redelivered_total", "Pushes redelivered from a resumed session.", |c| c.pushes_redelivered.load(Relaxed));
-    total(&mut out, shared, "pulsegate_publishes_received_total", "PUBLISHes received from devices.", |c| c.publishes_received.load(Relaxed));
-    total(&mut out, shared, "pulsegate_sessions_taken_over_total", "Connections replaced by a newer CONNECT with the same client id.", |c| c.sessions_taken_over.load(Relaxed));
-    total(&mut out, shared, "pulsegate_sessions_resumed_total", "Stored sessions resumed on reconnect.", |c| c.sessions_resumed.load(Relaxed));
-    total(&mut out, shared, "pulsegate_recv_buffer_exhausted_total", "Receives re-armed because the provided buffer ring ran dry.", |c| c.recv_buffer_exhausted.load(Relaxed));
-    total(&mut out, shared, "pulsegate_received_bytes_total", "Bytes received from devices.", |c| c.bytes_received.load(Relaxed));
-    total(&mut out, shared, "pulsegate_sent_bytes_total", "Bytes sent to devices.", |c| c.bytes_sent.load(Relaxed));
-    let _ = writeln!(out, "# HELP pulsegate_closes_total Connections closed, by reason.\n# TYPE pulsegate_closes_total counter");
+    per_shard(
+        &mut out,
+        shared,
+        "pulsegate_connections",
+        "gauge",
+        "Open connections per shard.",
+        |c| c.connections_open.load(Relaxed),
+    );
+    per_shard(
+        &mut out,
+        shared,
+        "pulsegate_accepts_total",
+        "counter",
+        "Sockets accepted per shard.",
+        |c| c.accepts.load(Relaxed),
+    );
+    per_shard(
+        &mut out,
+        shared,
+        "pulsegate_keepalives_total",
+        "counter",
+        "PINGREQs served per shard.",
+        |c| c.keepalives.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_accept_errors_total",
+        "Accept failures (fd table full, ...).",
+        |c| c.accept_errors.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_connects_total Accepted CONNECTs by protocol version.\n# TYPE pulsegate_connects_total counter"
+    );
+    let v311: u64 = shared
+        .shards()
+        .iter()
+        .map(|h| h.counters.connects_v311.load(Relaxed))
+        .sum();
+    let v5: u64 = shared
+        .shards()
+        .iter()
+        .map(|h| h.counters.connects_v5.load(Relaxed))
+        .sum();
+    let _ = writeln!(
+        out,
+        "pulsegate_connects_total{{version=\"3.1.1\"}} {v311}\npulsegate_connects_total{{version=\"5\"}} {v5}"
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_pushes_sent_total",
+        "PUBLISHes sent to devices.",
+        |c| c.pushes_sent.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_pushes_acked_total",
+        "PUBACKs received for QoS 1 pushes.",
+        |c| c.pushes_acked.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_pushes_dropped_total",
+        "Pushes dropped (device gone, queue full, too large).",
+        |c| c.pushes_dropped.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_pushes_redelivered_total",
+        "Pushes redelivered from a resumed session.",
+        |c| c.pushes_redelivered.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_publishes_received_total",
+        "PUBLISHes received from devices.",
+        |c| c.publishes_received.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_sessions_taken_over_total",
+        "Connections replaced by a newer CONNECT with the same client id.",
+        |c| c.sessions_taken_over.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_sessions_resumed_total",
+        "Stored sessions resumed on reconnect.",
+        |c| c.sessions_resumed.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_recv_buffer_exhausted_total",
+        "Receives re-armed because the provided buffer ring ran dry.",
+        |c| c.recv_buffer_exhausted.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_received_bytes_total",
+        "Bytes received from devices.",
+        |c| c.bytes_received.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_sent_bytes_total",
+        "Bytes sent to devices.",
+        |c| c.bytes_sent.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_closes_total Connections closed, by reason.\n# TYPE pulsegate_closes_total counter"
+    );
     for r in CloseReason::ALL {
         let n: u64 = shared.shards().iter().map(|h| h.counters.get_close(r)).sum();
         let _ = writeln!(out, "pulsegate_closes_total{{reason=\"{}\"}} {n}", r.label());
     }
-    let _ = writeln!(out, "# HELP pulsegate_protocol_errors_total Bad device input, by kind.\n# TYPE pulsegate_protocol_errors_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_protocol_errors_total Bad device input, by kind.\n# TYPE pulsegate_protocol_errors_total counter"
+    );
     for (i, k) in ProtocolErrorKind::ALL.iter().enumerate() {
-        let n: u64 = shared.shards().iter().map(|h| h.counters.protocol_errors[i].load(Relaxed)).sum();
+        let n: u64 = shared
+            .shards()
+            .iter()
+            .map(|h| h.counters.protocol_errors[i].load(Relaxed))
+            .sum();
         let _ = writeln!(out, "pulsegate_protocol_errors_total{{kind=\"{}\"}} {n}", k.label());
     }
     let _ = writeln!(

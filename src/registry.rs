@@ -6,7 +6,7 @@
 //! out of this module; it never talks to shards itself (callers post commands).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -35,7 +35,10 @@ pub struct Claim {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Release {
     /// The id was ours and is now offline (its session stored if persistent).
-    Removed { session_stored: bool, pushes_dropped: usize },
+    Removed {
+        session_stored: bool,
+        pushes_dropped: usize,
+    },
     /// Another connection took the id over; the caller forwards its pushes there
     /// when it is persistent.
     Replaced(Location),
@@ -75,9 +78,7 @@ impl Registry {
     }
 
     fn stripe(&self, client_id: &str) -> MutexGuard<'_, Stripe> {
-        let mut h = self.hasher.build_hasher();
-        client_id.hash(&mut h);
-        let index = (h.finish() as usize) & (STRIPES - 1);
+        let index = (self.hasher.hash_one(client_id) as usize) & (STRIPES - 1);
         // A poisoned stripe means a thread panicked while holding it; the map is
         // still structurally sound (no invariant spans an await point), so keep going.
         match self.stripes[index].lock() {
@@ -120,15 +121,24 @@ impl Registry {
         }
         stripe.online.remove(client_id);
         let Some(expires_at) = keep_until else {
-            return Release::Removed { session_stored: false, pushes_dropped: pushes.len() };
+            return Release::Removed {
+                session_stored: false,
+                pushes_dropped: pushes.len(),
+            };
         };
         let count = self.stored_sessions.load(std::sync::atomic::Ordering::Relaxed);
         if count >= self.stored_sessions_max {
-            return Release::Removed { session_stored: false, pushes_dropped: pushes.len() };
+            return Release::Removed {
+                session_stored: false,
+                pushes_dropped: pushes.len(),
+            };
         }
         self.stored_sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stripe.sessions.insert(key, StoredSession { pushes, expires_at });
-        Release::Removed { session_stored: true, pushes_dropped: 0 }
+        Release::Removed {
+            session_stored: true,
+            pushes_dropped: 0,
+        }
     }
 
     /// The owner of `client_id`, if connected.
@@ -161,11 +171,20 @@ mod tests {
     use bytes::Bytes;
 
     fn loc(shard: u16, key: u32, persistent: bool) -> Location {
-        Location { shard, key, generation: 1, persistent }
+        Location {
+            shard,
+            key,
+            generation: 1,
+            persistent,
+        }
     }
 
     fn push(id: u64) -> Push {
-        Push { id, qos: 1, payload: Bytes::from_static(b"x") }
+        Push {
+            id,
+            qos: 1,
+            payload: Bytes::from_static(b"x"),
+        }
     }
 
     #[test]
@@ -178,7 +197,10 @@ mod tests {
         assert_eq!(c.previous, Some(loc(0, 1, false)));
         assert_eq!(r.lookup("dev-1"), Some(loc(1, 7, false)));
         // The old owner releasing must not remove the new one.
-        assert_eq!(r.release("dev-1", loc(0, 1, false), vec![], None), Release::Replaced(loc(1, 7, false)));
+        assert_eq!(
+            r.release("dev-1", loc(0, 1, false), vec![], None),
+            Release::Replaced(loc(1, 7, false))
+        );
         assert_eq!(r.lookup("dev-1"), Some(loc(1, 7, false)));
     }
 
@@ -190,12 +212,21 @@ mod tests {
         r.claim(&id, loc(0, 1, true), true, now);
         let until = now + std::time::Duration::from_secs(60);
         let rel = r.release("dev-2", loc(0, 1, true), vec![push(1), push(2)], Some(until));
-        assert_eq!(rel, Release::Removed { session_stored: true, pushes_dropped: 0 });
+        assert_eq!(
+            rel,
+            Release::Removed {
+                session_stored: true,
+                pushes_dropped: 0
+            }
+        );
         assert!(r.lookup("dev-2").is_none());
         assert!(r.store_for_offline("dev-2", push(3), 3));
         assert!(!r.store_for_offline("dev-2", push(4), 3));
         let c = r.claim(&id, loc(1, 2, true), true, now);
-        assert_eq!(c.resumed.map(|p| p.iter().map(|p| p.id).collect::<Vec<_>>()), Some(vec![1, 2, 3]));
+        assert_eq!(
+            c.resumed.map(|p| p.iter().map(|p| p.id).collect::<Vec<_>>()),
+            Some(vec![1, 2, 3])
+        );
         assert_eq!(r.stored_sessions(), 0);
     }
 
@@ -209,8 +240,19 @@ mod tests {
         r.claim(&b, loc(0, 2, true), true, now);
         r.release("a", loc(0, 1, true), vec![push(1)], Some(now));
         // The bound: the second session is not stored.
-        let rel = r.release("b", loc(0, 2, true), vec![push(2)], Some(now + std::time::Duration::from_secs(5)));
-        assert_eq!(rel, Release::Removed { session_stored: false, pushes_dropped: 1 });
+        let rel = r.release(
+            "b",
+            loc(0, 2, true),
+            vec![push(2)],
+            Some(now + std::time::Duration::from_secs(5)),
+        );
+        assert_eq!(
+            rel,
+            Release::Removed {
+                session_stored: false,
+                pushes_dropped: 1
+            }
+        );
         // Expired (expires_at == now is not > now): nothing resumed.
         assert!(r.claim(&a, loc(0, 3, true), true, now).resumed.is_none());
     }

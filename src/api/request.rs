@@ -39,10 +39,7 @@ pub(super) enum HeadError {
 ///
 /// `Ok(None)`: incomplete but still within `max_header_bytes`, read more.
 /// `Ok(Some((head, n)))`: the head is the first `n` bytes of `buf`.
-pub(super) fn parse_head(
-    buf: &[u8],
-    max_header_bytes: usize,
-) -> Result<Option<(RequestHead, usize)>, HeadError> {
+pub(super) fn parse_head(buf: &[u8], max_header_bytes: usize) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
@@ -58,8 +55,7 @@ pub(super) fn parse_head(
     if used > max_header_bytes {
         return Err(HeadError::TooLarge);
     }
-    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
-    else {
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line".into()));
     };
 
@@ -72,9 +68,7 @@ pub(super) fn parse_head(
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
             if content_length.is_some_and(|prev| prev != n) {
-                return Err(HeadError::Malformed(
-                    "conflicting Content-Length headers".into(),
-                ));
+                return Err(HeadError::Malformed("conflicting Content-Length headers".into()));
             }
             content_length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -111,9 +105,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     }
     Ok(digits
         .iter()
-        .try_fold(0u64, |acc, d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
+        .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
         .unwrap_or(u64::MAX))
 }
 
@@ -124,9 +116,7 @@ mod tests {
     #[test]
     fn complete_head_with_body_framing() {
         let raw = b"POST /v1/messages?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\nbody";
-        let (head, used) = parse_head(raw, 1024)
-            .expect("valid head")
-            .expect("complete head");
+        let (head, used) = parse_head(raw, 1024).expect("valid head").expect("complete head");
         assert_eq!(used, raw.len() - 4);
         assert_eq!(head.method, "POST");
         assert_eq!(head.path, "/v1/messages");
@@ -138,10 +128,7 @@ mod tests {
     #[test]
     fn partial_head_then_limit() {
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost:", 1024), Ok(None));
-        assert_eq!(
-            parse_head(b"GET / HTTP/1.1\r\nHost:", 10),
-            Err(HeadError::TooLarge)
-        );
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost:", 10), Err(HeadError::TooLarge));
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(parse_head(raw, raw.len() - 1), Err(HeadError::TooLarge));
     }
@@ -153,9 +140,7 @@ mod tests {
         assert!(!get(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(get(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert!(get(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
-        assert!(
-            get(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_transfer_encoding
-        );
+        assert!(get(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_transfer_encoding);
     }
 
     #[test]
@@ -166,10 +151,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
         ] {
-            assert!(matches!(
-                parse_head(raw, 1024),
-                Err(HeadError::Malformed(_))
-            ));
+            assert!(matches!(parse_head(raw, 1024), Err(HeadError::Malformed(_))));
         }
         let huge = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n";
         let head = parse_head(huge, 1024).expect("valid").expect("complete").0;

@@ -43,8 +43,7 @@ impl Response {
             message: message.as_ref(),
         };
         // Two string fields always serialize; the fallback only keeps this total.
-        let body = serde_json::to_vec(&body)
-            .unwrap_or_else(|_| br#"{"error":"internal_error","message":""}"#.to_vec());
+        let body = serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":"internal_error","message":""}"#.to_vec());
         Response::raw(status, JSON, body)
     }
 

@@ -40,9 +40,7 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
     match (head.path.as_str(), head.method.as_str()) {
         ("/v1/messages", "POST") => post_message(head, body, gateway),
         ("/v1/messages", _) => method_not_allowed("POST"),
-        ("/metrics", "GET") => {
-            Response::raw(200, PROMETHEUS_TEXT, gateway.metrics_text().into_bytes())
-        }
+        ("/metrics", "GET") => Response::raw(200, PROMETHEUS_TEXT, gateway.metrics_text().into_bytes()),
         ("/healthz", "GET") => Response::json(200, &Health { status: "ok" }),
         ("/metrics" | "/healthz", _) => method_not_allowed("GET"),
         (path, _) => {
@@ -64,12 +62,7 @@ fn method_not_allowed(allow: &'static str) -> Response {
 fn post_message(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> Response {
     if head.content_length.is_none() {
         // A body sent without framing would be read as the next request: close.
-        return Response::error(
-            411,
-            "length_required",
-            "POST requires a Content-Length header",
-        )
-        .closing();
+        return Response::error(411, "length_required", "POST requires a Content-Length header").closing();
     }
     // serde's derive would also accept a JSON array for the struct; only objects are valid.
     if body.trim_ascii_start().first() != Some(&b'{') {
@@ -104,11 +97,7 @@ fn bad_request(message: String) -> Response {
 /// `PushError` -> status, code and headers.
 fn push_error(err: PushError, device: &str) -> Response {
     match err {
-        PushError::DeviceOffline => Response::error(
-            404,
-            "device_offline",
-            format!("device {device} is not connected"),
-        ),
+        PushError::DeviceOffline => Response::error(404, "device_offline", format!("device {device} is not connected")),
         PushError::Overloaded { retry_after_s } => Response::error(
             503,
             "overloaded",
@@ -120,8 +109,6 @@ fn push_error(err: PushError, device: &str) -> Response {
             "payload_too_large",
             format!("payload exceeds the limit of {max_bytes} bytes"),
         ),
-        PushError::ShuttingDown => {
-            Response::error(503, "shutting_down", "gateway is shutting down").closing()
-        }
+        PushError::ShuttingDown => Response::error(503, "shutting_down", "gateway is shutting down").closing(),
     }
 }

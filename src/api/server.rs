@@ -67,11 +67,7 @@ impl HttpServer {
     /// Takes an already-bound listener (the gateway binds it so the port is known before start).
     /// Serves until `shutdown()`; returns an error only if it cannot start (including a config
     /// with a zero limit: `InvalidInput`).
-    pub fn start(
-        listener: TcpListener,
-        config: HttpConfig,
-        gateway: Arc<dyn Gateway>,
-    ) -> io::Result<HttpServer> {
+    pub fn start(listener: TcpListener, config: HttpConfig, gateway: Arc<dyn Gateway>) -> io::Result<HttpServer> {
         validate(&config)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -124,10 +120,7 @@ fn validate(c: &HttpConfig) -> io::Result<()> {
         ("max_header_bytes", c.max_header_bytes == 0),
         ("max_body_bytes", c.max_body_bytes == 0),
         ("idle_timeout_ms", c.idle_timeout_ms == 0),
-        (
-            "max_requests_per_connection",
-            c.max_requests_per_connection == 0,
-        ),
+        ("max_requests_per_connection", c.max_requests_per_connection == 0),
     ];
     match zero.iter().find(|(_, is_zero)| *is_zero) {
         Some((name, _)) => Err(io::Error::new(
@@ -148,12 +141,7 @@ fn join_until(handle: JoinHandle<()>, deadline: Instant) {
     }
 }
 
-fn accept_loop(
-    listener: &TcpListener,
-    config: &HttpConfig,
-    gateway: &Arc<dyn Gateway>,
-    shared: &Arc<Shared>,
-) {
+fn accept_loop(listener: &TcpListener, config: &HttpConfig, gateway: &Arc<dyn Gateway>, shared: &Arc<Shared>) {
     while !shared.stopping() {
         match listener.accept() {
             Ok((stream, _)) => admit(stream, config, gateway, shared),
@@ -196,12 +184,10 @@ fn admit(stream: TcpStream, config: &HttpConfig, gateway: &Arc<dyn Gateway>, sha
         shared: Arc::clone(shared),
         stop_seen: None,
     };
-    let spawned = thread::Builder::new()
-        .name("api-conn".into())
-        .spawn(move || {
-            let _guard = guard;
-            conn.serve();
-        });
+    let spawned = thread::Builder::new().name("api-conn".into()).spawn(move || {
+        let _guard = guard;
+        conn.serve();
+    });
     // If spawning fails the closure is dropped: the guard decrements and the socket closes.
     if let Ok(handle) = spawned {
         shared.workers().push(handle);
@@ -210,15 +196,9 @@ fn admit(stream: TcpStream, config: &HttpConfig, gateway: &Arc<dyn Gateway>, sha
 
 /// Over capacity: answer 503 and close, with tight bounds since this runs on the acceptor.
 fn reject(mut stream: TcpStream) {
-    let resp = Response::error(
-        503,
-        "too_many_connections",
-        "too many concurrent connections",
-    )
-    .with_header("Retry-After", "1");
-    if stream.set_write_timeout(Some(REJECT_WRITE_TIMEOUT)).is_ok()
-        && stream.write_all(&resp.to_bytes(false)).is_ok()
-    {
+    let resp =
+        Response::error(503, "too_many_connections", "too many concurrent connections").with_header("Retry-After", "1");
+    if stream.set_write_timeout(Some(REJECT_WRITE_TIMEOUT)).is_ok() && stream.write_all(&resp.to_bytes(false)).is_ok() {
         linger(&mut stream, REJECT_LINGER);
     }
 }
@@ -318,10 +298,7 @@ impl Connection {
                         return Err(ReadEnd::Answer(Response::error(
                             431,
                             "headers_too_large",
-                            format!(
-                                "request head exceeds {} bytes",
-                                self.config.max_header_bytes
-                            ),
+                            format!("request head exceeds {} bytes", self.config.max_header_bytes),
                         )));
                     }
                     Err(HeadError::Malformed(msg)) => {
@@ -376,9 +353,7 @@ impl Connection {
         };
         let gateway = &*self.gateway;
         let resp = panic::catch_unwind(AssertUnwindSafe(|| routes::handle(head, &body, gateway)))
-            .unwrap_or_else(|_| {
-                Response::error(500, "internal_error", "request handler panicked").closing()
-            });
+            .unwrap_or_else(|_| Response::error(500, "internal_error", "request handler panicked").closing());
         let keep_alive = head.keep_alive
             && !resp.close
             && served < self.config.max_requests_per_connection

@@ -85,21 +85,14 @@ impl Resp {
     }
 
     fn json(&self) -> serde_json::Value {
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
+        assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
         serde_json::from_slice(&self.body).expect("JSON body")
     }
 
     fn error_code(&self) -> String {
         let v = self.json();
         assert!(v["message"].is_string(), "error has a message: {v}");
-        v["error"]
-            .as_str()
-            .expect("error code is a string")
-            .to_owned()
+        v["error"].as_str().expect("error code is a string").to_owned()
     }
 }
 
@@ -136,10 +129,7 @@ impl Client {
         self.reader.read_line(&mut line).expect("status line");
         let mut parts = line.split_whitespace();
         assert_eq!(parts.next(), Some("HTTP/1.1"), "status line {line:?}");
-        let status = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .expect("status code");
+        let status = parts.next().and_then(|s| s.parse().ok()).expect("status code");
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
@@ -161,10 +151,7 @@ impl Client {
                 .header("content-length")
                 .and_then(|v| v.parse().ok())
                 .expect("every response has Content-Length");
-            assert!(
-                resp.header("content-type").is_some(),
-                "every response has Content-Type"
-            );
+            assert!(resp.header("content-type").is_some(), "every response has Content-Type");
             resp.body = vec![0; len];
             self.reader.read_exact(&mut resp.body).expect("body");
         }
@@ -209,10 +196,7 @@ fn post_success_reaches_gateway() {
     );
     assert_eq!(resp.status, 202);
     assert_eq!(resp.json(), serde_json::json!({"id": "push-1"}));
-    let resp = roundtrip(
-        server.local_addr(),
-        &post(r#"{"device":"dev-2","payload":""}"#),
-    );
+    let resp = roundtrip(server.local_addr(), &post(r#"{"device":"dev-2","payload":""}"#));
     assert_eq!(resp.status, 202);
     assert_eq!(
         gw.calls(),
@@ -259,10 +243,7 @@ fn pipelined_requests_answered_in_order() {
     c.send(both.as_bytes());
     assert_eq!(c.read_response().json()["id"], "push-1");
     assert_eq!(c.read_response().json()["id"], "push-2");
-    assert_eq!(
-        c.read_response().json(),
-        serde_json::json!({"status": "ok"})
-    );
+    assert_eq!(c.read_response().json(), serde_json::json!({"status": "ok"}));
     server.shutdown();
 }
 
@@ -307,19 +288,13 @@ fn bad_bodies_are_400_and_connection_survives() {
         ("empty body", ""),
         ("wrong type device", r#"{"device":5,"payload":"x"}"#),
         ("wrong type payload", r#"{"device":"d","payload":[1,2]}"#),
-        (
-            "wrong type qos",
-            r#"{"device":"d","payload":"x","qos":"1"}"#,
-        ),
+        ("wrong type qos", r#"{"device":"d","payload":"x","qos":"1"}"#),
         ("missing device", r#"{"payload":"x"}"#),
         ("missing payload", r#"{"device":"d"}"#),
         ("empty device", r#"{"device":"","payload":"x"}"#),
         ("qos 2", r#"{"device":"d","payload":"x","qos":2}"#),
         ("qos 300", r#"{"device":"d","payload":"x","qos":300}"#),
-        (
-            "unknown field",
-            r#"{"device":"d","payload":"x","retain":true}"#,
-        ),
+        ("unknown field", r#"{"device":"d","payload":"x","retain":true}"#),
         ("not an object", r#"["d","x"]"#),
     ];
     for (what, body) in cases {
@@ -418,10 +393,7 @@ fn push_errors_map_to_statuses() {
 #[test]
 fn metrics_and_healthz() {
     let (server, _gw) = start(config());
-    let resp = roundtrip(
-        server.local_addr(),
-        "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n",
-    );
+    let resp = roundtrip(server.local_addr(), "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(resp.status, 200);
     let ct = resp.header("content-type").expect("content type");
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
@@ -474,10 +446,7 @@ fn idle_timeout_closes_socket() {
     assert_eq!(c.read_response().status, 200);
     let start = Instant::now();
     assert!(c.closed_within(Duration::from_secs(3)));
-    assert!(
-        start.elapsed() >= Duration::from_millis(150),
-        "closed too early"
-    );
+    assert!(start.elapsed() >= Duration::from_millis(150), "closed too early");
     server.shutdown();
 }
 
@@ -568,16 +537,10 @@ fn max_requests_per_connection_closes() {
 #[test]
 fn gateway_panic_is_500_and_server_survives() {
     let (server, _gw) = start(config());
-    let resp = roundtrip(
-        server.local_addr(),
-        &post(r#"{"device":"panic","payload":"x"}"#),
-    );
+    let resp = roundtrip(server.local_addr(), &post(r#"{"device":"panic","payload":"x"}"#));
     assert_eq!(resp.status, 500);
     assert_eq!(resp.error_code(), "internal_error");
-    let resp = roundtrip(
-        server.local_addr(),
-        &post(r#"{"device":"ok","payload":"x"}"#),
-    );
+    let resp = roundtrip(server.local_addr(), &post(r#"{"device":"ok","payload":"x"}"#));
     assert_eq!(resp.status, 202);
     server.shutdown();
 }

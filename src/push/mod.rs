@@ -32,7 +32,9 @@ impl PushIds {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         // 32 bits of start second, 32 bits of counter.
-        PushIds { next: AtomicU64::new(start_s << 32) }
+        PushIds {
+            next: AtomicU64::new(start_s << 32),
+        }
     }
 
     pub fn next_id(&self) -> u64 {

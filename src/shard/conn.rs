@@ -161,7 +161,11 @@ mod tests {
     #[test]
     fn idle_slot_fits_the_memory_budget() {
         // DESIGN-NOTES: ≤ 64 bytes of slot per connection (the slab entry adds its tag).
-        assert!(std::mem::size_of::<Conn>() <= 64, "Conn is {} bytes", std::mem::size_of::<Conn>());
+        assert!(
+            std::mem::size_of::<Conn>() <= 64,
+            "Conn is {} bytes",
+            std::mem::size_of::<Conn>()
+        );
         assert!(std::mem::size_of::<slab::Slab<Conn>>() > 0);
     }
 

@@ -9,10 +9,8 @@ use std::time::Instant;
 
 use slab::Slab;
 
-use super::conn::{
-    Conn, Phase, FLAG_DIRTY, FLAG_FORCE_CLOSE, FLAG_PERSISTENT, FLAG_REGISTERED, IO_SEND_IN_FLIGHT,
-};
-use super::counters::{bump, CloseReason, ProtocolErrorKind, ShardCounters};
+use super::conn::{Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, FLAG_PERSISTENT, FLAG_REGISTERED, IO_SEND_IN_FLIGHT, Phase};
+use super::counters::{CloseReason, ProtocolErrorKind, ShardCounters, bump};
 use super::mailbox::Command;
 use super::wheel::TimerWheel;
 use crate::gateway::Shared;
@@ -126,7 +124,9 @@ impl Core {
     /// Bytes arrived for `key`.
     pub fn receive(&mut self, key: u32, data: &[u8]) {
         bump(&self.counters.bytes_received, data.len() as u64);
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }
@@ -138,18 +138,18 @@ impl Core {
             let consumed = self.process(key, &partial);
             if let Some(consumed) = consumed {
                 partial.drain(..consumed);
-                if let Some(c) = self.conns.get_mut(key as usize) {
-                    if c.phase != Phase::Closing && !partial.is_empty() {
-                        c.active().partial = partial;
-                    }
+                if let Some(c) = self.conns.get_mut(key as usize)
+                    && c.phase != Phase::Closing
+                    && !partial.is_empty()
+                {
+                    c.active().partial = partial;
                 }
             }
-        } else if let Some(consumed) = self.process(key, data) {
-            if consumed < data.len() {
-                if let Some(c) = self.conns.get_mut(key as usize) {
-                    c.active().partial.extend_from_slice(&data[consumed..]);
-                }
-            }
+        } else if let Some(consumed) = self.process(key, data)
+            && consumed < data.len()
+            && let Some(c) = self.conns.get_mut(key as usize)
+        {
+            c.active().partial.extend_from_slice(&data[consumed..]);
         }
         if let Some(c) = self.conns.get_mut(key as usize) {
             c.shrink_if_idle();
@@ -191,7 +191,9 @@ impl Core {
             DecodeError::Incomplete { .. } => ProtocolErrorKind::TruncatedAtClose,
             DecodeError::Malformed(_) => ProtocolErrorKind::Malformed,
         };
-        let Some(conn) = self.conns.get(key as usize) else { return };
+        let Some(conn) = self.conns.get(key as usize) else {
+            return;
+        };
         if conn.phase == Phase::AwaitConnect {
             self.counters.protocol_error(kind);
             if let DecodeError::UnsupportedProtocolVersion { .. } = error {
@@ -220,9 +222,16 @@ impl Core {
 
     /// Sends DISCONNECT(reason) to an MQTT 5 device, then closes.
     pub(super) fn disconnect(&mut self, key: u32, reason: u8, why: CloseReason) {
-        let Some(conn) = self.conns.get(key as usize) else { return };
+        let Some(conn) = self.conns.get(key as usize) else {
+            return;
+        };
         if conn.is_v5() && conn.phase == Phase::Connected {
-            let d = Disconnect { reason, session_expiry_interval_s: None, reason_string: None, server_reference: None };
+            let d = Disconnect {
+                reason,
+                session_expiry_interval_s: None,
+                reason_string: None,
+                server_reference: None,
+            };
             self.queue_packet(key, |out| {
                 d.encode(mqtt::ProtocolVersion::V5, out);
             });
@@ -232,7 +241,9 @@ impl Core {
 
     /// Appends an encoded packet to the connection's output and marks it dirty.
     pub(super) fn queue_packet(&mut self, key: u32, encode: impl FnOnce(&mut Vec<u8>)) {
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         encode(&mut conn.active().out);
         if conn.flags & FLAG_DIRTY == 0 {
             conn.flags |= FLAG_DIRTY;
@@ -244,7 +255,9 @@ impl Core {
     /// undelivered pushes), arms the linger timer, queues the key for the backend.
     pub fn begin_close(&mut self, key: u32, reason: CloseReason) {
         let now_ms = self.now_ms;
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }
@@ -258,7 +271,12 @@ impl Core {
         }
         let registered = conn.flags & FLAG_REGISTERED != 0;
         let persistent = conn.flags & FLAG_PERSISTENT != 0;
-        let location = Location { shard: self.shard_id, key, generation: conn.generation, persistent };
+        let location = Location {
+            shard: self.shard_id,
+            key,
+            generation: conn.generation,
+            persistent,
+        };
         let client_id = conn.client_id.clone();
         let expiry_s = conn.session_expiry_s.min(self.shared.cfg.session_expiry_max_s);
         self.wheel.insert(key, now_ms + limits::CLOSE_LINGER_MS);
@@ -268,9 +286,13 @@ impl Core {
             return;
         }
         let Some(client_id) = client_id else { return };
-        let keep_until = (persistent && expiry_s > 0)
-            .then(|| Instant::now() + std::time::Duration::from_secs(expiry_s as u64));
-        match self.shared.registry.release(&client_id, location, pending.clone(), keep_until) {
+        let keep_until =
+            (persistent && expiry_s > 0).then(|| Instant::now() + std::time::Duration::from_secs(expiry_s as u64));
+        match self
+            .shared
+            .registry
+            .release(&client_id, location, pending.clone(), keep_until)
+        {
             Release::Removed { pushes_dropped, .. } => bump(&self.counters.pushes_dropped, pushes_dropped as u64),
             Release::Absent => bump(&self.counters.pushes_dropped, pending.len() as u64),
             Release::Replaced(new_owner) => {
@@ -287,24 +309,26 @@ impl Core {
 
     /// The peer closed or the socket failed: close without a farewell.
     pub fn peer_closed(&mut self, key: u32, reason: CloseReason) {
-        if let Some(conn) = self.conns.get(key as usize) {
-            if conn.phase != Phase::Closing {
-                if conn.active.as_ref().is_some_and(|a| !a.partial.is_empty()) {
-                    self.counters.protocol_error(ProtocolErrorKind::TruncatedAtClose);
-                }
-                if let Some(c) = self.conns.get_mut(key as usize) {
-                    if let Some(a) = c.active.as_mut() {
-                        a.out.clear();
-                    }
-                }
-                self.begin_close(key, reason);
+        if let Some(conn) = self.conns.get(key as usize)
+            && conn.phase != Phase::Closing
+        {
+            if conn.active.as_ref().is_some_and(|a| !a.partial.is_empty()) {
+                self.counters.protocol_error(ProtocolErrorKind::TruncatedAtClose);
             }
+            if let Some(c) = self.conns.get_mut(key as usize)
+                && let Some(a) = c.active.as_mut()
+            {
+                a.out.clear();
+            }
+            self.begin_close(key, reason);
         }
     }
 
     /// Whether the backend may close the socket now (last bytes flushed, or linger ran out).
     pub fn close_ready(&self, key: u32) -> bool {
-        let Some(conn) = self.conns.get(key as usize) else { return false };
+        let Some(conn) = self.conns.get(key as usize) else {
+            return false;
+        };
         if conn.phase != Phase::Closing {
             return false;
         }
@@ -319,8 +343,13 @@ impl Core {
         if self.conns.contains(key as usize) {
             self.wheel.cancel(key);
             self.conns.remove(key as usize);
-            let open = self.counters.connections_open.load(std::sync::atomic::Ordering::Relaxed);
-            self.counters.connections_open.store(open.saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
+            let open = self
+                .counters
+                .connections_open
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .connections_open
+                .store(open.saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -364,7 +393,9 @@ impl Core {
     /// The kernel took `n_bytes` of the send. Returns whether more is waiting.
     pub fn send_done(&mut self, key: u32, n_bytes: usize) -> bool {
         bump(&self.counters.bytes_sent, n_bytes as u64);
-        let Some(conn) = self.conns.get_mut(key as usize) else { return false };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return false;
+        };
         conn.io_flags &= !IO_SEND_IN_FLIGHT;
         let Some(a) = conn.active.as_mut() else { return false };
         a.sent_bytes = (a.sent_bytes + n_bytes).min(a.sending.len());
@@ -391,9 +422,12 @@ impl Core {
     pub fn run_timers(&mut self) {
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
-        self.wheel.advance(self.now_ms, limits::EXPIRED_PER_TURN_MAX, &mut expired);
+        self.wheel
+            .advance(self.now_ms, limits::EXPIRED_PER_TURN_MAX, &mut expired);
         for &key in &expired {
-            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
             match conn.phase {
                 Phase::AwaitConnect => self.begin_close(key, CloseReason::ConnectTimeout),
                 Phase::Connected => {
@@ -430,7 +464,11 @@ impl Core {
                     bump(&self.counters.pushes_dropped, 1);
                 }
             }
-            Command::TakeOver { key, generation, new_owner: _ } => {
+            Command::TakeOver {
+                key,
+                generation,
+                new_owner: _,
+            } => {
                 let live = self.conns.get(key as usize).is_some_and(|c| c.generation == generation);
                 if live {
                     bump(&self.counters.sessions_taken_over, 1);

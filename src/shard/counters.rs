@@ -189,18 +189,18 @@ impl ShardCounters {
         bump(&self.keepalives, 1);
         let slot = &self.keepalive_slots[second as usize % KEEPALIVE_SLOTS];
         let v = slot.load(Relaxed);
-        let next = if (v >> 32) as u32 == second { v + 1 } else { ((second as u64) << 32) | 1 };
+        let next = if (v >> 32) as u32 == second {
+            v + 1
+        } else {
+            ((second as u64) << 32) | 1
+        };
         slot.store(next, Relaxed);
     }
 
     /// Keep-alives counted at shard second `second` (0 if the slot moved on).
     pub fn keepalives_at(&self, second: u32) -> u32 {
         let v = self.keepalive_slots[second as usize % KEEPALIVE_SLOTS].load(Relaxed);
-        if (v >> 32) as u32 == second {
-            v as u32
-        } else {
-            0
-        }
+        if (v >> 32) as u32 == second { v as u32 } else { 0 }
     }
 }
 

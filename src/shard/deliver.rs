@@ -6,7 +6,7 @@
 
 use super::conn::Phase;
 use super::core::Core;
-use super::counters::{bump, CloseReason, ProtocolErrorKind};
+use super::counters::{CloseReason, ProtocolErrorKind, bump};
 use crate::limits;
 use crate::protocol::mqtt::{PubAck, Publish, PublishProperties};
 use crate::push::Push;
@@ -15,7 +15,9 @@ use std::fmt::Write;
 impl Core {
     /// Hands `push` to the connected device at `key`.
     pub(super) fn deliver(&mut self, key: u32, push: Push) {
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         if conn.phase != Phase::Connected {
             bump(&self.counters.pushes_dropped, 1);
             return;

@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::conn::IO_WANT_WRITE;
 use super::core::Core;
-use super::counters::{bump, CloseReason};
+use super::counters::{CloseReason, bump};
 use super::mailbox::MailboxReceiver;
 use crate::limits;
 
@@ -38,7 +38,12 @@ pub struct EpollShard {
 }
 
 impl EpollShard {
-    pub fn new(poll: Poll, listener: std::net::TcpListener, mailbox: MailboxReceiver, core: Core) -> std::io::Result<EpollShard> {
+    pub fn new(
+        poll: Poll,
+        listener: std::net::TcpListener,
+        mailbox: MailboxReceiver,
+        core: Core,
+    ) -> std::io::Result<EpollShard> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(EpollShard {
@@ -60,7 +65,12 @@ impl EpollShard {
                         continue; // dropped: closed
                     };
                     let token = Token(key as usize + FIRST_CONN_TOKEN);
-                    if self.poll.registry().register(&mut stream, token, Interest::READABLE).is_err() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE)
+                        .is_err()
+                    {
                         self.core.peer_closed(key, CloseReason::IoError);
                         self.core.release(key);
                         continue;
@@ -84,7 +94,9 @@ impl EpollShard {
 
     fn read(&mut self, key: u32) {
         for _ in 0..READS_PER_EVENT_MAX {
-            let Some(stream) = self.streams.get_mut(key as usize).and_then(|s| s.as_mut()) else { return };
+            let Some(stream) = self.streams.get_mut(key as usize).and_then(|s| s.as_mut()) else {
+                return;
+            };
             match stream.read(&mut self.read_buf) {
                 Ok(0) => {
                     self.core.peer_closed(key, CloseReason::PeerClosed);
@@ -108,7 +120,9 @@ impl EpollShard {
 
     fn send(&mut self, key: u32) {
         loop {
-            let Some(stream) = self.streams.get_mut(key as usize).and_then(|s| s.as_mut()) else { return };
+            let Some(stream) = self.streams.get_mut(key as usize).and_then(|s| s.as_mut()) else {
+                return;
+            };
             let Some(bytes) = self.core.next_send(key) else { break };
             match stream.write(bytes) {
                 Ok(n) => {
@@ -138,7 +152,11 @@ impl EpollShard {
             return;
         }
         conn.io_flags ^= IO_WANT_WRITE;
-        let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         if let Some(stream) = self.streams.get_mut(key as usize).and_then(|s| s.as_mut()) {
             let token = Token(key as usize + FIRST_CONN_TOKEN);
             let _ = self.poll.registry().reregister(stream, token, interest);
@@ -184,11 +202,15 @@ impl EpollShard {
                 }
             }
             self.flush();
-            let sleep_ms = if self.core.is_shutting_down() { 10 } else { self.core.sleep_ms() };
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(sleep_ms))) {
-                if e.kind() != ErrorKind::Interrupted {
-                    eprintln!("shard {}: epoll_wait failed: {e}", self.core.shard_id);
-                }
+            let sleep_ms = if self.core.is_shutting_down() {
+                10
+            } else {
+                self.core.sleep_ms()
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(sleep_ms)))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                eprintln!("shard {}: epoll_wait failed: {e}", self.core.shard_id);
             }
             self.core.tick();
             for event in events.iter() {

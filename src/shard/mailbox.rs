@@ -4,8 +4,8 @@
 //! Owns `Command` and `MailboxSender`. Must never block a sender: a full
 //! mailbox is reported to the caller, who answers "overloaded".
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -20,7 +20,11 @@ pub enum Command {
     Push { key: u32, generation: u32, push: Push },
     /// Another connection claimed this one's client id: disconnect it (0x8E)
     /// and hand its undelivered pushes to `new_owner` if that is persistent.
-    TakeOver { key: u32, generation: u32, new_owner: Location },
+    TakeOver {
+        key: u32,
+        generation: u32,
+        new_owner: Location,
+    },
     /// Stop: disconnect every device (0x8B) and exit the loop.
     Shutdown,
 }
@@ -50,7 +54,11 @@ pub fn mailbox(capacity: usize, waker: Arc<dyn Wake>) -> (MailboxSender, Mailbox
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let wake_pending = Arc::new(AtomicBool::new(false));
     (
-        MailboxSender { tx, wake_pending: wake_pending.clone(), waker },
+        MailboxSender {
+            tx,
+            wake_pending: wake_pending.clone(),
+            waker,
+        },
         MailboxReceiver { rx, wake_pending },
     )
 }

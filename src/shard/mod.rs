@@ -18,8 +18,8 @@ pub mod uring_loop;
 pub mod wheel;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
 use crate::gateway::{BackendInUse, ShardHandle, Shared};
@@ -66,12 +66,20 @@ pub fn capacity_per_shard(shared: &Shared, backend: BackendInUse, nofile_soft: u
         // Plain fds share the process table.
         BackendInUse::Epoll => nofile_soft.saturating_sub(PROCESS_FDS_RESERVED) / shards,
     };
-    (wanted as u64).min(cap).min(limits::CONNECTIONS_PER_SHARD_MAX as u64).max(1) as u32
+    (wanted as u64)
+        .min(cap)
+        .min(limits::CONNECTIONS_PER_SHARD_MAX as u64)
+        .max(1) as u32
 }
 
 /// Binds every shard's listener, builds mailboxes, installs the shard handles
 /// in `shared`, then starts the threads and waits until each one is running.
-pub fn start(shared: Arc<Shared>, backend: BackendInUse, nofile_soft: u64, stop: Arc<AtomicBool>) -> Result<Shards, StartError> {
+pub fn start(
+    shared: Arc<Shared>,
+    backend: BackendInUse,
+    nofile_soft: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<Shards, StartError> {
     let cfg = shared.cfg.clone();
     let capacity = capacity_per_shard(&shared, backend, nofile_soft);
     let mut addr = cfg.mqtt_listen;
@@ -80,22 +88,38 @@ pub fn start(shared: Arc<Shared>, backend: BackendInUse, nofile_soft: u64, stop:
     for i in 0..cfg.shards {
         let listener = sys::socket::reuseport_listener(addr, true).map_err(|error| StartError::Bind { addr, error })?;
         if i == 0 {
-            addr = listener.local_addr().map_err(|error| StartError::Bind { addr, error })?;
+            addr = listener
+                .local_addr()
+                .map_err(|error| StartError::Bind { addr, error })?;
         }
         let counters = Arc::new(counters::ShardCounters::default());
         let part = match backend {
             BackendInUse::Uring => {
-                let waker = Arc::new(sys::waker::EventFdWaker::new().map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?);
+                let waker = Arc::new(sys::waker::EventFdWaker::new().map_err(|e| StartError::Setup {
+                    shard: i,
+                    error: e.to_string(),
+                })?);
                 let (tx, rx) = mailbox::mailbox(limits::MAILBOX_COMMANDS_MAX, waker.clone());
-                handles.push(ShardHandle { mailbox: tx, counters: counters.clone() });
+                handles.push(ShardHandle {
+                    mailbox: tx,
+                    counters: counters.clone(),
+                });
                 Part::Uring { waker, rx }
             }
             BackendInUse::Epoll => {
-                let poll = mio::Poll::new().map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?;
-                let waker = mio::Waker::new(poll.registry(), epoll_loop::WAKER)
-                    .map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?;
+                let poll = mio::Poll::new().map_err(|e| StartError::Setup {
+                    shard: i,
+                    error: e.to_string(),
+                })?;
+                let waker = mio::Waker::new(poll.registry(), epoll_loop::WAKER).map_err(|e| StartError::Setup {
+                    shard: i,
+                    error: e.to_string(),
+                })?;
                 let (tx, rx) = mailbox::mailbox(limits::MAILBOX_COMMANDS_MAX, Arc::new(sys::waker::MioWaker(waker)));
-                handles.push(ShardHandle { mailbox: tx, counters: counters.clone() });
+                handles.push(ShardHandle {
+                    mailbox: tx,
+                    counters: counters.clone(),
+                });
                 Part::Epoll { poll, rx }
             }
         };
@@ -148,7 +172,10 @@ pub fn start(shared: Arc<Shared>, backend: BackendInUse, nofile_soft: u64, stop:
                     },
                 }
             })
-            .map_err(|e| StartError::Setup { shard: i, error: e.to_string() })?;
+            .map_err(|e| StartError::Setup {
+                shard: i,
+                error: e.to_string(),
+            })?;
         threads.push(thread);
     }
     drop(ready_tx);
@@ -159,13 +186,28 @@ pub fn start(shared: Arc<Shared>, backend: BackendInUse, nofile_soft: u64, stop:
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(StartError::Setup { shard, error });
             }
-            Err(_) => return Err(StartError::Setup { shard: usize::MAX, error: "a shard thread exited during start-up".into() }),
+            Err(_) => {
+                return Err(StartError::Setup {
+                    shard: usize::MAX,
+                    error: "a shard thread exited during start-up".into(),
+                });
+            }
         }
     }
-    Ok(Shards { threads, mqtt_addr: addr, capacity_per_shard: capacity })
+    Ok(Shards {
+        threads,
+        mqtt_addr: addr,
+        capacity_per_shard: capacity,
+    })
 }
 
 enum Part {
-    Uring { waker: Arc<sys::waker::EventFdWaker>, rx: mailbox::MailboxReceiver },
-    Epoll { poll: mio::Poll, rx: mailbox::MailboxReceiver },
+    Uring {
+        waker: Arc<sys::waker::EventFdWaker>,
+        rx: mailbox::MailboxReceiver,
+    },
+    Epoll {
+        poll: mio::Poll,
+        rx: mailbox::MailboxReceiver,
+    },
 }

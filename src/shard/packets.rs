@@ -8,14 +8,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::conn::{Phase, FLAG_PERSISTENT, FLAG_REGISTERED, FLAG_V5};
+use super::conn::{FLAG_PERSISTENT, FLAG_REGISTERED, FLAG_V5, Phase};
 use super::core::{Core, Flow};
-use super::counters::{bump, CloseReason, ProtocolErrorKind};
+use super::counters::{CloseReason, ProtocolErrorKind, bump};
 use super::mailbox::Command;
 use crate::auth::AuthRequest;
 use crate::protocol::mqtt::{
-    self, reason, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PubAck, Publish, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    self, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PubAck, Publish, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, reason,
 };
 use crate::registry::Location;
 
@@ -27,7 +27,9 @@ const MQTT_PACKET_BYTES_MAX: u32 = 268_435_460;
 
 impl Core {
     pub(super) fn handle_frame(&mut self, key: u32, frame: &[u8]) -> Flow {
-        let Some(conn) = self.conns.get(key as usize) else { return Flow::Stop };
+        let Some(conn) = self.conns.get(key as usize) else {
+            return Flow::Stop;
+        };
         let phase = conn.phase;
         let version = conn.version();
         let packet = match mqtt::decode_packet(frame, version) {
@@ -96,11 +98,22 @@ impl Core {
         }
     }
 
-    fn refuse_connect(&mut self, key: u32, version: ProtocolVersion, code: u8, kind: Option<ProtocolErrorKind>, why: CloseReason) -> Flow {
+    fn refuse_connect(
+        &mut self,
+        key: u32,
+        version: ProtocolVersion,
+        code: u8,
+        kind: Option<ProtocolErrorKind>,
+        why: CloseReason,
+    ) -> Flow {
         if let Some(kind) = kind {
             self.counters.protocol_error(kind);
         }
-        let ack = ConnAck { session_present: false, reason: code, properties: ConnAckProperties::default() };
+        let ack = ConnAck {
+            session_present: false,
+            reason: code,
+            properties: ConnAckProperties::default(),
+        };
         self.queue_packet(key, |out| {
             ack.encode(version, out);
         });
@@ -112,9 +125,17 @@ impl Core {
         let version = c.protocol_version;
         let cfg = self.shared.cfg.clone();
         if self.is_shutting_down() {
-            return self.refuse_connect(key, version, reason::SERVER_SHUTTING_DOWN, None, CloseReason::ServerShutdown);
+            return self.refuse_connect(
+                key,
+                version,
+                reason::SERVER_SHUTTING_DOWN,
+                None,
+                CloseReason::ServerShutdown,
+            );
         }
-        if c.client_id.len() > CLIENT_ID_BYTES_MAX || (c.client_id.is_empty() && version == ProtocolVersion::V311 && !c.clean_start) {
+        if c.client_id.len() > CLIENT_ID_BYTES_MAX
+            || (c.client_id.is_empty() && version == ProtocolVersion::V311 && !c.clean_start)
+        {
             return self.refuse_connect(
                 key,
                 version,
@@ -130,7 +151,11 @@ impl Core {
         } else {
             Arc::from(c.client_id)
         };
-        let auth = AuthRequest { client_id: &client_id, username: c.username, password: c.password };
+        let auth = AuthRequest {
+            client_id: &client_id,
+            username: c.username,
+            password: c.password,
+        };
         if let Err(code) = self.shared.auth.authenticate(&auth) {
             return self.refuse_connect(key, version, code, None, CloseReason::NotAuthorized);
         }
@@ -175,18 +200,30 @@ impl Core {
             ProtocolVersion::V311 => bump(&self.counters.connects_v311, 1),
         }
 
-        let location = Location { shard: self.shard_id, key, generation, persistent };
+        let location = Location {
+            shard: self.shard_id,
+            key,
+            generation,
+            persistent,
+        };
         let claim = self.shared.registry.claim(&client_id, location, resume, Instant::now());
         if let Some(previous) = claim.previous {
             if previous.shard == self.shard_id {
-                self.command(Command::TakeOver { key: previous.key, generation: previous.generation, new_owner: location });
-            } else {
-                // A full mailbox leaves the old connection to expire by keep-alive.
-                let _ = self.shared.post(previous.shard, Command::TakeOver {
+                self.command(Command::TakeOver {
                     key: previous.key,
                     generation: previous.generation,
                     new_owner: location,
                 });
+            } else {
+                // A full mailbox leaves the old connection to expire by keep-alive.
+                let _ = self.shared.post(
+                    previous.shard,
+                    Command::TakeOver {
+                        key: previous.key,
+                        generation: previous.generation,
+                        new_owner: location,
+                    },
+                );
             }
         }
         let session_present = resume && (claim.resumed.is_some() || claim.previous.is_some());
@@ -208,7 +245,11 @@ impl Core {
         if assigned {
             properties.assigned_client_identifier = Some(&assigned_id);
         }
-        let ack = ConnAck { session_present, reason: reason::SUCCESS, properties };
+        let ack = ConnAck {
+            session_present,
+            reason: reason::SUCCESS,
+            properties,
+        };
         self.queue_packet(key, |out| {
             ack.encode(version, out);
         });
@@ -237,7 +278,10 @@ impl Core {
         }
         bump(&self.counters.publishes_received, 1);
         if let Some(packet_id) = p.packet_id {
-            let ack = PubAck { packet_id, reason: reason::SUCCESS };
+            let ack = PubAck {
+                packet_id,
+                reason: reason::SUCCESS,
+            };
             self.queue_packet(key, |out| {
                 ack.encode(version, out);
             });
@@ -251,7 +295,10 @@ impl Core {
     }
 
     fn on_subscribe(&mut self, key: u32, version: ProtocolVersion, s: Subscribe<'_>) {
-        let client_id = self.conns[key as usize].client_id.clone().unwrap_or_else(|| Arc::from(""));
+        let client_id = self.conns[key as usize]
+            .client_id
+            .clone()
+            .unwrap_or_else(|| Arc::from(""));
         let refused = match version {
             ProtocolVersion::V5 => reason::NOT_AUTHORIZED,
             ProtocolVersion::V311 => 0x80,
@@ -259,22 +306,43 @@ impl Core {
         let codes: Vec<u8> = s
             .filters
             .iter()
-            .map(|(filter, opts)| if Self::filter_allowed(&client_id, filter) { opts.qos.min(1) } else { refused })
+            .map(|(filter, opts)| {
+                if Self::filter_allowed(&client_id, filter) {
+                    opts.qos.min(1)
+                } else {
+                    refused
+                }
+            })
             .collect();
-        let ack = SubAck { packet_id: s.packet_id, reason_codes: &codes };
+        let ack = SubAck {
+            packet_id: s.packet_id,
+            reason_codes: &codes,
+        };
         self.queue_packet(key, |out| {
             ack.encode(version, out);
         });
     }
 
     fn on_unsubscribe(&mut self, key: u32, version: ProtocolVersion, u: Unsubscribe<'_>) {
-        let client_id = self.conns[key as usize].client_id.clone().unwrap_or_else(|| Arc::from(""));
+        let client_id = self.conns[key as usize]
+            .client_id
+            .clone()
+            .unwrap_or_else(|| Arc::from(""));
         let codes: Vec<u8> = u
             .filters
             .iter()
-            .map(|f| if Self::filter_allowed(&client_id, f) { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED })
+            .map(|f| {
+                if Self::filter_allowed(&client_id, f) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
             .collect();
-        let ack = UnsubAck { packet_id: u.packet_id, reason_codes: &codes };
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: &codes,
+        };
         self.queue_packet(key, |out| {
             ack.encode(version, out);
         });

@@ -11,16 +11,16 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::conn::{Phase, IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_RECV_ARMED, IO_SEND_IN_FLIGHT};
+use super::conn::{IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, Phase};
 use super::core::Core;
-use super::counters::{bump, CloseReason};
+use super::counters::{CloseReason, bump};
 use super::mailbox::MailboxReceiver;
 use crate::limits;
 use crate::sys::bufring::BufRing;
 use crate::sys::uring::ShardRing;
-use crate::sys::user_data::{pack, unpack, Op};
+use crate::sys::user_data::{Op, pack, unpack};
 use crate::sys::waker::EventFdWaker;
 
 /// Key used for operations that belong to no connection.
@@ -150,9 +150,13 @@ impl UringShard {
         let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
         let ud = pack(Op::Send, key, generation);
         let entry = if self.fixed_files {
-            opcode::Send::new(types::Fixed(io), ptr, len).flags(libc::MSG_NOSIGNAL).build()
+            opcode::Send::new(types::Fixed(io), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
         } else {
-            opcode::Send::new(types::Fd(io as i32), ptr, len).flags(libc::MSG_NOSIGNAL).build()
+            opcode::Send::new(types::Fd(io as i32), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
         };
         self.push(entry.user_data(ud));
     }
@@ -184,7 +188,11 @@ impl UringShard {
         if room < 2 {
             let _ = self.ring.submit();
         }
-        self.push(shutdown.flags(squeue::Flags::IO_HARDLINK).user_data(pack(Op::Shutdown, key, generation)));
+        self.push(
+            shutdown
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(pack(Op::Shutdown, key, generation)),
+        );
         self.push(close.user_data(pack(Op::Close, key, generation)));
     }
 
@@ -244,8 +252,18 @@ impl UringShard {
             self.accept_armed = false;
         }
         if res < 0 {
-            if self.core.counters().accept_errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                eprintln!("shard {}: accept failed: {}", self.core.shard_id, std::io::Error::from_raw_os_error(-res));
+            if self
+                .core
+                .counters()
+                .accept_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                eprintln!(
+                    "shard {}: accept failed: {}",
+                    self.core.shard_id,
+                    std::io::Error::from_raw_os_error(-res)
+                );
             }
             bump(&self.core.counters().accept_errors, 1);
             self.accept_retry_at_ms = self.core.now_ms() + ACCEPT_RETRY_MS;
@@ -269,10 +287,11 @@ impl UringShard {
     fn on_recv(&mut self, key: u32, gen24: u32, res: i32, flags: u32) {
         let bid = cqueue::buffer_select(flags);
         let live = self.core.conn(key, gen24).is_some();
-        if live && !cqueue::more(flags) {
-            if let Some(c) = self.core.conn_mut(key) {
-                c.io_flags &= !IO_RECV_ARMED;
-            }
+        if live
+            && !cqueue::more(flags)
+            && let Some(c) = self.core.conn_mut(key)
+        {
+            c.io_flags &= !IO_RECV_ARMED;
         }
         if res > 0 {
             if let Some(bid) = bid {
@@ -340,7 +359,11 @@ impl UringShard {
 
     /// Waits for at least one completion or the next timer, whichever is first.
     fn wait(&mut self) {
-        let ms = if self.core.is_shutting_down() { 10 } else { self.core.sleep_ms() };
+        let ms = if self.core.is_shutting_down() {
+            10
+        } else {
+            self.core.sleep_ms()
+        };
         let ts = types::Timespec::from(Duration::from_millis(ms));
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
@@ -366,7 +389,9 @@ impl UringShard {
                 self.core.shutdown();
             }
             if self.core.is_shutting_down() {
-                let deadline = *self.stop_deadline_ms.get_or_insert(self.core.now_ms() + SHUTDOWN_GRACE_MS);
+                let deadline = *self
+                    .stop_deadline_ms
+                    .get_or_insert(self.core.now_ms() + SHUTDOWN_GRACE_MS);
                 if self.core.connections() == 0 || self.core.now_ms() >= deadline {
                     break;
                 }

@@ -172,8 +172,7 @@ impl TimerWheel {
         let now_ms = now_ms.max(self.elapsed_ms);
         let mut appended = 0;
         loop {
-            let Some((slot, start_ms)) = self.next_event().filter(|&(_, start)| start <= now_ms)
-            else {
+            let Some((slot, start_ms)) = self.next_event().filter(|&(_, start)| start <= now_ms) else {
                 self.set_elapsed(now_ms);
                 break;
             };

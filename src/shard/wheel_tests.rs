@@ -208,8 +208,11 @@ impl Model {
     }
 
     fn due(&self, now_ms: u64) -> Vec<u32> {
-        let mut ids: Vec<u32> =
-            self.by_deadline.range(..=(now_ms, u32::MAX)).map(|&(_, id)| id).collect();
+        let mut ids: Vec<u32> = self
+            .by_deadline
+            .range(..=(now_ms, u32::MAX))
+            .map(|&(_, id)| id)
+            .collect();
         ids.sort_unstable();
         ids
     }
@@ -296,5 +299,8 @@ fn model_based_randomized() {
             (got, want) => panic!("op {op}: next_expiry {got:?} vs model {want:?}"),
         }
     }
-    assert!(fired_total > 20_000 && advances > 50_000, "{fired_total} fired, {advances} advances");
+    assert!(
+        fired_total > 20_000 && advances > 50_000,
+        "{fired_total} fired, {advances} advances"
+    );
 }

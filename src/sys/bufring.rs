@@ -4,11 +4,11 @@
 //! Owns the ring memory shared with the kernel and the buffer memory. Must never
 //! hand a buffer back to the kernel while a slice of it is still being read.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
+use io_uring::types::BufRingEntry;
 
 const PAGE_BYTES: usize = 4096;
 
@@ -29,8 +29,8 @@ impl BufRing {
     pub fn new(submitter: &Submitter<'_>, entries: u16, buf_bytes: u32, group_id: u16) -> std::io::Result<BufRing> {
         assert!(entries.is_power_of_two(), "config validation guarantees a power of two");
         let ring_bytes = (entries as usize * std::mem::size_of::<BufRingEntry>()).max(PAGE_BYTES);
-        let ring_layout = Layout::from_size_align(ring_bytes, PAGE_BYTES)
-            .map_err(|_| std::io::Error::other("buffer ring layout"))?;
+        let ring_layout =
+            Layout::from_size_align(ring_bytes, PAGE_BYTES).map_err(|_| std::io::Error::other("buffer ring layout"))?;
         // SAFETY: the layout has a non-zero size; the memory is zeroed, which is a
         // valid initial state for io_uring_buf entries (tail = 0).
         let ring = unsafe { alloc_zeroed(ring_layout) } as *mut BufRingEntry;
@@ -47,7 +47,15 @@ impl BufRing {
             unsafe { dealloc(ring as *mut u8, ring_layout) };
             return Err(e);
         }
-        let mut this = BufRing { ring, ring_layout, bufs, entries, buf_bytes, tail: 0, group_id };
+        let mut this = BufRing {
+            ring,
+            ring_layout,
+            bufs,
+            entries,
+            buf_bytes,
+            tail: 0,
+            group_id,
+        };
         for bid in 0..entries {
             this.push(bid);
         }

@@ -3,7 +3,7 @@
 //! Owns that one adjustment. Must never try to raise the hard limit (that needs
 //! CAP_SYS_RESOURCE; io_uring direct descriptors are how we hold more).
 
-use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// File-descriptor limits after the raise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,13 +16,19 @@ pub struct NofileLimits {
 pub fn raise_nofile() -> NofileLimits {
     let current = getrlimit(Resource::Nofile);
     let hard = current.maximum;
-    let wanted = Rlimit { current: hard, maximum: hard };
+    let wanted = Rlimit {
+        current: hard,
+        maximum: hard,
+    };
     if hard.is_some() && hard != current.current {
         // Failure leaves the old soft limit; we report whatever is in force.
         let _ = setrlimit(Resource::Nofile, wanted);
     }
     let now = getrlimit(Resource::Nofile);
-    NofileLimits { soft: now.current.unwrap_or(u64::MAX), hard: now.maximum.unwrap_or(u64::MAX) }
+    NofileLimits {
+        soft: now.current.unwrap_or(u64::MAX),
+        hard: now.maximum.unwrap_or(u64::MAX),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! fixed-file table for direct descriptors). Must never submit connection I/O:
 //! the shard loop does that.
 
-use io_uring::{opcode, IoUring};
+use io_uring::{IoUring, opcode};
 
 /// Why io_uring cannot be used, with what the operator can do about it.
 #[derive(Debug)]
@@ -41,7 +41,10 @@ pub fn build_shard_ring(fixed_files: u32) -> Result<ShardRing, UringUnavailable>
         .build(SQ_ENTRIES)
         .or_else(|_| {
             // Older kernels (< 6.1) lack DEFER_TASKRUN; COOP_TASKRUN is the next best.
-            IoUring::builder().setup_coop_taskrun().setup_cqsize(CQ_ENTRIES).build(SQ_ENTRIES)
+            IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_cqsize(CQ_ENTRIES)
+                .build(SQ_ENTRIES)
         })
         .map_err(|e| UringUnavailable {
             what: format!("io_uring_setup failed: {e}"),
@@ -72,10 +75,12 @@ fn check_features(ring: &IoUring) -> Result<(), UringUnavailable> {
         });
     }
     let mut probe = io_uring::Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(|e| UringUnavailable {
-        what: format!("io_uring probe failed: {e}"),
-        fix: "use Linux >= 6.1, or run with --backend epoll",
-    })?;
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| UringUnavailable {
+            what: format!("io_uring probe failed: {e}"),
+            fix: "use Linux >= 6.1, or run with --backend epoll",
+        })?;
     for (code, name) in [
         (opcode::AcceptMulti::CODE, "ACCEPT"),
         (opcode::RecvMulti::CODE, "RECV"),

@@ -49,7 +49,15 @@ mod tests {
 
     #[test]
     fn round_trips_and_truncates_generation() {
-        for op in [Op::Accept, Op::Recv, Op::Send, Op::Close, Op::Wake, Op::Shutdown, Op::Cancel] {
+        for op in [
+            Op::Accept,
+            Op::Recv,
+            Op::Send,
+            Op::Close,
+            Op::Wake,
+            Op::Shutdown,
+            Op::Cancel,
+        ] {
             let u = pack(op, 0xDEAD_BEEF, 0x1234_5678);
             let (o, k, g) = unpack(u).expect("valid op");
             assert_eq!((o, k), (op, 0xDEAD_BEEF));

@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use rustix::event::{eventfd, EventfdFlags};
+use rustix::event::{EventfdFlags, eventfd};
 
 /// How a sender wakes a shard's event loop.
 pub trait Wake: Send + Sync {

@@ -73,11 +73,7 @@ pub fn decode(body: &[u8], version: ProtocolVersion) -> Result<ConnAck<'_>, Deco
             let pr = &mut properties;
             read_properties(&mut r, ALLOWED, &[], |id, v| {
                 let n = v.num();
-                let s = if let PropValue::Str(s) = v {
-                    Some(s)
-                } else {
-                    None
-                };
+                let s = if let PropValue::Str(s) = v { Some(s) } else { None };
                 match id {
                     p::SESSION_EXPIRY_INTERVAL => pr.session_expiry_interval_s = Some(n),
                     p::RECEIVE_MAXIMUM => pr.receive_maximum = Some(n as u16),
@@ -87,15 +83,9 @@ pub fn decode(body: &[u8], version: ProtocolVersion) -> Result<ConnAck<'_>, Deco
                     p::ASSIGNED_CLIENT_IDENTIFIER => pr.assigned_client_identifier = s,
                     p::TOPIC_ALIAS_MAXIMUM => pr.topic_alias_maximum = Some(n as u16),
                     p::REASON_STRING => pr.reason_string = s,
-                    p::WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                        pr.wildcard_subscription_available = Some(n != 0)
-                    }
-                    p::SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                        pr.subscription_identifiers_available = Some(n != 0)
-                    }
-                    p::SHARED_SUBSCRIPTION_AVAILABLE => {
-                        pr.shared_subscription_available = Some(n != 0)
-                    }
+                    p::WILDCARD_SUBSCRIPTION_AVAILABLE => pr.wildcard_subscription_available = Some(n != 0),
+                    p::SUBSCRIPTION_IDENTIFIER_AVAILABLE => pr.subscription_identifiers_available = Some(n != 0),
+                    p::SHARED_SUBSCRIPTION_AVAILABLE => pr.shared_subscription_available = Some(n != 0),
                     p::SERVER_KEEP_ALIVE => pr.server_keep_alive_s = Some(n as u16),
                     p::SERVER_REFERENCE => pr.server_reference = s,
                     _ => {}
@@ -129,11 +119,7 @@ impl ConnAck<'_> {
                         p::put_byte(o, p::MAXIMUM_QOS, pr.maximum_qos);
                         p::put_bool(o, p::RETAIN_AVAILABLE, pr.retain_available);
                         p::put_u32(o, p::MAXIMUM_PACKET_SIZE, pr.maximum_packet_size_bytes);
-                        p::put_str(
-                            o,
-                            p::ASSIGNED_CLIENT_IDENTIFIER,
-                            pr.assigned_client_identifier,
-                        );
+                        p::put_str(o, p::ASSIGNED_CLIENT_IDENTIFIER, pr.assigned_client_identifier);
                         p::put_u16(o, p::TOPIC_ALIAS_MAXIMUM, pr.topic_alias_maximum);
                         p::put_str(o, p::REASON_STRING, pr.reason_string);
                         p::put_bool(
@@ -146,11 +132,7 @@ impl ConnAck<'_> {
                             p::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
                             pr.subscription_identifiers_available,
                         );
-                        p::put_bool(
-                            o,
-                            p::SHARED_SUBSCRIPTION_AVAILABLE,
-                            pr.shared_subscription_available,
-                        );
+                        p::put_bool(o, p::SHARED_SUBSCRIPTION_AVAILABLE, pr.shared_subscription_available);
                         p::put_u16(o, p::SERVER_KEEP_ALIVE, pr.server_keep_alive_s);
                         p::put_str(o, p::SERVER_REFERENCE, pr.server_reference);
                     });
@@ -270,18 +252,12 @@ mod tests {
                 ..Default::default()
             },
         };
-        assert_eq!(
-            decode_packet(&frame, ProtocolVersion::V5),
-            Ok(Packet::ConnAck(c))
-        );
+        assert_eq!(decode_packet(&frame, ProtocolVersion::V5), Ok(Packet::ConnAck(c)));
         let mut out = Vec::new();
         c.encode(ProtocolVersion::V5, &mut out);
         // encoder writes Assigned Client Identifier before Server Keep Alive; compare decoded
         assert_eq!(out.len(), frame.len());
-        assert_eq!(
-            decode_packet(&out, ProtocolVersion::V5),
-            Ok(Packet::ConnAck(c))
-        );
+        assert_eq!(decode_packet(&out, ProtocolVersion::V5), Ok(Packet::ConnAck(c)));
         // plain 3.1.1 accept
         assert_eq!(
             decode_packet(&[0x20, 0x02, 0x00, 0x00], ProtocolVersion::V311),
@@ -318,18 +294,12 @@ mod tests {
         );
         // Maximum QoS 2 is not allowed
         assert_eq!(
-            decode_packet(
-                &[0x20, 0x05, 0x00, 0x00, 0x02, 0x24, 0x02],
-                ProtocolVersion::V5
-            ),
+            decode_packet(&[0x20, 0x05, 0x00, 0x00, 0x02, 0x24, 0x02], ProtocolVersion::V5),
             m(MalformedKind::BadProperty)
         );
         // Topic Alias is not a CONNACK property
         assert_eq!(
-            decode_packet(
-                &[0x20, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01],
-                ProtocolVersion::V5
-            ),
+            decode_packet(&[0x20, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01], ProtocolVersion::V5),
             m(MalformedKind::BadProperty)
         );
     }

@@ -117,12 +117,8 @@ pub fn decode(body: &[u8]) -> Result<Connect<'_>, DecodeError> {
                 p::RECEIVE_MAXIMUM => properties.receive_maximum = Some(n as u16),
                 p::MAXIMUM_PACKET_SIZE => properties.maximum_packet_size_bytes = Some(n),
                 p::TOPIC_ALIAS_MAXIMUM => properties.topic_alias_maximum = Some(n as u16),
-                p::REQUEST_RESPONSE_INFORMATION => {
-                    properties.request_response_information = Some(n as u8)
-                }
-                p::REQUEST_PROBLEM_INFORMATION => {
-                    properties.request_problem_information = Some(n as u8)
-                }
+                p::REQUEST_RESPONSE_INFORMATION => properties.request_response_information = Some(n as u8),
+                p::REQUEST_PROBLEM_INFORMATION => properties.request_problem_information = Some(n as u8),
                 p::AUTHENTICATION_METHOD => properties.has_authentication_method = true,
                 p::AUTHENTICATION_DATA => has_auth_data = true,
                 _ => {}
@@ -210,16 +206,8 @@ impl Connect<'_> {
                     p::put_u16(o, p::RECEIVE_MAXIMUM, pr.receive_maximum);
                     p::put_u32(o, p::MAXIMUM_PACKET_SIZE, pr.maximum_packet_size_bytes);
                     p::put_u16(o, p::TOPIC_ALIAS_MAXIMUM, pr.topic_alias_maximum);
-                    p::put_byte(
-                        o,
-                        p::REQUEST_RESPONSE_INFORMATION,
-                        pr.request_response_information,
-                    );
-                    p::put_byte(
-                        o,
-                        p::REQUEST_PROBLEM_INFORMATION,
-                        pr.request_problem_information,
-                    );
+                    p::put_byte(o, p::REQUEST_RESPONSE_INFORMATION, pr.request_response_information);
+                    p::put_byte(o, p::REQUEST_PROBLEM_INFORMATION, pr.request_problem_information);
                 });
             }
             write_utf8(o, self.client_id);
@@ -297,21 +285,15 @@ mod tests {
         };
         round_trip(&bare, V5);
         // v5 allows a password without a username
-        round_trip(
-            &Connect {
-                username: None,
-                ..bare
-            },
-            V5,
-        );
+        round_trip(&Connect { username: None, ..bare }, V5);
     }
 
     #[test]
     fn known_v311_bytes() {
         // mosquitto_pub -V mqttv311 -i mosq-test -k 60 (clean session)
         let frame = [
-            0x10, 0x15, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x09,
-            b'm', b'o', b's', b'q', b'-', b't', b'e', b's', b't',
+            0x10, 0x15, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x09, b'm', b'o', b's', b'q',
+            b'-', b't', b'e', b's', b't',
         ];
         let c = Connect {
             protocol_version: V311,
@@ -345,11 +327,7 @@ mod tests {
 
     fn check(cases: &[(Vec<u8>, DecodeError, &str)]) {
         for (frame, want, what) in cases {
-            assert_eq!(
-                decode_packet(frame, V311).as_ref().err(),
-                Some(want),
-                "{what}"
-            );
+            assert_eq!(decode_packet(frame, V311).as_ref().err(), Some(want), "{what}");
         }
     }
 

@@ -27,9 +27,7 @@ impl Disconnect<'_> {
     };
 
     fn has_properties(&self) -> bool {
-        self.session_expiry_interval_s.is_some()
-            || self.reason_string.is_some()
-            || self.server_reference.is_some()
+        self.session_expiry_interval_s.is_some() || self.reason_string.is_some() || self.server_reference.is_some()
     }
 }
 
@@ -72,11 +70,7 @@ impl Disconnect<'_> {
             o.push(self.reason);
             if self.has_properties() {
                 write_properties(o, |o| {
-                    p::put_u32(
-                        o,
-                        p::SESSION_EXPIRY_INTERVAL,
-                        self.session_expiry_interval_s,
-                    );
+                    p::put_u32(o, p::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval_s);
                     p::put_str(o, p::REASON_STRING, self.reason_string);
                     p::put_str(o, p::SERVER_REFERENCE, self.server_reference);
                 });
@@ -164,10 +158,7 @@ mod tests {
             m(MalformedKind::TrailingBytes)
         );
         assert_eq!(
-            decode_packet(
-                &[0xE0, 0x0C, 0x00, 0x0A, 0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2],
-                V5
-            ),
+            decode_packet(&[0xE0, 0x0C, 0x00, 0x0A, 0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2], V5),
             m(MalformedKind::DuplicateProperty)
         );
     }

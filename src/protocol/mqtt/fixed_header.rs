@@ -180,22 +180,13 @@ mod tests {
     fn varint_errors() {
         assert_eq!(read_varint(&[]), Err(VarintError::Incomplete));
         assert_eq!(read_varint(&[0x80, 0x80]), Err(VarintError::Incomplete));
-        assert_eq!(
-            read_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
-            Err(VarintError::TooLong)
-        );
+        assert_eq!(read_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x7F]), Err(VarintError::TooLong));
     }
 
     #[test]
     fn check_frame_incomplete() {
-        assert_eq!(
-            check_frame(&[], 100),
-            Err(DecodeError::Incomplete { needed: 2 })
-        );
-        assert_eq!(
-            check_frame(&[0x30], 100),
-            Err(DecodeError::Incomplete { needed: 1 })
-        );
+        assert_eq!(check_frame(&[], 100), Err(DecodeError::Incomplete { needed: 2 }));
+        assert_eq!(check_frame(&[0x30], 100), Err(DecodeError::Incomplete { needed: 1 }));
         assert_eq!(
             check_frame(&[0x30, 0x80], 1000),
             Err(DecodeError::Incomplete { needed: 1 })

@@ -23,14 +23,10 @@ mod wire;
 pub use connack::{ConnAck, ConnAckProperties};
 pub use connect::{Connect, ConnectProperties, Will};
 pub use disconnect::Disconnect;
-pub use fixed_header::{
-    FrameHeader, MAX_VARINT, VarintError, check_frame, read_varint, varint_len, write_varint,
-};
+pub use fixed_header::{FrameHeader, MAX_VARINT, VarintError, check_frame, read_varint, varint_len, write_varint};
 pub use puback::PubAck;
 pub use publish::{Publish, PublishProperties};
-pub use subscribe::{
-    MAX_FILTERS_PER_PACKET, SubAck, Subscribe, SubscriptionOptions, is_valid_topic_filter,
-};
+pub use subscribe::{MAX_FILTERS_PER_PACKET, SubAck, Subscribe, SubscriptionOptions, is_valid_topic_filter};
 pub use unsubscribe::{UnsubAck, Unsubscribe};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -180,14 +176,8 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Incomplete { needed } => {
                 write!(f, "incomplete mqtt packet ({needed} more bytes needed)")
             }
-            DecodeError::TooLarge {
-                size_bytes,
-                max_bytes,
-            } => {
-                write!(
-                    f,
-                    "mqtt packet of {size_bytes} bytes exceeds maximum {max_bytes}"
-                )
+            DecodeError::TooLarge { size_bytes, max_bytes } => {
+                write!(f, "mqtt packet of {size_bytes} bytes exceeds maximum {max_bytes}")
             }
             DecodeError::Malformed(k) => write!(f, "malformed mqtt packet: {k:?}"),
             DecodeError::UnsupportedProtocolVersion { level } => {
@@ -227,9 +217,7 @@ pub fn decode_packet(frame: &[u8], version: ProtocolVersion) -> Result<Packet<'_
     };
     match h.packet_type {
         3 => publish::decode(h.flags, body, version).map(Packet::Publish),
-        1 => want_flags(0)
-            .and_then(|()| connect::decode(body))
-            .map(Packet::Connect),
+        1 => want_flags(0).and_then(|()| connect::decode(body)).map(Packet::Connect),
         2 => want_flags(0)
             .and_then(|()| connack::decode(body, version))
             .map(Packet::ConnAck),

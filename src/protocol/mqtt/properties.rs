@@ -87,10 +87,7 @@ fn read_value<'a>(id: u8, r: &mut Reader<'a>) -> Result<PropValue<'a>, DecodeErr
             }
             PropValue::U16(v)
         }
-        MESSAGE_EXPIRY_INTERVAL
-        | SESSION_EXPIRY_INTERVAL
-        | WILL_DELAY_INTERVAL
-        | MAXIMUM_PACKET_SIZE => {
+        MESSAGE_EXPIRY_INTERVAL | SESSION_EXPIRY_INTERVAL | WILL_DELAY_INTERVAL | MAXIMUM_PACKET_SIZE => {
             let v = r.u32()?;
             if v == 0 && id == MAXIMUM_PACKET_SIZE {
                 return Err(BAD);
@@ -222,11 +219,7 @@ pub fn put_pair(out: &mut Vec<u8>, id: u8, k: &str, v: &str) {
 mod tests {
     use super::*;
 
-    fn collect<'a>(
-        buf: &'a [u8],
-        allowed: &[u8],
-        multi: &[u8],
-    ) -> Result<Vec<(u8, PropValue<'a>)>, DecodeError> {
+    fn collect<'a>(buf: &'a [u8], allowed: &[u8], multi: &[u8]) -> Result<Vec<(u8, PropValue<'a>)>, DecodeError> {
         let mut v = Vec::new();
         let mut r = Reader::new(buf);
         read_properties(&mut r, allowed, multi, |id, p| {
@@ -237,9 +230,7 @@ mod tests {
         Ok(v)
     }
 
-    const ALL: &[u8] = &[
-        0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x13, 0x21, 0x26, 0x27,
-    ];
+    const ALL: &[u8] = &[0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x11, 0x13, 0x21, 0x26, 0x27];
 
     #[test]
     fn round_trip_all_types() {
@@ -297,33 +288,13 @@ mod tests {
         let bad = Err(DecodeError::Malformed(MalformedKind::BadProperty));
         assert_eq!(collect(&[2, 0x12, 0], ALL, &[]), bad, "id not allowed");
         assert_eq!(collect(&[2, 0x7F, 0], &[0x7F], &[]), bad, "unknown id");
-        assert_eq!(
-            collect(&[5, 0x01, 0], ALL, &[]),
-            bad,
-            "length overruns packet"
-        );
-        assert_eq!(
-            collect(&[2, 0x11, 0], ALL, &[]),
-            bad,
-            "value overruns block"
-        );
+        assert_eq!(collect(&[5, 0x01, 0], ALL, &[]), bad, "length overruns packet");
+        assert_eq!(collect(&[2, 0x11, 0], ALL, &[]), bad, "value overruns block");
         assert_eq!(collect(&[2, 0x01, 2], ALL, &[]), bad, "bool out of range");
-        assert_eq!(
-            collect(&[3, 0x21, 0, 0], ALL, &[]),
-            bad,
-            "receive maximum 0"
-        );
-        assert_eq!(
-            collect(&[5, 0x27, 0, 0, 0, 0], ALL, &[]),
-            bad,
-            "maximum packet size 0"
-        );
+        assert_eq!(collect(&[3, 0x21, 0, 0], ALL, &[]), bad, "receive maximum 0");
+        assert_eq!(collect(&[5, 0x27, 0, 0, 0, 0], ALL, &[]), bad, "maximum packet size 0");
         assert_eq!(collect(&[2, 0x0B, 0], ALL, &[]), bad, "subscription id 0");
-        assert_eq!(
-            collect(&[0x80, 0x80, 0x80, 0x80, 0x01], ALL, &[]),
-            bad,
-            "5-byte length"
-        );
+        assert_eq!(collect(&[0x80, 0x80, 0x80, 0x80, 0x01], ALL, &[]), bad, "5-byte length");
         assert_eq!(collect(&[2, 0x80, 0x01], ALL, &[]), bad, "id > 127");
         assert_eq!(
             collect(&[4, 0x03, 0, 1, 0xFF], ALL, &[]),

@@ -89,9 +89,7 @@ mod tests {
 
     #[test]
     fn v5_long_forms() {
-        let with_props = [
-            0x40, 0x0A, 0x00, 0x05, 0x10, 0x06, 0x1F, 0x00, 0x03, b'n', b'o', b'1',
-        ];
+        let with_props = [0x40, 0x0A, 0x00, 0x05, 0x10, 0x06, 0x1F, 0x00, 0x03, b'n', b'o', b'1'];
         assert_eq!(
             decode_packet(&with_props, V5),
             Ok(Packet::PubAck(PubAck {
@@ -112,14 +110,8 @@ mod tests {
     #[test]
     fn malformed() {
         let m = |k| Err(DecodeError::Malformed(k));
-        assert_eq!(
-            decode_packet(&[0x40, 0x02, 0, 0], V311),
-            m(MalformedKind::ZeroPacketId)
-        );
-        assert_eq!(
-            decode_packet(&[0x40, 0x01, 0], V311),
-            m(MalformedKind::Truncated)
-        );
+        assert_eq!(decode_packet(&[0x40, 0x02, 0, 0], V311), m(MalformedKind::ZeroPacketId));
+        assert_eq!(decode_packet(&[0x40, 0x01, 0], V311), m(MalformedKind::Truncated));
         assert_eq!(
             decode_packet(&[0x40, 0x03, 0, 1, 0], V311),
             m(MalformedKind::TrailingBytes)

@@ -50,11 +50,7 @@ fn malformed(kind: MalformedKind) -> DecodeError {
     DecodeError::Malformed(kind)
 }
 
-pub fn decode(
-    flags: u8,
-    body: &[u8],
-    version: ProtocolVersion,
-) -> Result<Publish<'_>, DecodeError> {
+pub fn decode(flags: u8, body: &[u8], version: ProtocolVersion) -> Result<Publish<'_>, DecodeError> {
     let dup = flags & 0x08 != 0;
     let qos = (flags >> 1) & 0x03;
     let retain = flags & 0x01 != 0;
@@ -83,9 +79,7 @@ pub fn decode(
         let pr = &mut properties;
         read_properties(&mut r, ALLOWED, &[p::SUBSCRIPTION_IDENTIFIER], |id, v| {
             match (id, v) {
-                (p::PAYLOAD_FORMAT_INDICATOR, v) => {
-                    pr.payload_format_indicator = Some(v.num() as u8)
-                }
+                (p::PAYLOAD_FORMAT_INDICATOR, v) => pr.payload_format_indicator = Some(v.num() as u8),
                 (p::MESSAGE_EXPIRY_INTERVAL, v) => pr.message_expiry_interval_s = Some(v.num()),
                 (p::TOPIC_ALIAS, v) => pr.topic_alias = Some(v.num() as u16),
                 (p::CONTENT_TYPE, PropValue::Str(s)) => pr.content_type = Some(s),
@@ -126,8 +120,7 @@ impl Publish<'_> {
             "packet_id must be Some iff qos > 0"
         );
         let qos = self.qos.min(2);
-        let first =
-            0x30 | (u8::from(self.dup && qos > 0) << 3) | (qos << 1) | u8::from(self.retain);
+        let first = 0x30 | (u8::from(self.dup && qos > 0) << 3) | (qos << 1) | u8::from(self.retain);
         write_frame(out, first, |o| {
             write_utf8(o, self.topic);
             if qos > 0 {
@@ -237,9 +230,7 @@ mod tests {
 
     #[test]
     fn known_bytes() {
-        let qos0 = [
-            0x30, 0x0A, 0x00, 0x03, b'a', b'/', b'b', b'h', b'e', b'l', b'l', b'o',
-        ];
+        let qos0 = [0x30, 0x0A, 0x00, 0x03, b'a', b'/', b'b', b'h', b'e', b'l', b'l', b'o'];
         assert_eq!(decode_packet(&qos0, V311), Ok(Packet::Publish(base())));
         let qos1_v5 = [
             0x32, 0x0B, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x07, 0x00, b'x', b'y', b'z',
@@ -289,14 +280,8 @@ mod tests {
             decode_packet(&[0x30, 0x05, 0, 3, b'a', b'/', b'#'], V311),
             m(MalformedKind::WildcardInTopicName)
         );
-        assert_eq!(
-            decode_packet(&[0x30, 0x02, 0, 0], V311),
-            m(MalformedKind::EmptyTopic)
-        );
-        assert_eq!(
-            decode_packet(&[0x30, 0x03, 0, 0, 0], V5),
-            m(MalformedKind::EmptyTopic)
-        );
+        assert_eq!(decode_packet(&[0x30, 0x02, 0, 0], V311), m(MalformedKind::EmptyTopic));
+        assert_eq!(decode_packet(&[0x30, 0x03, 0, 0, 0], V5), m(MalformedKind::EmptyTopic));
         assert_eq!(
             decode_packet(&[0x32, 0x05, 0, 1, b't', 0, 0], V311),
             m(MalformedKind::ZeroPacketId)

@@ -106,10 +106,7 @@ mod tests {
     #[test]
     fn v311_round_trip() {
         for code in 0..=5u8 {
-            assert_eq!(
-                connack_return_code_v311(connack_reason_from_v311(code)),
-                code
-            );
+            assert_eq!(connack_return_code_v311(connack_reason_from_v311(code)), code);
         }
         assert_eq!(connack_reason_from_v311(6), UNSPECIFIED_ERROR);
     }

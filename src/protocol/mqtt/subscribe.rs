@@ -84,20 +84,14 @@ pub(super) fn read_filter<'a>(r: &mut Reader<'a>) -> Result<&'a str, DecodeError
     Ok(f)
 }
 
-pub fn decode_subscribe(
-    body: &[u8],
-    version: ProtocolVersion,
-) -> Result<Subscribe<'_>, DecodeError> {
+pub fn decode_subscribe(body: &[u8], version: ProtocolVersion) -> Result<Subscribe<'_>, DecodeError> {
     let v5 = version == ProtocolVersion::V5;
     let mut r = Reader::new(body);
     let packet_id = read_packet_id(&mut r)?;
     if v5 {
-        read_properties(
-            &mut r,
-            &[p::SUBSCRIPTION_IDENTIFIER, p::USER_PROPERTY],
-            &[],
-            |_, _| Ok(()),
-        )?;
+        read_properties(&mut r, &[p::SUBSCRIPTION_IDENTIFIER, p::USER_PROPERTY], &[], |_, _| {
+            Ok(())
+        })?;
     }
     if r.is_empty() {
         return Err(malformed(MalformedKind::NoFilters));
@@ -131,12 +125,7 @@ pub fn decode_suback(body: &[u8], version: ProtocolVersion) -> Result<SubAck<'_>
     let mut r = Reader::new(body);
     let packet_id = read_packet_id(&mut r)?;
     match version {
-        ProtocolVersion::V5 => read_properties(
-            &mut r,
-            &[p::REASON_STRING, p::USER_PROPERTY],
-            &[],
-            |_, _| Ok(()),
-        )?,
+        ProtocolVersion::V5 => read_properties(&mut r, &[p::REASON_STRING, p::USER_PROPERTY], &[], |_, _| Ok(()))?,
         ProtocolVersion::V311 => {}
     }
     let reason_codes = r.rest();
@@ -212,10 +201,7 @@ mod tests {
         };
         let sub = Subscribe {
             packet_id: 10,
-            filters: vec![
-                ("a/+", SubscriptionOptions::qos(1)),
-                ("#", SubscriptionOptions::qos(0)),
-            ],
+            filters: vec![("a/+", SubscriptionOptions::qos(1)), ("#", SubscriptionOptions::qos(0))],
         };
         for v in [V311, V5] {
             let pk = Packet::Subscribe(sub.clone());
@@ -245,10 +231,7 @@ mod tests {
             packet_id: 1,
             filters: vec![("a/b", SubscriptionOptions::qos(1))],
         };
-        assert_eq!(
-            decode_packet(&sub, V311),
-            Ok(Packet::Subscribe(expect.clone()))
-        );
+        assert_eq!(decode_packet(&sub, V311), Ok(Packet::Subscribe(expect.clone())));
         assert_eq!(enc(&Packet::Subscribe(expect), V311), sub);
         let ack = [0x90, 0x03, 0x00, 0x01, 0x01];
         assert_eq!(
@@ -262,9 +245,7 @@ mod tests {
             ack
         );
         // v5 SUBSCRIBE with a subscription identifier (skipped)
-        let sub5 = [
-            0x82, 0x09, 0x00, 0x02, 0x02, 0x0B, 0x05, 0x00, 0x01, b't', 0x00,
-        ];
+        let sub5 = [0x82, 0x09, 0x00, 0x02, 0x02, 0x0B, 0x05, 0x00, 0x01, b't', 0x00];
         assert_eq!(
             decode_packet(&sub5, V5),
             Ok(Packet::Subscribe(Subscribe {
@@ -281,14 +262,8 @@ mod tests {
             decode_packet(&[0x80, 0x06, 0, 1, 0, 1, b't', 0], V311),
             m(MalformedKind::BadFixedHeaderFlags)
         );
-        assert_eq!(
-            decode_packet(&[0x82, 0x02, 0, 1], V311),
-            m(MalformedKind::NoFilters)
-        );
-        assert_eq!(
-            decode_packet(&[0x82, 0x03, 0, 1, 0], V5),
-            m(MalformedKind::NoFilters)
-        );
+        assert_eq!(decode_packet(&[0x82, 0x02, 0, 1], V311), m(MalformedKind::NoFilters));
+        assert_eq!(decode_packet(&[0x82, 0x03, 0, 1, 0], V5), m(MalformedKind::NoFilters));
         assert_eq!(
             decode_packet(&[0x82, 0x05, 0, 1, 0, 0, 0], V311),
             m(MalformedKind::EmptyFilter)
@@ -321,27 +296,15 @@ mod tests {
             decode_packet(&[0x82, 0x07, 0, 1, 2, 0x0B, 0, b't', 0], V5),
             m(MalformedKind::BadProperty)
         );
-        assert_eq!(
-            decode_packet(&[0x90, 0x02, 0, 1], V311),
-            m(MalformedKind::Truncated)
-        );
-        assert_eq!(
-            decode_packet(&[0x90, 0x03, 0, 1, 0x8F], V311),
-            m(MalformedKind::BadQos)
-        );
+        assert_eq!(decode_packet(&[0x90, 0x02, 0, 1], V311), m(MalformedKind::Truncated));
+        assert_eq!(decode_packet(&[0x90, 0x03, 0, 1, 0x8F], V311), m(MalformedKind::BadQos));
     }
 
     #[test]
     fn filter_bound() {
         let mk = |n: usize| {
             let filters = (0..n).map(|_| ("f", SubscriptionOptions::qos(0))).collect();
-            enc(
-                &Packet::Subscribe(Subscribe {
-                    packet_id: 1,
-                    filters,
-                }),
-                V5,
-            )
+            enc(&Packet::Subscribe(Subscribe { packet_id: 1, filters }), V5)
         };
         assert!(decode_packet(&mk(MAX_FILTERS_PER_PACKET), V5).is_ok());
         assert_eq!(
@@ -352,17 +315,7 @@ mod tests {
 
     #[test]
     fn filter_syntax() {
-        for ok in [
-            "#",
-            "+",
-            "a/b",
-            "a/+/c",
-            "a/#",
-            "+/+",
-            "/",
-            "sport/tennis/#",
-            "$SYS/#",
-        ] {
+        for ok in ["#", "+", "a/b", "a/+/c", "a/#", "+/+", "/", "sport/tennis/#", "$SYS/#"] {
             assert!(is_valid_topic_filter(ok), "{ok}");
         }
         for bad in ["", "a#", "a/#/b", "a+", "a/b+/c", "#/a", "##"] {

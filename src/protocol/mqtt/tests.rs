@@ -59,10 +59,7 @@ fn samples() -> Vec<Packet<'static>> {
         }),
         Packet::Subscribe(Subscribe {
             packet_id: 5,
-            filters: vec![
-                ("a/#", SubscriptionOptions::qos(1)),
-                ("b", SubscriptionOptions::qos(2)),
-            ],
+            filters: vec![("a/#", SubscriptionOptions::qos(1)), ("b", SubscriptionOptions::qos(2))],
         }),
         Packet::SubAck(SubAck {
             packet_id: 5,
@@ -125,10 +122,7 @@ fn every_truncation_is_an_error() {
     for (frame, version) in encoded_samples() {
         for cut in 0..frame.len() {
             let part = &frame[..cut];
-            assert!(
-                decode_packet(part, version).is_err(),
-                "{frame:?} cut at {cut}"
-            );
+            assert!(decode_packet(part, version).is_err(), "{frame:?} cut at {cut}");
             if let Ok(h) = check_frame(part, u32::MAX) {
                 assert!(h.total_len() > part.len());
             }
@@ -143,10 +137,7 @@ fn unsupported_packets() {
         for v in BOTH {
             let e = decode_packet(&frame, v).expect_err("unsupported");
             assert_eq!(e, DecodeError::UnsupportedPacket { packet_type: t });
-            assert_eq!(
-                (e.reason_code(), e.kind_label()),
-                (0x82, "unsupported_packet")
-            );
+            assert_eq!((e.reason_code(), e.kind_label()), (0x82, "unsupported_packet"));
         }
     }
 }
@@ -167,11 +158,7 @@ fn frame_size_mismatch() {
 fn every_malformed_kind_is_reachable() {
     use MalformedKind::*;
     let cases: &[(&[u8], ProtocolVersion, MalformedKind)] = &[
-        (
-            &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
-            V311,
-            BadRemainingLength,
-        ),
+        (&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], V311, BadRemainingLength),
         (&[0xC2, 0x00], V311, BadFixedHeaderFlags),
         (&[0x40, 0x01, 0x00], V311, Truncated),
         (&[0xD0, 0x01, 0x00], V311, TrailingBytes),
@@ -182,9 +169,7 @@ fn every_malformed_kind_is_reachable() {
             BadProtocolName,
         ),
         (
-            &[
-                0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x01, 0, 0, 0, 1, b'c',
-            ],
+            &[0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x01, 0, 0, 0, 1, b'c'],
             V311,
             BadConnectFlags,
         ),
@@ -197,11 +182,7 @@ fn every_malformed_kind_is_reachable() {
         (&[0x36, 0x00], V311, BadQos),
         (&[0x30, 0x02, 0x00, 0x00], V311, EmptyTopic),
         (&[0x30, 0x03, 0x00, 0x01, b'#'], V311, WildcardInTopicName),
-        (
-            &[0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00],
-            V311,
-            EmptyFilter,
-        ),
+        (&[0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00], V311, EmptyFilter),
         (&[0x82, 0x02, 0x00, 0x01], V311, NoFilters),
         (&[0x40, 0x02, 0x00, 0x00], V311, ZeroPacketId),
         (

@@ -24,10 +24,7 @@ pub struct UnsubAck<'a> {
     pub reason_codes: &'a [u8],
 }
 
-pub fn decode_unsubscribe(
-    body: &[u8],
-    version: ProtocolVersion,
-) -> Result<Unsubscribe<'_>, DecodeError> {
+pub fn decode_unsubscribe(body: &[u8], version: ProtocolVersion) -> Result<Unsubscribe<'_>, DecodeError> {
     let mut r = Reader::new(body);
     let packet_id = read_packet_id(&mut r)?;
     if version == ProtocolVersion::V5 {
@@ -55,12 +52,7 @@ pub fn decode_unsuback(body: &[u8], version: ProtocolVersion) -> Result<UnsubAck
             &[][..]
         }
         ProtocolVersion::V5 => {
-            read_properties(
-                &mut r,
-                &[p::REASON_STRING, p::USER_PROPERTY],
-                &[],
-                |_, _| Ok(()),
-            )?;
+            read_properties(&mut r, &[p::REASON_STRING, p::USER_PROPERTY], &[], |_, _| Ok(()))?;
             let codes = r.rest();
             if codes.is_empty() {
                 return Err(DecodeError::Malformed(MalformedKind::Truncated));
@@ -166,10 +158,7 @@ mod tests {
             decode_packet(&[0xA0, 0x05, 0, 1, 0, 1, b'x'], V311),
             m(MalformedKind::BadFixedHeaderFlags)
         );
-        assert_eq!(
-            decode_packet(&[0xA2, 0x02, 0, 1], V311),
-            m(MalformedKind::NoFilters)
-        );
+        assert_eq!(decode_packet(&[0xA2, 0x02, 0, 1], V311), m(MalformedKind::NoFilters));
         assert_eq!(
             decode_packet(&[0xA2, 0x04, 0, 1, 0, 0], V311),
             m(MalformedKind::EmptyFilter)
@@ -186,10 +175,7 @@ mod tests {
             decode_packet(&[0xB0, 0x03, 0, 1, 0], V311),
             m(MalformedKind::TrailingBytes)
         );
-        assert_eq!(
-            decode_packet(&[0xB0, 0x03, 0, 1, 0], V5),
-            m(MalformedKind::Truncated)
-        );
+        assert_eq!(decode_packet(&[0xB0, 0x03, 0, 1, 0], V5), m(MalformedKind::Truncated));
         let many = Unsubscribe {
             packet_id: 1,
             filters: vec!["f"; MAX_FILTERS_PER_PACKET + 1],

@@ -78,8 +78,7 @@ impl<'a> Reader<'a> {
     /// Two-byte length prefixed UTF-8 string: valid UTF-8, no U+0000.
     pub fn utf8(&mut self) -> Result<&'a str, DecodeError> {
         let bytes = self.binary()?;
-        let s = core::str::from_utf8(bytes)
-            .map_err(|_| DecodeError::Malformed(MalformedKind::BadUtf8))?;
+        let s = core::str::from_utf8(bytes).map_err(|_| DecodeError::Malformed(MalformedKind::BadUtf8))?;
         if s.contains('\0') {
             return Err(DecodeError::Malformed(MalformedKind::BadUtf8));
         }
@@ -138,10 +137,7 @@ mod tests {
         assert_eq!(r.u32(), Ok(0x100));
         assert_eq!(r.varint(MalformedKind::BadProperty), Ok(128));
         assert_eq!(r.utf8(), Ok("hi"));
-        assert_eq!(
-            r.finish(),
-            Err(DecodeError::Malformed(MalformedKind::TrailingBytes))
-        );
+        assert_eq!(r.finish(), Err(DecodeError::Malformed(MalformedKind::TrailingBytes)));
         assert_eq!(r.u8(), Ok(9));
         assert_eq!(r.finish(), Ok(()));
         assert_eq!(r.u8(), Err(TRUNCATED));
