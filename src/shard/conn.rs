@@ -166,7 +166,8 @@ mod tests {
             "Conn is {} bytes",
             std::mem::size_of::<Conn>()
         );
-        assert!(std::mem::size_of::<slab::Slab<Conn>>() > 0);
+        // The phase enum leaves a niche, so the slab's entry tag costs nothing.
+        assert!(std::mem::size_of::<Option<Conn>>() <= 64);
     }
 
     #[test]

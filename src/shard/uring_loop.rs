@@ -285,40 +285,35 @@ impl UringShard {
     }
 
     fn on_recv(&mut self, key: u32, gen24: u32, res: i32, flags: u32) {
-        let bid = cqueue::buffer_select(flags);
         let live = self.core.conn(key, gen24).is_some();
-        if live
-            && !cqueue::more(flags)
-            && let Some(c) = self.core.conn_mut(key)
-        {
-            c.io_flags &= !IO_RECV_ARMED;
+        if live && !cqueue::more(flags) {
+            if let Some(c) = self.core.conn_mut(key) {
+                c.io_flags &= !IO_RECV_ARMED;
+            }
         }
-        if res > 0 {
-            if let Some(bid) = bid {
-                if live {
-                    let data = self.bufs.filled(bid, res as usize);
-                    self.core.receive(key, data);
+        let len = res.max(0) as usize;
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if live && len > 0 {
+                let data = self.bufs.filled(bid, len);
+                self.core.receive(key, data);
+            }
+            self.bufs.consumed(bid, len, cqueue::buffer_more(flags));
+        }
+        if live {
+            match res {
+                1.. => {
+                    if !cqueue::more(flags) {
+                        self.arm_recv(key);
+                    }
                 }
-                self.bufs.push(bid);
-            }
-            if live && !cqueue::more(flags) {
-                self.arm_recv(key);
-            }
-        } else if live {
-            if let Some(bid) = bid {
-                self.bufs.push(bid);
-            }
-            match -res {
                 0 => self.core.peer_closed(key, CloseReason::PeerClosed),
-                libc::ENOBUFS => {
+                _ if -res == libc::ENOBUFS => {
                     bump(&self.core.counters().recv_buffer_exhausted, 1);
                     self.arm_recv(key);
                 }
-                libc::ECANCELED => {}
+                _ if -res == libc::ECANCELED => {}
                 _ => self.core.peer_closed(key, CloseReason::IoError),
             }
-        }
-        if live {
             self.try_release(key);
         }
     }

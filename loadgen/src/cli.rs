@@ -1,0 +1,351 @@
+//! Command-line surface: one subcommand per scenario plus the hidden `worker`.
+//!
+//! Owns: option names, defaults, value ranges and the target safety check
+//! (loopback only unless `--allow-remote`).
+//! Must never: open sockets, spawn processes or read files; adding a scenario
+//! means adding a subcommand here and a runner elsewhere.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pulsegate-loadgen",
+    version,
+    about = "Load generator for the pulsegate MQTT push gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Open N MQTT connections, keep them alive with PINGREQ, measure, disconnect.
+    Hold(HoldArgs),
+    /// `hold` plus pushes through the gateway's HTTP API, measuring end-to-end latency.
+    Push(PushArgs),
+    /// Internal: one worker process of a scenario (started by the parent).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// Options shared by every device-holding scenario.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// MQTT server address, HOST:PORT (loopback only unless --allow-remote).
+    #[arg(long)]
+    pub target: String,
+    /// Number of device connections to open.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    pub connections: u64,
+    /// How long the run lasts from start (ramp included), in seconds.
+    #[arg(long)]
+    pub duration_s: f64,
+    /// Maximum total connect attempts per second across all workers.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub ramp_per_s: f64,
+    /// MQTT keep-alive sent in CONNECT, seconds (0 disables PINGREQ).
+    #[arg(long, default_value_t = 60)]
+    pub keepalive_s: u16,
+    /// MQTT protocol level: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    pub mqtt_version: u8,
+    /// Source addresses, e.g. 127.0.0.2-127.0.0.254 or a list "a,b-c" or CIDR;
+    /// "none" = let the kernel choose. Default for 127.x targets: 127.0.0.2-127.0.0.254.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Maximum connections per worker process (bounded by RLIMIT_NOFILE).
+    #[arg(long, default_value_t = 18_000)]
+    pub per_process_max: u64,
+    /// Client id prefix; device i uses "{prefix}{i}".
+    #[arg(long, default_value = "lg-")]
+    pub client_id_prefix: String,
+    /// Write the JSON report to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// PID of the server, to sample its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Hard cap on the run in seconds (default duration + 120).
+    #[arg(long)]
+    pub max_duration_s: Option<f64>,
+    /// Permit non-loopback targets.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Maximum connects in flight (TCP + CONNACK) per worker. Large values overflow
+    /// small accept backlogs (SYN drops cost a 1 s retransmit).
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight: u32,
+    /// Budget for TCP connect + CONNACK, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout_s: f64,
+    /// After CONNACK, SUBSCRIBE to this filter ("{id}" = client id), e.g. "push/{id}".
+    #[arg(long)]
+    pub subscribe: Option<String>,
+    /// QoS for --subscribe (0 or 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub subscribe_qos: u8,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Gateway HTTP API address, HOST:PORT.
+    #[arg(long)]
+    pub http: String,
+    /// Pushes per second (total).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate_per_s: f64,
+    /// QoS of the pushes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Extra payload padding bytes.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// Parallel HTTP keep-alive connections.
+    #[arg(long, default_value_t = 4)]
+    pub http_connections: u32,
+    /// Start pushing this many seconds after start (default: once all are connected).
+    #[arg(long)]
+    pub push_start_s: Option<f64>,
+}
+
+/// Hidden worker options; produced by the parent, not meant for humans.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub target_addr: SocketAddr,
+    #[arg(long)]
+    pub first_index: u64,
+    #[arg(long)]
+    pub count: u64,
+    #[arg(long)]
+    pub ramp_per_s: f64,
+    #[arg(long)]
+    pub max_inflight: u32,
+    #[arg(long)]
+    pub keepalive_s: u16,
+    #[arg(long)]
+    pub mqtt_version: u8,
+    /// Normalized source list ("none" for kernel choice).
+    #[arg(long)]
+    pub source_ips: String,
+    #[arg(long)]
+    pub client_id_prefix: String,
+    #[arg(long)]
+    pub connect_timeout_ms: u64,
+    /// Worker exits by itself after this many seconds.
+    #[arg(long)]
+    pub hard_stop_s: f64,
+    /// Parent's start time (Unix ms); worker times are reported relative to it.
+    #[arg(long)]
+    pub epoch_unix_ms: u64,
+    #[arg(long)]
+    pub subscribe: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub subscribe_qos: u8,
+    #[arg(long, default_value_t = 250)]
+    pub report_ms: u64,
+}
+
+/// Resolves HOST:PORT and enforces the loopback rule.
+pub fn resolve_target(spec: &str, allow_remote: bool) -> Result<SocketAddr, String> {
+    let addr = spec
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve target {spec:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("target {spec:?} resolved to no address"))?;
+    if !allow_remote && !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing non-loopback target {addr} (from {spec:?}); pass --allow-remote to load a remote host"
+        ));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pulsegate-loadgen").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn hold_defaults() {
+        let cli = parse(&[
+            "hold",
+            "--target",
+            "127.0.0.1:1883",
+            "--connections",
+            "100000",
+            "--duration-s",
+            "60",
+        ])
+        .unwrap();
+        let Command::Hold(h) = cli.command else {
+            panic!("not hold")
+        };
+        let c = h.conn;
+        assert_eq!(c.connections, 100_000);
+        assert_eq!(c.duration_s, 60.0);
+        assert_eq!(c.ramp_per_s, 20_000.0);
+        assert_eq!(c.keepalive_s, 60);
+        assert_eq!(c.mqtt_version, 4);
+        assert_eq!(c.per_process_max, 18_000);
+        assert_eq!(c.client_id_prefix, "lg-");
+        assert!(c.source_ips.is_none() && c.json.is_none() && c.server_pid.is_none() && !c.allow_remote);
+    }
+
+    #[test]
+    fn hold_all_options() {
+        let cli = parse(&[
+            "hold",
+            "--target",
+            "127.0.0.1:1883",
+            "--connections",
+            "5",
+            "--duration-s",
+            "3.5",
+            "--ramp-per-s",
+            "100",
+            "--keepalive-s",
+            "1",
+            "--mqtt-version",
+            "5",
+            "--source-ips",
+            "127.0.0.2-127.0.0.9",
+            "--per-process-max",
+            "2",
+            "--client-id-prefix",
+            "x",
+            "--json",
+            "/tmp/r.json",
+            "--server-pid",
+            "42",
+            "--max-duration-s",
+            "9",
+            "--max-inflight",
+            "7",
+            "--subscribe",
+            "push/{id}",
+        ])
+        .unwrap();
+        let Command::Hold(h) = cli.command else {
+            panic!("not hold")
+        };
+        let c = h.conn;
+        assert_eq!(
+            (c.keepalive_s, c.mqtt_version, c.per_process_max, c.max_inflight),
+            (1, 5, 2, 7)
+        );
+        assert_eq!(c.source_ips.as_deref(), Some("127.0.0.2-127.0.0.9"));
+        assert_eq!(c.server_pid, Some(42));
+        assert_eq!(c.max_duration_s, Some(9.0));
+        assert_eq!(c.subscribe.as_deref(), Some("push/{id}"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let base = ["hold", "--target", "127.0.0.1:1", "--duration-s", "1"];
+        let with = |extra: &[&str]| {
+            let mut v: Vec<&str> = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        assert!(with(&["--connections", "0"]).is_err());
+        assert!(with(&["--connections", "1", "--mqtt-version", "3"]).is_err());
+        assert!(with(&["--connections", "x"]).is_err());
+        assert!(with(&["--connections", "1", "--bogus"]).is_err());
+        assert!(parse(&["hold", "--connections", "1", "--duration-s", "1"]).is_err());
+        // no target
+    }
+
+    #[test]
+    fn push_options() {
+        let cli = parse(&[
+            "push",
+            "--target",
+            "127.0.0.1:1883",
+            "--connections",
+            "10",
+            "--duration-s",
+            "5",
+            "--http",
+            "127.0.0.1:8080",
+            "--rate-per-s",
+            "50",
+            "--qos",
+            "0",
+        ])
+        .unwrap();
+        let Command::Push(p) = cli.command else {
+            panic!("not push")
+        };
+        assert_eq!(p.http, "127.0.0.1:8080");
+        assert_eq!((p.rate_per_s, p.qos, p.http_connections), (50.0, 0, 4));
+        assert!(parse(&[
+            "push",
+            "--target",
+            "127.0.0.1:1",
+            "--connections",
+            "1",
+            "--duration-s",
+            "1"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn worker_is_parseable() {
+        let cli = parse(&[
+            "worker",
+            "--target-addr",
+            "127.0.0.1:1883",
+            "--first-index",
+            "18000",
+            "--count",
+            "18000",
+            "--ramp-per-s",
+            "3333.3",
+            "--max-inflight",
+            "1000",
+            "--keepalive-s",
+            "60",
+            "--mqtt-version",
+            "4",
+            "--source-ips",
+            "none",
+            "--client-id-prefix",
+            "lg-",
+            "--connect-timeout-ms",
+            "10000",
+            "--hard-stop-s",
+            "180",
+            "--epoch-unix-ms",
+            "1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Worker(w) if w.first_index == 18_000 && w.report_ms == 250));
+    }
+
+    #[test]
+    fn loopback_rule() {
+        assert!(resolve_target("127.0.0.1:1883", false).is_ok());
+        assert!(resolve_target("[::1]:1883", false).is_ok());
+        assert!(resolve_target("127.9.9.9:1", false).is_ok());
+        let err = resolve_target("10.0.0.1:1883", false).unwrap_err();
+        assert!(err.contains("--allow-remote"));
+        assert!(resolve_target("10.0.0.1:1883", true).is_ok());
+        assert!(resolve_target("nonsense", false).is_err());
+    }
+}

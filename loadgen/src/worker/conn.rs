@@ -1,0 +1,330 @@
+//! Per-connection I/O of a worker: TCP connect completion, CONNECT, reading and
+//! decoding server frames, answering them (PUBACK), writes with an unsent tail,
+//! and closing with accounting (failed attempt vs. lost connection).
+//! Must never: block, keep more per-device state than the unsent tail and a
+//! partial frame, or panic on server bytes (decode errors close the connection).
+
+use super::{bump, Worker, MAX_FRAME_BYTES, MAX_TX_TAIL_BYTES, TS_MARKER};
+use crate::device::Phase;
+use crate::mqtt::{self, Packet};
+use crate::{net, report};
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+
+/// Finds "lgts=<digits>" in a payload and returns the number.
+pub fn find_timestamp_us(payload: &[u8]) -> Option<u64> {
+    let pos = payload.windows(TS_MARKER.len()).position(|w| w == TS_MARKER)?;
+    let digits = &payload[pos + TS_MARKER.len()..];
+    let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..n.min(19)]).ok()?.parse().ok()
+}
+
+impl Worker {
+    /// Closes a device's socket and accounts for it: a failed attempt if it never got
+    /// CONNACK 0, a lost connection otherwise. Schedules the reconnect.
+    pub(super) fn close(&mut self, idx: u32, reason: &str) {
+        let now_ms = self.now_us() / 1000;
+        let slot = &mut self.slots[idx as usize];
+        slot.sock = None;
+        slot.tx_tail = Vec::new();
+        slot.rx_tail = Vec::new();
+        match slot.dev.phase {
+            Phase::Connecting | Phase::AwaitConnack => {
+                self.inflight -= 1;
+                self.progress.failed_total += 1;
+                bump(&mut self.failed, reason);
+            }
+            Phase::Connected => {
+                self.progress.connected -= 1;
+                bump(&mut self.closed, reason);
+            }
+            _ => {}
+        }
+        if self.stopping {
+            self.slots[idx as usize].dev.stop();
+            return;
+        }
+        let r = self.random();
+        self.slots[idx as usize].dev.on_closed(now_ms, r);
+        self.arm(idx);
+    }
+
+    /// Writes `self.scratch` to the device (or queues it behind an unsent tail).
+    /// Returns false if the connection was closed because of the write.
+    pub(super) fn send_scratch(&mut self, idx: u32) -> bool {
+        let slot = &mut self.slots[idx as usize];
+        let Some(sock) = slot.sock.as_mut() else { return false };
+        if !slot.tx_tail.is_empty() {
+            if slot.tx_tail.len() + self.scratch.len() > MAX_TX_TAIL_BYTES {
+                self.close(idx, "tx_overflow");
+                return false;
+            }
+            slot.tx_tail.extend_from_slice(&self.scratch);
+            return true;
+        }
+        let mut sent = 0;
+        while sent < self.scratch.len() {
+            match sock.write(&self.scratch[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let reason = format!("write_{}", net::errno_name(&e));
+                    self.close(idx, &reason);
+                    return false;
+                }
+            }
+        }
+        if sent < self.scratch.len() {
+            slot.tx_tail.extend_from_slice(&self.scratch[sent..]);
+        }
+        true
+    }
+
+    fn flush_tail(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        let Some(sock) = slot.sock.as_mut() else { return };
+        while !slot.tx_tail.is_empty() {
+            match sock.write(&slot.tx_tail) {
+                Ok(0) => return,
+                Ok(n) => {
+                    slot.tx_tail.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let reason = format!("write_{}", net::errno_name(&e));
+                    self.close(idx, &reason);
+                    return;
+                }
+            }
+        }
+        slot.tx_tail = Vec::new();
+    }
+
+    pub(super) fn on_event(&mut self, idx: u32, readable: bool, writable: bool) {
+        if self.slots[idx as usize].dev.phase == Phase::Connecting {
+            let Some(sock) = self.slots[idx as usize].sock.as_ref() else {
+                return;
+            };
+            match sock.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    let reason = format!("connect_{}", net::errno_name(&e));
+                    self.close(idx, &reason);
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match sock.peer_addr() {
+                Ok(_) => self.on_tcp_connected(idx),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                    if readable {
+                        self.close(idx, "connect_hup");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let reason = format!("connect_{}", net::errno_name(&e));
+                    self.close(idx, &reason);
+                    return;
+                }
+            }
+        }
+        if writable && !self.slots[idx as usize].tx_tail.is_empty() {
+            self.flush_tail(idx);
+        }
+        if readable && self.slots[idx as usize].sock.is_some() {
+            self.read_device(idx);
+        }
+    }
+
+    fn on_tcp_connected(&mut self, idx: u32) {
+        let global = self.args.first_index + idx as u64;
+        self.id_buf.clear();
+        let _ = write!(self.id_buf, "{}{}", self.args.client_id_prefix, global);
+        self.scratch.clear();
+        mqtt::encode_connect(
+            &mut self.scratch,
+            self.args.mqtt_version,
+            self.id_buf.as_bytes(),
+            self.args.keepalive_s,
+        );
+        self.slots[idx as usize].dev.on_connect_sent();
+        self.send_scratch(idx);
+    }
+
+    fn read_device(&mut self, idx: u32) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        while let Some(sock) = self.slots[idx as usize].sock.as_mut() {
+            match sock.read(&mut buf) {
+                Ok(0) => {
+                    let reason = if self.slots[idx as usize].dev.phase == Phase::Connected {
+                        "eof"
+                    } else {
+                        "closed_before_connack"
+                    };
+                    self.close(idx, reason);
+                    break;
+                }
+                Ok(n) => {
+                    if self.slots[idx as usize].rx_tail.is_empty() {
+                        self.process(idx, &buf[..n]);
+                    } else {
+                        let mut joined = std::mem::take(&mut self.slots[idx as usize].rx_tail);
+                        joined.extend_from_slice(&buf[..n]);
+                        self.process(idx, &joined);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let reason = format!("read_{}", net::errno_name(&e));
+                    self.close(idx, &reason);
+                    break;
+                }
+            }
+        }
+        self.read_buf = buf;
+    }
+
+    /// Handles every complete frame in `data`; keeps a partial frame as the tail.
+    fn process(&mut self, idx: u32, data: &[u8]) {
+        let v5 = self.args.mqtt_version == 5;
+        let mut at = 0;
+        while at < data.len() {
+            match mqtt::decode(&data[at..], v5, MAX_FRAME_BYTES) {
+                Ok(Some((packet, used))) => {
+                    at += used;
+                    if !self.on_packet(idx, packet) {
+                        return; // closed
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = format!("protocol_{e:?}").to_lowercase();
+                    self.close(idx, &reason);
+                    return;
+                }
+            }
+        }
+        if at < data.len() {
+            if let Some(slot) = self.slots.get_mut(idx as usize).filter(|s| s.sock.is_some()) {
+                slot.rx_tail.extend_from_slice(&data[at..]);
+            }
+        }
+    }
+
+    /// Returns false when the connection was closed.
+    fn on_packet(&mut self, idx: u32, packet: Packet<'_>) -> bool {
+        let now_us = self.now_us();
+        let now_ms = now_us / 1000;
+        match packet {
+            Packet::Connack {
+                code,
+                server_keepalive_s,
+                ..
+            } => {
+                if self.slots[idx as usize].dev.phase != Phase::AwaitConnack {
+                    self.close(idx, "protocol_unexpected_connack");
+                    return false;
+                }
+                let was_connected_before = self.slots[idx as usize].dev.ever_connected;
+                if !self.slots[idx as usize]
+                    .dev
+                    .on_connack(now_ms, code, server_keepalive_s)
+                {
+                    self.close(idx, &format!("connack_0x{code:02x}"));
+                    return false;
+                }
+                self.inflight -= 1;
+                self.progress.connected += 1;
+                if was_connected_before {
+                    self.progress.reconnects += 1;
+                }
+                if self.progress.connected > self.peak_connected {
+                    self.peak_connected = self.progress.connected;
+                    self.peak_at_ms = self.epoch_offset_ms + now_ms;
+                }
+                self.arm(idx);
+                if let Some(filter) = &self.args.subscribe {
+                    let global = self.args.first_index + idx as u64;
+                    let topic = filter.replace("{id}", &format!("{}{}", self.args.client_id_prefix, global));
+                    self.scratch.clear();
+                    mqtt::encode_subscribe(
+                        &mut self.scratch,
+                        self.args.mqtt_version,
+                        1,
+                        topic.as_bytes(),
+                        self.args.subscribe_qos,
+                    );
+                    if !self.send_scratch(idx) {
+                        return false;
+                    }
+                }
+            }
+            Packet::Publish {
+                qos,
+                packet_id,
+                topic,
+                payload,
+            } => {
+                self.progress.publishes_received += 1;
+                if topic.starts_with(b"$pulse/") {
+                    self.control_messages += 1;
+                    let new_ka = std::str::from_utf8(payload)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u16>().ok());
+                    self.slots[idx as usize].dev.on_keepalive_config(now_ms, new_ka);
+                    self.arm(idx);
+                }
+                if let Some(ts) = find_timestamp_us(payload) {
+                    self.pushes_delivered += 1;
+                    let now_unix_us = self.unix_us_at_t0 + now_us;
+                    report::record_us(&mut self.push_latency, now_unix_us.saturating_sub(ts));
+                }
+                if let (1, Some(pid)) = (qos, packet_id) {
+                    self.scratch.clear();
+                    mqtt::encode_puback(&mut self.scratch, pid);
+                    if !self.send_scratch(idx) {
+                        return false;
+                    }
+                    self.pubacks_sent += 1;
+                    self.slots[idx as usize].dev.on_packet_sent(now_ms);
+                    self.arm(idx);
+                }
+            }
+            Packet::Pingresp => {
+                if let Some(rtt_us) = self.slots[idx as usize].dev.on_pingresp(now_us) {
+                    self.progress.keepalives += 1;
+                    report::record_us(&mut self.ping_rtt, rtt_us);
+                }
+            }
+            Packet::Disconnect { code } => {
+                self.close(idx, &format!("disconnect_0x{code:02x}"));
+                return false;
+            }
+            Packet::Suback { .. } | Packet::Other(_) => {}
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_marker() {
+        assert_eq!(
+            find_timestamp_us(b"{\"x\":\"lgts=1700000000123456 pad\"}"),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(find_timestamp_us(b"lgts="), None);
+        assert_eq!(find_timestamp_us(b"nothing"), None);
+        assert_eq!(
+            find_timestamp_us(b"lgts=99999999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+    }
+}

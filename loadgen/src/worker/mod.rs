@@ -1,0 +1,394 @@
+//! One worker process: a single-threaded mio event loop driving a slice of devices.
+//!
+//! Owns: the sockets of its slice, the ramp (token bucket + in-flight bound), the
+//! timer heap (per-connection I/O lives in `conn.rs`), and reporting JSON lines on stdout
+//! (progress every `report_ms`, final stats at the end). Stops on "stop"/EOF on
+//! stdin or at its hard stop time, sending DISCONNECT to connected devices.
+//! Must never: block on a socket, allocate per device while idle (only an unsent
+//! tail or a partial frame is kept per device), panic on server bytes, or write
+//! anything but protocol lines to stdout.
+
+use crate::cli::WorkerArgs;
+use crate::device::{Device, Phase, TimeoutKind, TimerAction, NEVER_MS};
+use crate::mqtt;
+use crate::net;
+use crate::report::{self, Progress, WorkerMsg, WorkerStats};
+use crate::srcip;
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod conn;
+
+const STDIN_TOKEN: Token = Token(usize::MAX - 1);
+const READ_BUF_BYTES: usize = 64 * 1024;
+const MAX_FRAME_BYTES: usize = 1 << 20;
+const MAX_TX_TAIL_BYTES: usize = 256 * 1024;
+/// Marker the push scenario puts in payloads: "lgts=<unix µs>".
+pub const TS_MARKER: &[u8] = b"lgts=";
+
+struct Slot {
+    sock: Option<TcpStream>,
+    dev: Device,
+    tx_tail: Vec<u8>,
+    rx_tail: Vec<u8>,
+}
+
+struct Worker {
+    args: WorkerArgs,
+    sources: Vec<IpAddr>,
+    target: SocketAddr,
+    poll: Poll,
+    slots: Vec<Slot>,
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    ready: VecDeque<u32>,
+    next_fresh: u32,
+    tokens: f64,
+    last_refill_us: u64,
+    inflight: u32,
+    t0: Instant,
+    unix_us_at_t0: u64,
+    epoch_offset_ms: u64,
+    rng: u64,
+    stopping: bool,
+    stop_flag: Arc<AtomicBool>,
+    _waker: Arc<mio::Waker>,
+    read_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    id_buf: String,
+    progress: Progress,
+    peak_connected: u64,
+    peak_at_ms: u64,
+    failed: BTreeMap<String, u64>,
+    closed: BTreeMap<String, u64>,
+    pubacks_sent: u64,
+    control_messages: u64,
+    pushes_delivered: u64,
+    ping_rtt: Histogram<u64>,
+    push_latency: Histogram<u64>,
+}
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(v) => *v += 1,
+        None => {
+            map.insert(key.to_string(), 1);
+        }
+    }
+}
+
+fn emit(msg: &WorkerMsg) -> bool {
+    let Ok(line) = serde_json::to_string(msg) else {
+        return false;
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+}
+
+/// Entry point of the hidden `worker` subcommand; returns the exit code.
+pub fn run(args: WorkerArgs) -> i32 {
+    match Worker::new(args).and_then(|mut w| w.run()) {
+        Ok(()) => 0,
+        Err(e) => {
+            emit(&WorkerMsg::Fatal { error: e.clone() });
+            eprintln!("pulsegate-loadgen worker: {e}");
+            1
+        }
+    }
+}
+
+impl Worker {
+    fn new(args: WorkerArgs) -> Result<Self, String> {
+        // The parent handles Ctrl-C and tells us to stop through stdin.
+        // SAFETY: installing SIG_IGN is async-signal-safe and has no preconditions.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+        let limit = net::raise_nofile_limit().map_err(|e| format!("setrlimit(NOFILE): {e}"))?;
+        if args.count + 32 > limit {
+            return Err(format!(
+                "{} connections need more than RLIMIT_NOFILE {limit}; lower --per-process-max",
+                args.count
+            ));
+        }
+        let sources = srcip::parse_sources(&args.source_ips)?;
+        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+        // A thread watches stdin for "stop" or EOF (parent gone) and wakes the loop.
+        let stop_flag = Arc::new(AtomicBool::new(false));
+        let waker = Arc::new(mio::Waker::new(poll.registry(), STDIN_TOKEN).map_err(|e| format!("waker: {e}"))?);
+        {
+            let (flag, waker) = (stop_flag.clone(), waker.clone());
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let stdin = io::stdin();
+                loop {
+                    line.clear();
+                    match stdin.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if line.trim() == "stop" => break,
+                        Ok(_) => {}
+                    }
+                }
+                flag.store(true, Ordering::SeqCst);
+                let _ = waker.wake();
+            });
+        }
+        let keepalive_s = args.keepalive_s;
+        let slots = (0..args.count)
+            .map(|_| Slot {
+                sock: None,
+                dev: Device::new(keepalive_s),
+                tx_tail: Vec::new(),
+                rx_tail: Vec::new(),
+            })
+            .collect();
+        let now_unix_ms = net::unix_ms();
+        Ok(Worker {
+            target: args.target_addr,
+            sources,
+            poll,
+            slots,
+            heap: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            next_fresh: 0,
+            tokens: 1.0,
+            last_refill_us: 0,
+            inflight: 0,
+            t0: Instant::now(),
+            unix_us_at_t0: net::unix_us(),
+            epoch_offset_ms: now_unix_ms.saturating_sub(args.epoch_unix_ms),
+            rng: (now_unix_ms ^ ((std::process::id() as u64) << 32) ^ args.first_index) | 1,
+            stopping: false,
+            stop_flag,
+            _waker: waker,
+            read_buf: vec![0; READ_BUF_BYTES],
+            scratch: Vec::with_capacity(256),
+            id_buf: String::new(),
+            progress: Progress::default(),
+            peak_connected: 0,
+            peak_at_ms: 0,
+            failed: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            pubacks_sent: 0,
+            control_messages: 0,
+            pushes_delivered: 0,
+            ping_rtt: report::new_histogram(),
+            push_latency: report::new_histogram(),
+            args,
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn arm(&mut self, idx: u32) {
+        let d = self.slots[idx as usize].dev.deadline_ms;
+        if d != NEVER_MS {
+            self.heap.push(Reverse((d, idx)));
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let mut events = Events::with_capacity(4096);
+        let hard_stop_us = (self.args.hard_stop_s.max(0.0) * 1e6) as u64;
+        let report_us = self.args.report_ms.max(10) * 1000;
+        let mut next_report_us = 0;
+        loop {
+            let now_us = self.now_us();
+            self.stopping |= self.stop_flag.load(Ordering::Relaxed);
+            if self.stopping || now_us >= hard_stop_us {
+                break;
+            }
+            self.pump_connects(now_us);
+            self.fire_timers(now_us / 1000, now_us);
+            if now_us >= next_report_us {
+                next_report_us = now_us + report_us;
+                if !emit(&WorkerMsg::Progress(self.progress)) {
+                    break; // parent is gone
+                }
+            }
+            self.compact_heap();
+            let mut wait_us = (next_report_us - now_us).min(hard_stop_us - now_us).min(1_000_000);
+            if let Some(Reverse((d, _))) = self.heap.peek() {
+                wait_us = wait_us.min((d * 1000).saturating_sub(now_us));
+            }
+            if self.has_pending_connects() && self.inflight < self.args.max_inflight {
+                let need = ((1.0 - self.tokens).max(0.0) / self.args.ramp_per_s * 1e6) as u64;
+                wait_us = wait_us.min(need);
+            }
+            let timeout = Duration::from_micros(wait_us.max(200));
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            for ev in events.iter() {
+                if ev.token() == STDIN_TOKEN {
+                    self.stopping |= self.stop_flag.load(Ordering::SeqCst);
+                    continue;
+                }
+                let idx = ev.token().0 as u32;
+                if (idx as usize) < self.slots.len() {
+                    self.on_event(
+                        idx,
+                        ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                        ev.is_writable(),
+                    );
+                }
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn has_pending_connects(&self) -> bool {
+        !self.ready.is_empty() || (self.next_fresh as usize) < self.slots.len()
+    }
+
+    fn pump_connects(&mut self, now_us: u64) {
+        let rate = self.args.ramp_per_s.max(0.001);
+        let burst = (rate * 0.02).max(1.0);
+        let dt_s = now_us.saturating_sub(self.last_refill_us) as f64 / 1e6;
+        self.last_refill_us = now_us;
+        self.tokens = (self.tokens + rate * dt_s).min(burst);
+        while self.tokens >= 1.0 && self.inflight < self.args.max_inflight {
+            let idx = if let Some(i) = self.ready.pop_front() {
+                i
+            } else if (self.next_fresh as usize) < self.slots.len() {
+                self.next_fresh += 1;
+                self.next_fresh - 1
+            } else {
+                break;
+            };
+            self.tokens -= 1.0;
+            self.start_connect(idx, now_us / 1000);
+        }
+    }
+
+    fn start_connect(&mut self, idx: u32, now_ms: u64) {
+        let global = self.args.first_index + idx as u64;
+        let src = srcip::source_for(&self.sources, global);
+        self.progress.connect_attempts += 1;
+        match net::connect_from(&self.target, src) {
+            Ok(mut sock) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut sock,
+                    Token(idx as usize),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    self.fail_attempt(idx, &format!("register_{}", net::errno_name(&e)), now_ms);
+                    return;
+                }
+                let slot = &mut self.slots[idx as usize];
+                slot.sock = Some(sock);
+                slot.dev.on_connect_started(now_ms, self.args.connect_timeout_ms);
+                self.inflight += 1;
+                self.arm(idx);
+            }
+            Err(ce) => {
+                let reason = format!("{}_{}", ce.step, net::errno_name(&ce.error));
+                self.fail_attempt(idx, &reason, now_ms);
+            }
+        }
+    }
+
+    /// An attempt failed before a socket was registered.
+    fn fail_attempt(&mut self, idx: u32, reason: &str, now_ms: u64) {
+        self.progress.failed_total += 1;
+        bump(&mut self.failed, reason);
+        let r = self.random();
+        self.slots[idx as usize].dev.on_closed(now_ms, r);
+        self.arm(idx);
+    }
+
+    fn fire_timers(&mut self, now_ms: u64, now_us: u64) {
+        while let Some(&Reverse((deadline, idx))) = self.heap.peek() {
+            if deadline > now_ms {
+                break;
+            }
+            self.heap.pop();
+            if self.slots[idx as usize].dev.deadline_ms != deadline {
+                continue; // stale entry
+            }
+            let fresh_us = self.now_us().max(now_us);
+            match self.slots[idx as usize].dev.on_timer(now_ms, fresh_us) {
+                TimerAction::Nothing => {}
+                TimerAction::SendPing => {
+                    self.progress.pings_sent += 1;
+                    self.scratch.clear();
+                    mqtt::encode_pingreq(&mut self.scratch);
+                    if self.send_scratch(idx) {
+                        self.arm(idx);
+                    }
+                }
+                TimerAction::Timeout(kind) => {
+                    let reason = match kind {
+                        TimeoutKind::Connect => "connect_timeout",
+                        TimeoutKind::Connack => "connack_timeout",
+                        TimeoutKind::Ping => "ping_timeout",
+                    };
+                    self.close(idx, reason);
+                }
+                TimerAction::ReadyToConnect => self.ready.push_back(idx),
+            }
+        }
+    }
+
+    /// Rebuilds the heap when stale entries dominate (restarted timers leave them).
+    fn compact_heap(&mut self) {
+        if self.heap.len() <= 3 * self.slots.len() + 1024 {
+            return;
+        }
+        let fresh: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.dev.deadline_ms != NEVER_MS)
+            .map(|(i, s)| Reverse((s.dev.deadline_ms, i as u32)))
+            .collect();
+        self.heap = BinaryHeap::from(fresh);
+    }
+
+    fn shutdown(&mut self) {
+        self.stopping = true;
+        emit(&WorkerMsg::Progress(self.progress));
+        let mut disconnect = Vec::new();
+        mqtt::encode_disconnect(&mut disconnect);
+        for slot in &mut self.slots {
+            if let Some(mut sock) = slot.sock.take() {
+                if slot.dev.phase == Phase::Connected && slot.tx_tail.is_empty() {
+                    let _ = sock.write(&disconnect);
+                }
+            }
+            slot.dev.stop();
+        }
+        let stats = WorkerStats {
+            devices: self.slots.len() as u64,
+            progress: self.progress,
+            peak_connected: self.peak_connected,
+            peak_at_ms: self.peak_at_ms,
+            failed: std::mem::take(&mut self.failed),
+            closed: std::mem::take(&mut self.closed),
+            pubacks_sent: self.pubacks_sent,
+            control_messages: self.control_messages,
+            pushes_delivered: self.pushes_delivered,
+            ping_rtt_us: report::export(&self.ping_rtt),
+            push_latency_us: report::export(&self.push_latency),
+        };
+        emit(&WorkerMsg::Final(Box::new(stats)));
+    }
+}
