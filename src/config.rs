@@ -83,6 +83,33 @@ pub struct Flags {
     /// Largest HTTP request body.
     #[arg(long)]
     pub http_max_body_bytes: Option<usize>,
+    /// Where accepted messages are stored (created if missing).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Default message time-to-live (seconds) when a request gives no ttl_s.
+    #[arg(long)]
+    pub default_ttl_s: Option<u32>,
+    /// How long a QoS 1 push over the device's connection may wait for PUBACK.
+    #[arg(long)]
+    pub persistent_ack_timeout_ms: Option<u64>,
+    /// Messages not yet in a terminal state, in total.
+    #[arg(long)]
+    pub pending_messages_max: Option<u32>,
+}
+
+/// An application server allowed to push (`[[sps]]` in the config file).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpConfig {
+    pub name: String,
+    /// Bearer token for the HTTP API.
+    pub api_key: String,
+    /// Name of a `[profiles.NAME]` used when a request names none.
+    #[serde(default)]
+    pub default_profile: Option<String>,
+    /// Messages accepted per second (token bucket, burst = one second's worth).
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
 }
 
 /// The TOML file: same names as the flags, with underscores.
@@ -106,6 +133,16 @@ struct FileConfig {
     pin_cpus: Option<bool>,
     http_max_connections: Option<usize>,
     http_max_body_bytes: Option<usize>,
+    data_dir: Option<PathBuf>,
+    default_ttl_s: Option<u32>,
+    persistent_ack_timeout_ms: Option<u64>,
+    pending_messages_max: Option<u32>,
+    #[serde(default)]
+    sps: Vec<SpConfig>,
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, crate::push::profile::Profile>,
+    #[serde(default)]
+    mechanisms: Vec<crate::push::mechanism::MechanismConfig>,
 }
 
 /// The effective configuration.
@@ -128,6 +165,15 @@ pub struct Config {
     pub pin_cpus: bool,
     pub http_max_connections: usize,
     pub http_max_body_bytes: usize,
+    pub data_dir: PathBuf,
+    pub default_ttl_s: u32,
+    pub persistent_ack_timeout_ms: u64,
+    pub pending_messages_max: u32,
+    /// SPs and their API keys; empty = the API is open (a warning at start-up).
+    pub sps: Vec<SpConfig>,
+    pub profiles: std::collections::BTreeMap<String, crate::push::profile::Profile>,
+    /// External mechanisms (webhooks); `persistent` is built in.
+    pub mechanisms: Vec<crate::push::mechanism::MechanismConfig>,
 }
 
 /// Why a configuration was refused.
@@ -146,6 +192,10 @@ pub enum ConfigError {
         value: u64,
         min: u64,
         max: u64,
+    },
+    Invalid {
+        setting: String,
+        why: String,
     },
 }
 
@@ -166,6 +216,7 @@ impl std::fmt::Display for ConfigError {
             } => {
                 write!(f, "{setting} = {value} is out of range [{min}, {max}]")
             }
+            ConfigError::Invalid { setting, why } => write!(f, "{setting}: {why}"),
         }
     }
 }
@@ -192,6 +243,13 @@ impl Default for Config {
             pin_cpus: true,
             http_max_connections: 256,
             http_max_body_bytes: 256 * 1024,
+            data_dir: PathBuf::from("./pulsegate-data"),
+            default_ttl_s: 24 * 3600,
+            persistent_ack_timeout_ms: 10_000,
+            pending_messages_max: 1_000_000,
+            sps: Vec::new(),
+            profiles: Default::default(),
+            mechanisms: Vec::new(),
         }
     }
 }
@@ -258,6 +316,19 @@ impl Config {
                 .http_max_body_bytes
                 .or(file.http_max_body_bytes)
                 .unwrap_or(d.http_max_body_bytes),
+            data_dir: flags.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
+            default_ttl_s: flags.default_ttl_s.or(file.default_ttl_s).unwrap_or(d.default_ttl_s),
+            persistent_ack_timeout_ms: flags
+                .persistent_ack_timeout_ms
+                .or(file.persistent_ack_timeout_ms)
+                .unwrap_or(d.persistent_ack_timeout_ms),
+            pending_messages_max: flags
+                .pending_messages_max
+                .or(file.pending_messages_max)
+                .unwrap_or(d.pending_messages_max),
+            sps: file.sps,
+            profiles: file.profiles,
+            mechanisms: file.mechanisms,
         };
         config.validate()?;
         Ok(config)
@@ -311,6 +382,57 @@ impl Config {
         }
         range("http_max_connections", self.http_max_connections as u64, 1, 65_536)?;
         range("http_max_body_bytes", self.http_max_body_bytes as u64, 64, 64 << 20)?;
+        range("default_ttl_s", self.default_ttl_s as u64, 1, 30 * 24 * 3600)?;
+        range(
+            "persistent_ack_timeout_ms",
+            self.persistent_ack_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        range("pending_messages_max", self.pending_messages_max as u64, 1, 100_000_000)?;
+        let invalid = |setting: String, why: String| Err(ConfigError::Invalid { setting, why });
+        for (name, p) in &self.profiles {
+            if let Err(why) = crate::push::profile::validate(p) {
+                return invalid(format!("profiles.{name}"), why);
+            }
+        }
+        let mut keys = std::collections::HashSet::new();
+        for sp in &self.sps {
+            if sp.api_key.len() < 8 {
+                return invalid(
+                    format!("sps.{}.api_key", sp.name),
+                    "must be at least 8 characters".into(),
+                );
+            }
+            if !keys.insert(sp.api_key.as_str()) {
+                return invalid(format!("sps.{}.api_key", sp.name), "is used by another SP".into());
+            }
+            if let Some(p) = &sp.default_profile
+                && !self.profiles.contains_key(p)
+            {
+                return invalid(format!("sps.{}.default_profile", sp.name), format!("no [profiles.{p}]"));
+            }
+            if sp.rate_per_s.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                return invalid(
+                    format!("sps.{}.rate_per_s", sp.name),
+                    "must be a positive number".into(),
+                );
+            }
+        }
+        let mut names = std::collections::HashSet::from(["persistent"]);
+        for m in &self.mechanisms {
+            if !names.insert(m.name.as_str()) {
+                return invalid(format!("mechanisms.{}", m.name), "duplicate mechanism name".into());
+            }
+            if let crate::push::mechanism::Kind::Webhook { url } = &m.kind
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return invalid(
+                    format!("mechanisms.{}.url", m.name),
+                    "must be an http:// or https:// URL".into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -331,7 +453,7 @@ impl Config {
             .server_keepalive_s
             .map(|s| s.to_string())
             .unwrap_or_else(|| "none (client's own)".into());
-        format!(
+        let mut out = format!(
             "mqtt_listen = \"{}\"\nhttp_listen = \"{}\"\nshards = {}\nbackend = \"{backend}\"\nmax_connections = {}\n\
              server_keepalive_s = {ka}\nconnect_timeout_s = {}\nmax_packet_bytes = {}\nmax_inflight = {}\n\
              pending_pushes_per_device_max = {}\nstored_sessions_max = {}\nsession_expiry_max_s = {}\n\
@@ -351,7 +473,19 @@ impl Config {
             self.pin_cpus,
             self.http_max_connections,
             self.http_max_body_bytes,
-        )
+        );
+        let sps: Vec<&str> = self.sps.iter().map(|s| s.name.as_str()).collect();
+        let mechanisms: Vec<&str> = self.mechanisms.iter().map(|m| m.name.as_str()).collect();
+        let profiles: Vec<&str> = self.profiles.keys().map(|k| k.as_str()).collect();
+        out.push_str(&format!(
+            "data_dir = {:?}\ndefault_ttl_s = {}\npersistent_ack_timeout_ms = {}\npending_messages_max = {}\n\
+             # sps = {sps:?} (api keys not shown)\n# profiles = {profiles:?}\n# mechanisms = [\"persistent\", {mechanisms:?}]\n",
+            self.data_dir.display().to_string(),
+            self.default_ttl_s,
+            self.persistent_ack_timeout_ms,
+            self.pending_messages_max,
+        ));
+        out
     }
 }
 

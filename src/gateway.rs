@@ -1,24 +1,24 @@
-//! What the shards, the HTTP API and main share: configuration, the registry,
-//! every shard's mailbox and counters, the push id source, the backend in use.
-//! Implements the API's `Gateway` trait (push routing and /metrics).
+//! What the shards, the HTTP API, the push service and main share:
+//! configuration, the registry, every shard's mailbox and counters, the push
+//! id source, the backend in use, the delivery-event channel.
 //!
 //! Owns cross-thread routing. Must never touch a connection directly: it only
 //! posts commands to the owning shard's mailbox.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::api::{Gateway, PushError, PushRequest};
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::metrics;
-use crate::push::{Push, PushIds, format_id};
+use crate::push::service::{Request, ServiceCounters};
+use crate::push::{DeliveryEvent, Push, PushIds};
 use crate::registry::{Location, Registry};
 use crate::shard::counters::{ShardCounters, bump};
 use crate::shard::mailbox::{Command, MailboxSender, PostError};
+use crate::store::GroupCommitter;
 
 /// The backend the shards run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,13 +52,29 @@ pub struct Shared {
     backend: AtomicU8,
     /// Set once, after every shard's mailbox exists.
     shards: OnceLock<Vec<ShardHandle>>,
-    /// Pushes refused at the API (offline device, full mailbox).
-    pub api_pushes_refused: std::sync::atomic::AtomicU64,
-    pub api_pushes_accepted: std::sync::atomic::AtomicU64,
+    /// Shards -> push service: PUBACKs, losses, devices coming online.
+    delivery_tx: Sender<DeliveryEvent>,
+    delivery_rx: Mutex<Option<Receiver<DeliveryEvent>>>,
+    /// Delivery events dropped because the service's channel was full (the
+    /// service's timeouts and sweeps recover from these).
+    pub delivery_events_lost: AtomicU64,
+    /// The push service, once started.
+    pub service: OnceLock<ServiceHandle>,
 }
+
+/// How the API reaches the push service.
+pub struct ServiceHandle {
+    pub requests: Sender<Request>,
+    pub committer: Arc<GroupCommitter>,
+    pub counters: Arc<ServiceCounters>,
+}
+
+/// Delivery events waiting for the push service, at most.
+pub const DELIVERY_EVENTS_MAX: usize = 262_144;
 
 impl Shared {
     pub fn new(cfg: Arc<Config>, auth: Box<dyn Authenticator>, backend: BackendInUse) -> Shared {
+        let (delivery_tx, delivery_rx) = crossbeam_channel::bounded(DELIVERY_EVENTS_MAX);
         Shared {
             registry: Registry::new(cfg.stored_sessions_max),
             cfg,
@@ -67,9 +83,23 @@ impl Shared {
             started: Instant::now(),
             backend: AtomicU8::new(backend as u8),
             shards: OnceLock::new(),
-            api_pushes_refused: Default::default(),
-            api_pushes_accepted: Default::default(),
+            delivery_tx,
+            delivery_rx: Mutex::new(Some(delivery_rx)),
+            delivery_events_lost: AtomicU64::new(0),
+            service: OnceLock::new(),
         }
+    }
+
+    /// A shard reports to the push service; never blocks.
+    pub fn report(&self, event: DeliveryEvent) {
+        if self.delivery_tx.try_send(event).is_err() {
+            self.delivery_events_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The receiving end of delivery events (taken once, by the push service).
+    pub fn take_delivery_events(&self) -> Option<Receiver<DeliveryEvent>> {
+        self.delivery_rx.lock().ok().and_then(|mut g| g.take())
     }
 
     /// Installs the shard handles (once, before any shard runs).
@@ -115,45 +145,5 @@ impl Shared {
             // A full mailbox still gets drained; the shard also watches the stop flag.
             let _ = h.mailbox.post(Command::Shutdown);
         }
-    }
-}
-
-impl Gateway for Shared {
-    fn push(&self, req: PushRequest) -> Result<String, PushError> {
-        if req.payload.len() > self.cfg.max_packet_bytes as usize {
-            return Err(PushError::PayloadTooLarge {
-                max_bytes: self.cfg.max_packet_bytes,
-            });
-        }
-        let Some(owner) = self.registry.lookup(&req.device) else {
-            self.api_pushes_refused.fetch_add(1, Ordering::Relaxed);
-            return Err(PushError::DeviceOffline);
-        };
-        let id = self.push_ids.next_id();
-        let push = Push {
-            id,
-            qos: req.qos.min(1),
-            payload: Bytes::from(req.payload),
-        };
-        let command = Command::Push {
-            key: owner.key,
-            generation: owner.generation,
-            push,
-        };
-        match self.post(owner.shard, command) {
-            Ok(()) => {
-                self.api_pushes_accepted.fetch_add(1, Ordering::Relaxed);
-                Ok(format_id(id))
-            }
-            Err(PostError::Full) => {
-                self.api_pushes_refused.fetch_add(1, Ordering::Relaxed);
-                Err(PushError::Overloaded { retry_after_s: 1 })
-            }
-            Err(PostError::Closed) => Err(PushError::ShuttingDown),
-        }
-    }
-
-    fn metrics_text(&self) -> String {
-        metrics::render(self)
     }
 }

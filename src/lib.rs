@@ -31,12 +31,15 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod front;
 pub mod gateway;
 pub mod limits;
 pub mod metrics;
+pub mod outbound;
 pub mod protocol;
 pub mod push;
 pub mod registry;
 pub mod shard;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

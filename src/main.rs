@@ -10,7 +10,13 @@ use clap::Parser;
 use pulsegate::api::{HttpConfig, HttpServer};
 use pulsegate::auth::AllowAll;
 use pulsegate::config::{BackendChoice, Config, Flags};
+use pulsegate::front::ApiFront;
+use pulsegate::gateway::ServiceHandle;
 use pulsegate::gateway::{BackendInUse, Shared};
+use pulsegate::push::mechanism;
+use pulsegate::push::message::Message;
+use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts};
+use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store};
 use pulsegate::{shard, sys};
 
 /// Longest the process waits for shard threads after asking them to stop.
@@ -72,6 +78,23 @@ fn main() {
         );
     }
 
+    let service_thread = match start_push_service(&shared, &stop) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pulsegate: {e}");
+            stop.store(true, Ordering::Relaxed);
+            std::process::exit(1);
+        }
+    };
+    let front = ApiFront::new(shared.clone());
+    if front.is_open() {
+        eprintln!(
+            "pulsegate: WARNING: no [[sps]] API keys configured: the HTTP API is open to every caller \
+             (all messages belong to SP {:?})",
+            pulsegate::front::OPEN_SP
+        );
+    }
+
     let http_listener = match std::net::TcpListener::bind(cfg.http_listen) {
         Ok(l) => l,
         Err(e) => {
@@ -86,7 +109,7 @@ fn main() {
         idle_timeout_ms: 30_000,
         max_requests_per_connection: 1_000_000,
     };
-    let http = match HttpServer::start(http_listener, http_config, shared.clone()) {
+    let http = match HttpServer::start(http_listener, http_config, Arc::new(front)) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("pulsegate: HTTP API failed to start: {e}");
@@ -110,7 +133,7 @@ fn main() {
     shared.shutdown_shards();
     http.shutdown();
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_JOIN_MS);
-    for t in shards.threads {
+    for t in shards.threads.into_iter().chain(std::iter::once(service_thread)) {
         while !t.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -119,4 +142,70 @@ fn main() {
         }
     }
     eprintln!("pulsegate: stopped");
+}
+
+/// Opens the store, recovers pending messages and starts the push service thread.
+fn start_push_service(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, String> {
+    let cfg = &shared.cfg;
+    let store = RedbStore::open(&cfg.data_dir)
+        .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
+    let records = store.load_all().map_err(|e| format!("cannot read the store: {e}"))?;
+    let mut recovered = Vec::with_capacity(records.len());
+    let mut unreadable = 0u64;
+    for (_, value) in records {
+        match serde_json::from_slice::<Message>(&value) {
+            Ok(m) => {
+                shared.push_ids.advance_past(m.id);
+                recovered.push(m);
+            }
+            Err(_) => unreadable += 1,
+        }
+    }
+    let pending = recovered.iter().filter(|m| !m.state.is_terminal()).count();
+    eprintln!(
+        "pulsegate: store {}: {} messages recovered ({pending} pending), {unreadable} unreadable",
+        cfg.data_dir.display(),
+        recovered.len()
+    );
+    let store: Arc<dyn Store> = Arc::new(store);
+    let committer = Arc::new(GroupCommitter::start(
+        store,
+        GroupCommitConfig {
+            queue_ops_max: 200_000,
+            batch_ops_max: 20_000,
+            batch_wait_us: 0,
+        },
+    ));
+    let (requests_tx, requests_rx) = crossbeam_channel::bounded(65_536);
+    let counters = Arc::new(ServiceCounters::default());
+    let handle = ServiceHandle {
+        requests: requests_tx,
+        committer: committer.clone(),
+        counters: counters.clone(),
+    };
+    if shared.service.set(handle).is_err() {
+        return Err("push service started twice".into());
+    }
+    let deliveries = shared.take_delivery_events().ok_or("delivery events already taken")?;
+    let mut mechanisms = vec![mechanism::persistent(cfg.persistent_ack_timeout_ms)];
+    mechanisms.extend(cfg.mechanisms.iter().cloned());
+    let parts = ServiceParts {
+        shared: shared.clone(),
+        committer,
+        requests: requests_rx,
+        deliveries,
+        mechanisms,
+        config: ServiceConfig {
+            pending_messages_max: cfg.pending_messages_max,
+            pending_per_device_max: cfg.pending_pushes_per_device_max,
+            ..ServiceConfig::default()
+        },
+        counters,
+        outbound_workers: 16,
+    };
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name("push-service".into())
+        .spawn(move || PushService::new(parts, recovered).run(&stop))
+        .map_err(|e| format!("cannot start the push service: {e}"))
 }

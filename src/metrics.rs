@@ -178,12 +178,69 @@ pub fn render(shared: &Shared) -> String {
             .sum();
         let _ = writeln!(out, "pulsegate_protocol_errors_total{{kind=\"{}\"}} {n}", k.label());
     }
+    if let Some(service) = shared.service.get() {
+        let c = &service.counters;
+        let _ = writeln!(
+            out,
+            "# HELP pulsegate_messages_pending Messages not yet in a terminal state.\n# TYPE pulsegate_messages_pending gauge\npulsegate_messages_pending {}",
+            c.pending.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pulsegate_messages_total Messages by outcome.\n# TYPE pulsegate_messages_total counter"
+        );
+        for (label, v) in [
+            ("accepted", &c.accepted),
+            ("delivered", &c.delivered),
+            ("confirmed", &c.confirmed),
+            ("failed", &c.failed),
+            ("expired", &c.expired),
+            ("cancelled", &c.cancelled),
+            ("collapsed", &c.collapsed),
+        ] {
+            let _ = writeln!(
+                out,
+                "pulsegate_messages_total{{outcome=\"{label}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        for (name, help, v) in [
+            ("pulsegate_attempts_total", "Delivery attempts started.", &c.attempts),
+            ("pulsegate_retries_total", "Retries scheduled.", &c.retries),
+            (
+                "pulsegate_callbacks_ok_total",
+                "Callbacks the SP answered with 2xx.",
+                &c.callbacks_ok,
+            ),
+            (
+                "pulsegate_callbacks_failed_total",
+                "Callbacks given up after their retries.",
+                &c.callbacks_failed,
+            ),
+            (
+                "pulsegate_store_errors_total",
+                "Failed store commits of state changes.",
+                &c.store_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let stats = service.committer.stats();
+        let _ = writeln!(
+            out,
+            "# HELP pulsegate_store_commits_total Group commits (fsyncs) of the message store.\n# TYPE pulsegate_store_commits_total counter\npulsegate_store_commits_total {}\n\
+             # HELP pulsegate_store_ops_total Records written or deleted.\n# TYPE pulsegate_store_ops_total counter\npulsegate_store_ops_total {}",
+            stats.commits, stats.ops
+        );
+    }
     let _ = writeln!(
         out,
-        "# HELP pulsegate_api_pushes_total Pushes handed in over HTTP, by outcome.\n# TYPE pulsegate_api_pushes_total counter\n\
-         pulsegate_api_pushes_total{{outcome=\"accepted\"}} {}\npulsegate_api_pushes_total{{outcome=\"refused\"}} {}",
-        shared.api_pushes_accepted.load(Relaxed),
-        shared.api_pushes_refused.load(Relaxed)
+        "# HELP pulsegate_delivery_events_lost_total Shard events the push service's full channel refused.\n# TYPE pulsegate_delivery_events_lost_total counter\npulsegate_delivery_events_lost_total {}",
+        shared.delivery_events_lost.load(Relaxed)
     );
     let _ = writeln!(
         out,

@@ -184,6 +184,7 @@ mod tests {
             id,
             qos: 1,
             payload: Bytes::from_static(b"x"),
+            tracked: false,
         }
     }
 

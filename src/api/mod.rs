@@ -14,34 +14,51 @@ mod tests;
 
 pub use server::HttpServer;
 
-/// One push accepted over HTTP, handed to the gateway.
+/// Who is calling: the SP an API key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushRequest {
-    /// MQTT client id of the target device.
-    pub device: String,
-    /// Message payload (the UTF-8 bytes of the JSON `payload` string).
-    pub payload: Vec<u8>,
-    /// MQTT QoS, 0 or 1.
-    pub qos: u8,
+pub struct Caller {
+    pub sp: String,
 }
 
-/// Why the gateway refused a push; each maps to one HTTP status (see `routes`).
+/// Why a call failed; each maps to one HTTP status (see `routes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushError {
-    /// 404 `device_offline`.
-    DeviceOffline,
-    /// 503 `overloaded` with a `Retry-After` header.
-    Overloaded { retry_after_s: u32 },
+pub enum ApiError {
+    /// 401 `unauthorized` (missing or unknown bearer token).
+    Unauthorized(String),
+    /// 400 `bad_request`.
+    BadRequest(String),
+    /// 404 `not_found`.
+    NotFound(String),
+    /// 404 `device_offline` (a non-queueing profile and the device is not connected).
+    DeviceOffline(String),
+    /// 409 `conflict` (e.g. cancelling a delivered message).
+    Conflict(String),
     /// 413 `payload_too_large`.
-    PayloadTooLarge { max_bytes: u32 },
+    PayloadTooLarge { max_bytes: u64 },
+    /// 429 `rate_limited` with `Retry-After`.
+    RateLimited { retry_after_s: u32 },
+    /// 503 `overloaded` with `Retry-After`.
+    Overloaded { retry_after_s: u32 },
+    /// 503 `unavailable` (e.g. the store failed).
+    Unavailable(String),
     /// 503 `shutting_down`.
     ShuttingDown,
 }
 
 /// What the HTTP server needs from the rest of the gateway.
 pub trait Gateway: Send + Sync + 'static {
-    /// Hands one push to the device's owning shard. Returns the push id.
-    fn push(&self, req: PushRequest) -> Result<String, PushError>;
+    /// Maps the `Authorization` header to a caller.
+    fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError>;
+    /// `POST /v1/messages`: answers 201 with the returned body once durable.
+    fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError>;
+    /// `GET /v1/messages/{id}`.
+    fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError>;
+    /// `PATCH /v1/messages/{id}`.
+    fn update(&self, caller: &Caller, id: &str, body: &[u8]) -> Result<serde_json::Value, ApiError>;
+    /// `DELETE /v1/messages/{id}`.
+    fn cancel(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError>;
+    /// `GET /v1/mechanisms`.
+    fn mechanisms(&self, caller: &Caller) -> Result<serde_json::Value, ApiError>;
     /// Prometheus text exposition (version 0.0.4) of all metrics.
     fn metrics_text(&self) -> String;
 }

@@ -24,6 +24,8 @@ pub(super) struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// The `Authorization` header, if any (bounded by the head size limit).
+    pub authorization: Option<String>,
 }
 
 /// Why a head cannot be accepted.
@@ -64,6 +66,7 @@ pub(super) fn parse_head(buf: &[u8], max_header_bytes: usize) -> Result<Option<(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut authorization = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
@@ -81,6 +84,8 @@ pub(super) fn parse_head(buf: &[u8], max_header_bytes: usize) -> Result<Option<(
             }
         } else if h.name.eq_ignore_ascii_case("expect") {
             expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = std::str::from_utf8(h.value).ok().map(|v| v.trim().to_owned());
         }
     }
     let keep_alive = !close && (minor_version >= 1 || keep_alive_token);
@@ -93,6 +98,7 @@ pub(super) fn parse_head(buf: &[u8], max_header_bytes: usize) -> Result<Option<(
         has_transfer_encoding,
         keep_alive,
         expect_continue,
+        authorization,
     };
     Ok(Some((head, used)))
 }

@@ -1,34 +1,16 @@
-//! Maps one parsed request (head + complete body) to a response: the route table, the
-//! `POST /v1/messages` body schema and validation, and the `PushError` -> HTTP status mapping.
+//! Maps one parsed request (head + complete body) to a response: the route
+//! table, authentication, and the `ApiError` -> HTTP status mapping. The
+//! meaning of bodies (messages, profiles) belongs to the gateway.
 //!
 //! Owns: what each path and method means.
 //! Must never: touch sockets, threads or timeouts, or decide connection reuse beyond marking a
 //! response `closing()` when the body framing cannot be trusted.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::request::RequestHead;
 use super::response::{PROMETHEUS_TEXT, Response};
-use super::{Gateway, PushError, PushRequest};
-
-/// Body of `POST /v1/messages`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MessageBody {
-    device: String,
-    payload: String,
-    #[serde(default = "default_qos")]
-    qos: u8,
-}
-
-fn default_qos() -> u8 {
-    1
-}
-
-#[derive(Serialize)]
-struct Accepted<'a> {
-    id: &'a str,
-}
+use super::{ApiError, Gateway};
 
 #[derive(Serialize)]
 struct Health {
@@ -37,17 +19,66 @@ struct Health {
 
 /// The route table.
 pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> Response {
-    match (head.path.as_str(), head.method.as_str()) {
-        ("/v1/messages", "POST") => post_message(head, body, gateway),
-        ("/v1/messages", _) => method_not_allowed("POST"),
-        ("/metrics", "GET") => Response::raw(200, PROMETHEUS_TEXT, gateway.metrics_text().into_bytes()),
-        ("/healthz", "GET") => Response::json(200, &Health { status: "ok" }),
-        ("/metrics" | "/healthz", _) => method_not_allowed("GET"),
-        (path, _) => {
-            let shown: String = path.chars().take(200).collect();
-            Response::error(404, "not_found", format!("no route for {shown}"))
-        }
+    let path = head.path.as_str();
+    let method = head.method.as_str();
+    match (path, method) {
+        ("/metrics", "GET") => return Response::raw(200, PROMETHEUS_TEXT, gateway.metrics_text().into_bytes()),
+        ("/healthz", "GET") => return Response::json(200, &Health { status: "ok" }),
+        ("/metrics" | "/healthz", _) => return method_not_allowed("GET"),
+        _ => {}
     }
+    let route = if path == "/v1/messages" {
+        Route::Messages
+    } else if path == "/v1/mechanisms" {
+        Route::Mechanisms
+    } else if let Some(id) = path
+        .strip_prefix("/v1/messages/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+    {
+        Route::Message(id)
+    } else {
+        let shown: String = path.chars().take(200).collect();
+        return Response::error(404, "not_found", format!("no route for {shown}"));
+    };
+    let allowed = match route {
+        Route::Messages => "POST",
+        Route::Mechanisms => "GET",
+        Route::Message(_) => "GET, PATCH, DELETE",
+    };
+    if !allowed.split(", ").any(|m| m == method) {
+        return method_not_allowed(allowed);
+    }
+    let caller = match gateway.authenticate(head.authorization.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return api_error(e),
+    };
+    let result = match (route, method) {
+        (Route::Messages, _) => {
+            if head.content_length.is_none() {
+                // A body sent without framing would be read as the next request: close.
+                return Response::error(411, "length_required", "POST requires a Content-Length header").closing();
+            }
+            return match gateway.submit(&caller, body) {
+                Ok(v) => Response::json(201, &v),
+                Err(e) => api_error(e),
+            };
+        }
+        (Route::Mechanisms, _) => gateway.mechanisms(&caller),
+        (Route::Message(id), "GET") => gateway.status(&caller, id),
+        (Route::Message(id), "PATCH") => gateway.update(&caller, id, body),
+        (Route::Message(id), _) => gateway.cancel(&caller, id),
+    };
+    match result {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => api_error(e),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    Messages,
+    Mechanisms,
+    Message(&'a str),
 }
 
 fn method_not_allowed(allow: &'static str) -> Response {
@@ -59,56 +90,36 @@ fn method_not_allowed(allow: &'static str) -> Response {
     .with_header("Allow", allow)
 }
 
-fn post_message(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> Response {
-    if head.content_length.is_none() {
-        // A body sent without framing would be read as the next request: close.
-        return Response::error(411, "length_required", "POST requires a Content-Length header").closing();
-    }
-    // serde's derive would also accept a JSON array for the struct; only objects are valid.
-    if body.trim_ascii_start().first() != Some(&b'{') {
-        return bad_request("body must be a JSON object".into());
-    }
-    let msg: MessageBody = match serde_json::from_slice(body) {
-        Ok(m) => m,
-        Err(e) => return bad_request(format!("invalid JSON body: {e}")),
-    };
-    if msg.device.is_empty() {
-        return bad_request("device must not be empty".into());
-    }
-    if msg.qos > 1 {
-        return bad_request(format!("qos must be 0 or 1, got {}", msg.qos));
-    }
-    let device = msg.device.clone();
-    let req = PushRequest {
-        device: msg.device,
-        payload: msg.payload.into_bytes(),
-        qos: msg.qos,
-    };
-    match gateway.push(req) {
-        Ok(id) => Response::json(202, &Accepted { id: &id }),
-        Err(e) => push_error(e, &device),
-    }
-}
-
-fn bad_request(message: String) -> Response {
-    Response::error(400, "bad_request", message)
-}
-
-/// `PushError` -> status, code and headers.
-fn push_error(err: PushError, device: &str) -> Response {
+/// `ApiError` -> status, code and headers.
+fn api_error(err: ApiError) -> Response {
     match err {
-        PushError::DeviceOffline => Response::error(404, "device_offline", format!("device {device} is not connected")),
-        PushError::Overloaded { retry_after_s } => Response::error(
+        ApiError::Unauthorized(m) => {
+            Response::error(401, "unauthorized", m).with_header("WWW-Authenticate", "Bearer realm=\"pulsegate\"")
+        }
+        ApiError::BadRequest(m) => Response::error(400, "bad_request", m),
+        ApiError::NotFound(m) => Response::error(404, "not_found", m),
+        ApiError::DeviceOffline(device) => {
+            Response::error(404, "device_offline", format!("device {device} is not connected"))
+        }
+        ApiError::Conflict(m) => Response::error(409, "conflict", m),
+        ApiError::PayloadTooLarge { max_bytes } => Response::error(
+            413,
+            "payload_too_large",
+            format!("payload exceeds the limit of {max_bytes} bytes"),
+        ),
+        ApiError::RateLimited { retry_after_s } => Response::error(
+            429,
+            "rate_limited",
+            format!("too many requests, retry after {retry_after_s} s"),
+        )
+        .with_header("Retry-After", retry_after_s.to_string()),
+        ApiError::Overloaded { retry_after_s } => Response::error(
             503,
             "overloaded",
             format!("gateway is overloaded, retry after {retry_after_s} s"),
         )
         .with_header("Retry-After", retry_after_s.to_string()),
-        PushError::PayloadTooLarge { max_bytes } => Response::error(
-            413,
-            "payload_too_large",
-            format!("payload exceeds the limit of {max_bytes} bytes"),
-        ),
-        PushError::ShuttingDown => Response::error(503, "shutting_down", "gateway is shutting down").closing(),
+        ApiError::Unavailable(m) => Response::error(503, "unavailable", m),
+        ApiError::ShuttingDown => Response::error(503, "shutting_down", "gateway is shutting down").closing(),
     }
 }

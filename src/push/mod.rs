@@ -1,8 +1,17 @@
-//! The SP-facing push service. For now: the unit of delivery that travels from
-//! the HTTP API through shard mailboxes to a device, and the push id source.
+//! The SP-facing push service (seeds/003): tracked, durable messages with
+//! delivery profiles, policies, mechanisms, retries, failover and callbacks.
+//! Also the unit of delivery (`Push`) that travels through shard mailboxes to
+//! a device, and the events shards report back (`DeliveryEvent`).
 //!
-//! Owns `Push` and `PushIds`. Must never touch sockets or shard state: shards
-//! deliver, this module only describes what to deliver.
+//! Owns message tracking. Must never touch sockets or shard state: shards
+//! deliver, the service decides what to deliver and tracks the outcome.
+
+pub mod mechanism;
+pub mod message;
+pub mod policy;
+pub mod profile;
+pub mod service;
+pub mod submit;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +26,28 @@ pub struct Push {
     pub qos: u8,
     /// Application payload, shared (not copied) between retries and shards.
     pub payload: Bytes,
+    /// Tracked by the push service: the shard reports PUBACK or loss back to it
+    /// instead of keeping the push in an MQTT session.
+    pub tracked: bool,
+}
+
+/// What shards tell the push service about tracked pushes and devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryEvent {
+    /// The device sent PUBACK for this push.
+    Acked { push_id: u64 },
+    /// The push did not reach the device (connection closed, too large, queue full).
+    NotDelivered { push_id: u64, reason: &'static str },
+    /// A device completed CONNECT (store-and-forward may now deliver).
+    DeviceOnline { client_id: std::sync::Arc<str> },
+}
+
+/// Parses the text form of a push id.
+pub fn parse_id(text: &str) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
 }
 
 /// Hands out push ids: a start-time prefix so ids stay unique across restarts,
@@ -35,6 +66,11 @@ impl PushIds {
         PushIds {
             next: AtomicU64::new(start_s << 32),
         }
+    }
+
+    /// Makes every later id greater than `id` (ids recovered from the store).
+    pub fn advance_past(&self, id: u64) {
+        self.next.fetch_max(id.saturating_add(1), Ordering::Relaxed);
     }
 
     pub fn next_id(&self) -> u64 {
@@ -64,5 +100,7 @@ mod tests {
         let b = ids.next_id();
         assert_ne!(a, b);
         assert_eq!(format_id(a).len(), 16);
+        assert_eq!(parse_id(&format_id(a)), Some(a));
+        assert_eq!(parse_id("xyz"), None);
     }
 }

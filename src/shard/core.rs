@@ -281,6 +281,11 @@ impl Core {
         let expiry_s = conn.session_expiry_s.min(self.shared.cfg.session_expiry_max_s);
         self.wheel.insert(key, now_ms + limits::CLOSE_LINGER_MS);
         self.closing.push(key);
+        // Tracked pushes go back to the push service, which owns their retries.
+        let (tracked, pending): (Vec<Push>, Vec<Push>) = pending.into_iter().partition(|p| p.tracked);
+        for push in &tracked {
+            self.not_delivered(push, "connection_closed");
+        }
         if !registered {
             bump(&self.counters.pushes_dropped, pending.len() as u64);
             return;
@@ -304,6 +309,17 @@ impl Core {
                     bump(&self.counters.pushes_dropped, pending.len() as u64);
                 }
             }
+        }
+    }
+
+    /// Tells the push service a tracked push did not reach the device.
+    pub(super) fn not_delivered(&self, push: &Push, reason: &'static str) {
+        bump(&self.counters.pushes_dropped, 1);
+        if push.tracked {
+            self.shared.report(crate::push::DeliveryEvent::NotDelivered {
+                push_id: push.id,
+                reason,
+            });
         }
     }
 
@@ -461,7 +477,7 @@ impl Core {
                 if live {
                     self.deliver(key, push);
                 } else {
-                    bump(&self.counters.pushes_dropped, 1);
+                    self.not_delivered(&push, "device_gone");
                 }
             }
             Command::TakeOver {

@@ -19,11 +19,12 @@ impl Core {
             return;
         };
         if conn.phase != Phase::Connected {
-            bump(&self.counters.pushes_dropped, 1);
+            self.not_delivered(&push, "device_gone");
             return;
         }
         if push.qos == 0 {
             self.send_publish(key, &push, None, false);
+            self.close_if_slow(key);
             return;
         }
         let window = conn.window as usize;
@@ -34,8 +35,9 @@ impl Core {
         } else if a.queued.len() < pending_max {
             a.queued.push_back(push);
         } else {
-            bump(&self.counters.pushes_dropped, 1);
+            self.not_delivered(&push, "device_queue_full");
         }
+        self.close_if_slow(key);
     }
 
     /// Assigns a free packet id, records the push in flight and sends it.
@@ -55,7 +57,7 @@ impl Core {
     }
 
     /// Encodes PUBLISH; false if the device's Maximum Packet Size forbids it
-    /// (the push is dropped and counted) or the connection is a slow consumer.
+    /// (the push is dropped and counted).
     fn send_publish(&mut self, key: u32, push: &Push, packet_id: Option<u16>, dup: bool) -> bool {
         let conn = &mut self.conns[key as usize];
         let version = conn.version();
@@ -78,17 +80,25 @@ impl Core {
         self.topic_scratch = topic;
         if written > max_bytes {
             a.out.truncate(before);
-            bump(&self.counters.pushes_dropped, 1);
+            self.not_delivered(push, "exceeds_device_maximum_packet_size");
             return false;
         }
-        let backlog = a.backlog_bytes();
         bump(&self.counters.pushes_sent, 1);
         self.queue_packet(key, |_| {});
+        true
+    }
+
+    /// Closes a device that does not read what we send (its pushes in flight
+    /// go back to their owners through `begin_close`).
+    fn close_if_slow(&mut self, key: u32) {
+        let backlog = self
+            .conns
+            .get(key as usize)
+            .and_then(|c| c.active.as_ref())
+            .map_or(0, |a| a.backlog_bytes());
         if backlog > limits::SEND_BACKLOG_BYTES_MAX {
             self.begin_close(key, CloseReason::SlowConsumer);
-            return false;
         }
-        true
     }
 
     /// PUBACK from the device: frees the window slot and sends what waits.
@@ -102,9 +112,13 @@ impl Core {
             self.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
             return;
         };
-        a.inflight.swap_remove(pos);
-        bump(&self.counters.pushes_acked, 1);
+        let acked = a.inflight.swap_remove(pos);
         let window = conn.window as usize;
+        bump(&self.counters.pushes_acked, 1);
+        if acked.push.tracked {
+            self.shared
+                .report(crate::push::DeliveryEvent::Acked { push_id: acked.push.id });
+        }
         while let Some(a) = self.conns[key as usize].active.as_mut() {
             if a.inflight.len() >= window {
                 break;
@@ -115,5 +129,6 @@ impl Core {
                 break;
             }
         }
+        self.close_if_slow(key);
     }
 }

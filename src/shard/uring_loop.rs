@@ -286,10 +286,12 @@ impl UringShard {
 
     fn on_recv(&mut self, key: u32, gen24: u32, res: i32, flags: u32) {
         let live = self.core.conn(key, gen24).is_some();
-        if live && !cqueue::more(flags)
-            && let Some(c) = self.core.conn_mut(key) {
-                c.io_flags &= !IO_RECV_ARMED;
-            }
+        if live
+            && !cqueue::more(flags)
+            && let Some(c) = self.core.conn_mut(key)
+        {
+            c.io_flags &= !IO_RECV_ARMED;
+        }
         let len = res.max(0) as usize;
         if let Some(bid) = cqueue::buffer_select(flags) {
             if live && len > 0 {

@@ -1,0 +1,215 @@
+//! The HTTP API's view of the gateway: authenticates SPs by API key, rate
+//! limits them, makes accepted messages durable (group commit) before answering
+//! 201, and forwards every call to the push service.
+//!
+//! Owns API keys and rate buckets. Must never track messages itself: the push
+//! service owns their state; this only asks it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::api::{ApiError, Caller, Gateway};
+use crate::gateway::{ServiceHandle, Shared};
+use crate::metrics;
+use crate::push::service::{Request, ServiceError, unix_ms};
+use crate::push::submit::{self, SubmitError};
+use crate::push::{format_id, parse_id};
+use crate::store::StoreOp;
+
+/// Longest an API thread waits for the push service to answer a query.
+const SERVICE_REPLY_TIMEOUT_MS: u64 = 5_000;
+/// The SP name used when no API keys are configured.
+pub const OPEN_SP: &str = "default";
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct Sp {
+    name: String,
+    default_profile: Option<String>,
+    rate_per_s: Option<f64>,
+    bucket: Mutex<Bucket>,
+}
+
+pub struct ApiFront {
+    shared: Arc<Shared>,
+    /// API key -> SP; empty = open API.
+    keys: HashMap<String, Arc<Sp>>,
+    by_name: HashMap<String, Arc<Sp>>,
+}
+
+impl ApiFront {
+    pub fn new(shared: Arc<Shared>) -> ApiFront {
+        let mut keys = HashMap::new();
+        let mut by_name = HashMap::new();
+        for sp in &shared.cfg.sps {
+            let entry = Arc::new(Sp {
+                name: sp.name.clone(),
+                default_profile: sp.default_profile.clone(),
+                rate_per_s: sp.rate_per_s,
+                bucket: Mutex::new(Bucket {
+                    tokens: sp.rate_per_s.unwrap_or(0.0),
+                    at: Instant::now(),
+                }),
+            });
+            keys.insert(sp.api_key.clone(), entry.clone());
+            by_name.insert(sp.name.clone(), entry);
+        }
+        ApiFront { shared, keys, by_name }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn service(&self) -> Result<&ServiceHandle, ApiError> {
+        self.shared.service.get().ok_or(ApiError::ShuttingDown)
+    }
+
+    /// Token bucket: `n` messages now, or how long to wait.
+    fn take_tokens(&self, sp: &str, n: usize) -> Result<(), ApiError> {
+        let Some(sp) = self.by_name.get(sp) else { return Ok(()) };
+        let Some(rate) = sp.rate_per_s else { return Ok(()) };
+        let mut b = sp.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate.max(1.0));
+        b.at = now;
+        if b.tokens >= n as f64 {
+            b.tokens -= n as f64;
+            Ok(())
+        } else {
+            let wait_s = ((n as f64 - b.tokens) / rate).ceil().max(1.0) as u32;
+            Err(ApiError::RateLimited { retry_after_s: wait_s })
+        }
+    }
+
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(crossbeam_channel::Sender<Result<T, ServiceError>>) -> Request,
+    ) -> Result<T, ApiError> {
+        let service = self.service()?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        service.requests.send(make(tx)).map_err(|_| ApiError::ShuttingDown)?;
+        match rx.recv_timeout(Duration::from_millis(SERVICE_REPLY_TIMEOUT_MS)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(ServiceError::NotFound)) => Err(ApiError::NotFound("no such message".into())),
+            Ok(Err(ServiceError::Conflict(m))) => Err(ApiError::Conflict(m)),
+            Err(_) => Err(ApiError::Overloaded { retry_after_s: 1 }),
+        }
+    }
+
+    fn id(text: &str) -> Result<u64, ApiError> {
+        parse_id(text)
+            .ok_or_else(|| ApiError::NotFound(format!("no message {}", text.chars().take(40).collect::<String>())))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    confirmed: bool,
+}
+
+impl Gateway for ApiFront {
+    fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        if self.is_open() {
+            return Ok(Caller { sp: OPEN_SP.into() });
+        }
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::Unauthorized("an Authorization: Bearer <api key> header is required".into()))?;
+        match self.keys.get(token) {
+            Some(sp) => Ok(Caller { sp: sp.name.clone() }),
+            None => Err(ApiError::Unauthorized("unknown API key".into())),
+        }
+    }
+
+    fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        let service = self.service()?;
+        let default_profile = self.by_name.get(&caller.sp).and_then(|s| s.default_profile.as_deref());
+        let cfg = &self.shared.cfg;
+        let messages = submit::build(body, &caller.sp, default_profile, cfg, &self.shared.push_ids, unix_ms())
+            .map_err(|e| match e {
+                SubmitError::Bad(m) => ApiError::BadRequest(m),
+                SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
+            })?;
+        let pending = service.counters.pending.load(Ordering::Relaxed);
+        if pending + messages.len() as u64 > cfg.pending_messages_max as u64 {
+            return Err(ApiError::Overloaded { retry_after_s: 1 });
+        }
+        // A profile that does not queue needs the device online now (or another mechanism).
+        if cfg.mechanisms.is_empty() {
+            for m in messages.iter().filter(|m| !m.profile.queue_if_offline) {
+                if self.shared.registry.lookup(&m.device).is_none() {
+                    return Err(ApiError::DeviceOffline(m.device.clone()));
+                }
+            }
+        }
+        self.take_tokens(&caller.sp, messages.len())?;
+        let mut ops = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let value = serde_json::to_vec(m).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            ops.push(StoreOp::Put { id: m.id, value });
+        }
+        // 201 means on disk: block until the group commit holding these is durable.
+        service
+            .committer
+            .commit(ops)
+            .map_err(|e| ApiError::Unavailable(format!("store: {e}")))?;
+        let ids: Vec<String> = messages.iter().map(|m| format_id(m.id)).collect();
+        let multicast = messages.len() > 1
+            || serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("devices").is_some());
+        // Durable already: if the service is gone, recovery at the next start resumes them.
+        let _ = service.requests.send(Request::Submit(messages));
+        Ok(if multicast {
+            serde_json::json!({ "ids": ids })
+        } else {
+            serde_json::json!({ "id": ids[0] })
+        })
+    }
+
+    fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        let id = Self::id(id)?;
+        let sp = caller.sp.clone();
+        self.ask(|reply| Request::Status { sp, id, reply })
+    }
+
+    fn update(&self, caller: &Caller, id: &str, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        let id = Self::id(id)?;
+        let b: UpdateBody =
+            serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        if !b.confirmed {
+            return Err(ApiError::BadRequest("only {\"confirmed\": true} is supported".into()));
+        }
+        let sp = caller.sp.clone();
+        self.ask(|reply| Request::Confirm { sp, id, reply })
+    }
+
+    fn cancel(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        let id = Self::id(id)?;
+        let sp = caller.sp.clone();
+        self.ask(|reply| Request::Cancel { sp, id, reply })
+    }
+
+    fn mechanisms(&self, _caller: &Caller) -> Result<serde_json::Value, ApiError> {
+        let service = self.service()?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        service
+            .requests
+            .send(Request::Mechanisms { reply: tx })
+            .map_err(|_| ApiError::ShuttingDown)?;
+        rx.recv_timeout(Duration::from_millis(SERVICE_REPLY_TIMEOUT_MS))
+            .map_err(|_| ApiError::Overloaded { retry_after_s: 1 })
+    }
+
+    fn metrics_text(&self) -> String {
+        metrics::render(&self.shared)
+    }
+}

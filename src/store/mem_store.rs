@@ -1,0 +1,84 @@
+//! `MemStore`: an in-memory `Store` with the same semantics as `RedbStore`
+//! (atomic, ordered, id-sorted `load_all`), for tests.
+//!
+//! Owns: nothing persistent. Must never: be used where durability matters
+//! (it forgets everything on drop), or apply half of a commit.
+
+use super::{Store, StoreError, StoreOp};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Default)]
+pub struct MemStore {
+    map: Mutex<BTreeMap<u64, Vec<u8>>>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, BTreeMap<u64, Vec<u8>>>, StoreError> {
+        self.map
+            .lock()
+            .map_err(|_| StoreError::Corrupt("MemStore mutex poisoned".into()))
+    }
+}
+
+impl Store for MemStore {
+    fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        // Applying ops cannot fail once the lock is held, so all-or-nothing
+        // holds trivially; the lock makes the commit atomic to readers.
+        let mut map = self.lock()?;
+        for op in ops {
+            match op {
+                StoreOp::Put { id, value } => {
+                    map.insert(*id, value.clone());
+                }
+                StoreOp::Delete { id } => {
+                    map.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.lock()?.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+
+    fn len(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_delete_load_all_in_id_order() {
+        let s = MemStore::new();
+        s.commit(&[
+            StoreOp::Put {
+                id: 3,
+                value: b"c".to_vec(),
+            },
+            StoreOp::Put {
+                id: 1,
+                value: b"a".to_vec(),
+            },
+            StoreOp::Put {
+                id: 2,
+                value: b"b".to_vec(),
+            },
+            StoreOp::Delete { id: 2 },
+        ])
+        .expect("mem commit");
+        assert_eq!(
+            s.load_all().expect("load"),
+            vec![(1, b"a".to_vec()), (3, b"c".to_vec())]
+        );
+        assert_eq!(s.len().expect("len"), 2);
+    }
+}
