@@ -502,7 +502,8 @@ impl PushService {
         let mut started = 0;
         let mut offline = false;
         for mechanism in choices {
-            if started >= parallel {
+            // A QoS 0 hand-off finishes the message inside `start_on`.
+            if started >= parallel || !self.pending.contains_key(&id) {
                 break;
             }
             match self.start_on(id, mechanism, now, now_unix) {
