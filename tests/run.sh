@@ -8,4 +8,5 @@ cargo build --release --workspace --all-targets
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --release --workspace
+python3 -m pytest -q tuning/test_apply.py
 PULSEGATE_BIN="$PWD/target/release/pulsegate" python3 -m pytest -q tests/python

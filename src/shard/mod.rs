@@ -28,6 +28,8 @@ use crate::sys;
 
 /// Fixed-file slots kept free beyond a shard's connection capacity.
 const FIXED_FILES_SPARE: u32 = 64;
+/// The kernel's limit on one ring's fixed-file table.
+const IORING_MAX_FIXED_FILES: u64 = 1 << 20;
 /// Process fds kept for everything that is not a connection (epoll backend).
 const PROCESS_FDS_RESERVED: u64 = 256;
 
@@ -61,8 +63,9 @@ pub fn capacity_per_shard(shared: &Shared, backend: BackendInUse, nofile_soft: u
     let wanted = shared.cfg.connections_per_shard();
     let shards = shared.cfg.shards as u64;
     let cap = match backend {
-        // Each ring's fixed-file table is capped by RLIMIT_NOFILE, per ring.
-        BackendInUse::Uring => nofile_soft.saturating_sub(FIXED_FILES_SPARE as u64),
+        // Each ring's fixed-file table is capped by RLIMIT_NOFILE, per ring, and
+        // by the kernel's IORING_MAX_FIXED_FILES (1 << 20).
+        BackendInUse::Uring => nofile_soft.min(IORING_MAX_FIXED_FILES).saturating_sub(FIXED_FILES_SPARE as u64),
         // Plain fds share the process table.
         BackendInUse::Epoll => nofile_soft.saturating_sub(PROCESS_FDS_RESERVED) / shards,
     };
