@@ -95,6 +95,22 @@ pub struct Flags {
     /// Messages not yet in a terminal state, in total.
     #[arg(long)]
     pub pending_messages_max: Option<u32>,
+    /// Heartbeat-load threshold of this host (keep-alives per second); over it,
+    /// new devices are refused and the newest are relieved. Unset = no limit.
+    #[arg(long)]
+    pub max_heartbeats_per_s: Option<f64>,
+    /// Where refused or relieved MQTT 5 devices are sent (Server Reference, 0x9C).
+    #[arg(long)]
+    pub server_reference: Option<String>,
+    /// Keep-alive dispersal: a second is hot above this multiple of the uniform rate.
+    #[arg(long)]
+    pub dispersal_threshold_factor: Option<f64>,
+    /// Turn keep-alive dispersal off.
+    #[arg(long)]
+    pub dispersal: Option<bool>,
+    /// Longest heartbeat interval load relief may ask a device for (seconds).
+    #[arg(long)]
+    pub heartbeat_max_s: Option<u16>,
 }
 
 /// An application server allowed to push (`[[sps]]` in the config file).
@@ -137,6 +153,11 @@ struct FileConfig {
     default_ttl_s: Option<u32>,
     persistent_ack_timeout_ms: Option<u64>,
     pending_messages_max: Option<u32>,
+    max_heartbeats_per_s: Option<f64>,
+    server_reference: Option<String>,
+    dispersal_threshold_factor: Option<f64>,
+    dispersal: Option<bool>,
+    heartbeat_max_s: Option<u16>,
     #[serde(default)]
     sps: Vec<SpConfig>,
     #[serde(default)]
@@ -169,6 +190,11 @@ pub struct Config {
     pub default_ttl_s: u32,
     pub persistent_ack_timeout_ms: u64,
     pub pending_messages_max: u32,
+    pub max_heartbeats_per_s: Option<f64>,
+    pub server_reference: Option<String>,
+    pub dispersal_threshold_factor: f64,
+    pub dispersal: bool,
+    pub heartbeat_max_s: u16,
     /// SPs and their API keys; empty = the API is open (a warning at start-up).
     pub sps: Vec<SpConfig>,
     pub profiles: std::collections::BTreeMap<String, crate::push::profile::Profile>,
@@ -247,6 +273,11 @@ impl Default for Config {
             default_ttl_s: 24 * 3600,
             persistent_ack_timeout_ms: 10_000,
             pending_messages_max: 1_000_000,
+            max_heartbeats_per_s: None,
+            server_reference: None,
+            dispersal_threshold_factor: 3.0,
+            dispersal: true,
+            heartbeat_max_s: 1_800,
             sps: Vec::new(),
             profiles: Default::default(),
             mechanisms: Vec::new(),
@@ -326,6 +357,17 @@ impl Config {
                 .pending_messages_max
                 .or(file.pending_messages_max)
                 .unwrap_or(d.pending_messages_max),
+            max_heartbeats_per_s: flags.max_heartbeats_per_s.or(file.max_heartbeats_per_s),
+            server_reference: flags.server_reference.clone().or(file.server_reference),
+            dispersal_threshold_factor: flags
+                .dispersal_threshold_factor
+                .or(file.dispersal_threshold_factor)
+                .unwrap_or(d.dispersal_threshold_factor),
+            dispersal: flags.dispersal.or(file.dispersal).unwrap_or(d.dispersal),
+            heartbeat_max_s: flags
+                .heartbeat_max_s
+                .or(file.heartbeat_max_s)
+                .unwrap_or(d.heartbeat_max_s),
             sps: file.sps,
             profiles: file.profiles,
             mechanisms: file.mechanisms,
@@ -391,6 +433,13 @@ impl Config {
         )?;
         range("pending_messages_max", self.pending_messages_max as u64, 1, 100_000_000)?;
         let invalid = |setting: String, why: String| Err(ConfigError::Invalid { setting, why });
+        if self.max_heartbeats_per_s.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return invalid("max_heartbeats_per_s".into(), "must be a positive number".into());
+        }
+        if !(self.dispersal_threshold_factor >= 1.0 && self.dispersal_threshold_factor.is_finite()) {
+            return invalid("dispersal_threshold_factor".into(), "must be ≥ 1".into());
+        }
+        range("heartbeat_max_s", self.heartbeat_max_s as u64, 1, u16::MAX as u64)?;
         for (name, p) in &self.profiles {
             if let Err(why) = crate::push::profile::validate(p) {
                 return invalid(format!("profiles.{name}"), why);

@@ -60,6 +60,10 @@ pub struct Shared {
     pub delivery_events_lost: AtomicU64,
     /// The push service, once started.
     pub service: OnceLock<ServiceHandle>,
+    /// Set by the coordinator over the heartbeat-load threshold: CONNECTs are refused.
+    pub admission_closed: std::sync::atomic::AtomicBool,
+    /// What the coordinator last measured.
+    pub coordinator: crate::coordinator::CoordinatorGauges,
 }
 
 /// How the API reaches the push service.
@@ -87,6 +91,8 @@ impl Shared {
             delivery_rx: Mutex::new(Some(delivery_rx)),
             delivery_events_lost: AtomicU64::new(0),
             service: OnceLock::new(),
+            admission_closed: std::sync::atomic::AtomicBool::new(false),
+            coordinator: Default::default(),
         }
     }
 

@@ -31,6 +31,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod coordinator;
 pub mod front;
 pub mod gateway;
 pub mod limits;

@@ -78,6 +78,13 @@ fn main() {
         );
     }
 
+    let coordinator_thread = match pulsegate::coordinator::spawn(shared.clone(), stop.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pulsegate: cannot start the coordinator: {e}");
+            std::process::exit(1);
+        }
+    };
     let service_thread = match start_push_service(&shared, &stop) {
         Ok(t) => t,
         Err(e) => {
@@ -133,7 +140,7 @@ fn main() {
     shared.shutdown_shards();
     http.shutdown();
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_JOIN_MS);
-    for t in shards.threads.into_iter().chain(std::iter::once(service_thread)) {
+    for t in shards.threads.into_iter().chain([service_thread, coordinator_thread]) {
         while !t.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }

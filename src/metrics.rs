@@ -237,6 +237,50 @@ pub fn render(shared: &Shared) -> String {
             stats.commits, stats.ops
         );
     }
+    let g = &shared.coordinator;
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_heartbeat_load_per_s Heartbeat load estimate (HB1 + HB2) / T.\n# TYPE pulsegate_heartbeat_load_per_s gauge\npulsegate_heartbeat_load_per_s {:.3}\n\
+         # HELP pulsegate_keepalive_peak_to_mean Keep-alive arrivals per second over the last period: peak / mean.\n# TYPE pulsegate_keepalive_peak_to_mean gauge\npulsegate_keepalive_peak_to_mean {:.3}\n\
+         # HELP pulsegate_keepalive_period_seconds The keep-alive most devices use.\n# TYPE pulsegate_keepalive_period_seconds gauge\npulsegate_keepalive_period_seconds {}\n\
+         # HELP pulsegate_admission_closed 1 while new devices are refused (over the heartbeat-load threshold).\n# TYPE pulsegate_admission_closed gauge\npulsegate_admission_closed {}\n\
+         # HELP pulsegate_dispersals_total Dispersal rounds the coordinator started.\n# TYPE pulsegate_dispersals_total counter\npulsegate_dispersals_total {}\n\
+         # HELP pulsegate_reliefs_total Load relief rounds the coordinator started.\n# TYPE pulsegate_reliefs_total counter\npulsegate_reliefs_total {}",
+        g.load_milli_per_s.load(Relaxed) as f64 / 1000.0,
+        g.peak_to_mean_milli.load(Relaxed) as f64 / 1000.0,
+        g.period_s.load(Relaxed),
+        shared.admission_closed.load(Relaxed) as u8,
+        g.dispersals.load(Relaxed),
+        g.reliefs.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_control_messages_sent_total",
+        "Keep-alive configuration and heartbeat adjustment messages sent.",
+        |c| c.control_messages_sent.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_heartbeat_adjustments_total",
+        "Devices asked to lengthen their heartbeat.",
+        |c| c.heartbeat_adjustments.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_overload_disconnects_total",
+        "Devices disconnected to relieve heartbeat load.",
+        |c| c.overload_disconnects.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_admissions_refused_total",
+        "CONNECTs refused over the heartbeat-load threshold.",
+        |c| c.admissions_refused.load(Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP pulsegate_delivery_events_lost_total Shard events the push service's full channel refused.\n# TYPE pulsegate_delivery_events_lost_total counter\npulsegate_delivery_events_lost_total {}",

@@ -185,6 +185,8 @@ mod tests {
             qos: 1,
             payload: Bytes::from_static(b"x"),
             tracked: false,
+            control_topic: None,
+            sent_as: None,
         }
     }
 

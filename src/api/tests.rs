@@ -1,5 +1,5 @@
 //! End-to-end tests of the API module over real sockets on 127.0.0.1 (port 0), against a fake
-//! `Gateway` that records every push.
+//! `Gateway` that records every call and answers as each test configures it.
 //!
 //! Owns: the fake gateway, a tiny blocking test client, and the behaviour tests.
 //! Must never: leave a server running (each test shuts its own down), wait without a socket
@@ -7,43 +7,139 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Gateway, HttpConfig, HttpServer, PushError, PushRequest};
+use serde_json::{Value, json};
 
-/// Behaviour by device id: "offline", "busy", "huge", "bye", "panic"; anything else succeeds.
-#[derive(Default)]
+use super::{ApiError, Caller, Gateway, HttpConfig, HttpServer};
+
+/// The `Authorization` value every helper-built request carries.
+const KEY: &str = "Bearer test-key";
+
+/// What the fake answers to submit/status/update/cancel/mechanisms.
+#[derive(Debug, Clone)]
+enum Reply {
+    /// `{"method": <name>, "call": <n>, "id": <id or null>}`, n counting calls from 1.
+    Echo,
+    Json(Value),
+    Fail(ApiError),
+    Panic,
+}
+
+/// One recorded call of a caller-facing gateway method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Call {
+    method: &'static str,
+    caller: Caller,
+    id: Option<String>,
+    body: Vec<u8>,
+}
+
+fn call(method: &'static str, sp: &str, id: Option<&str>, body: &[u8]) -> Call {
+    Call {
+        method,
+        caller: Caller { sp: sp.into() },
+        id: id.map(str::to_owned),
+        body: body.to_vec(),
+    }
+}
+
 struct FakeGateway {
-    calls: Mutex<Vec<PushRequest>>,
+    /// What `authenticate` returns (default: caller "acme").
+    auth: Mutex<Result<Caller, ApiError>>,
+    reply: Mutex<Reply>,
+    /// Every `Authorization` value `authenticate` was given, in order.
+    auth_headers: Mutex<Vec<Option<String>>>,
+    calls: Mutex<Vec<Call>>,
+    metrics_calls: AtomicUsize,
+}
+
+impl Default for FakeGateway {
+    fn default() -> FakeGateway {
+        FakeGateway {
+            auth: Mutex::new(Ok(Caller { sp: "acme".into() })),
+            reply: Mutex::new(Reply::Echo),
+            auth_headers: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+            metrics_calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The fake panics on purpose in one test; later calls must still see the data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl FakeGateway {
-    fn calls(&self) -> Vec<PushRequest> {
-        self.calls.lock().expect("test mutex not poisoned").clone()
+    fn calls(&self) -> Vec<Call> {
+        lock(&self.calls).clone()
+    }
+
+    fn auth_headers(&self) -> Vec<Option<String>> {
+        lock(&self.auth_headers).clone()
+    }
+
+    fn set_auth(&self, result: Result<Caller, ApiError>) {
+        *lock(&self.auth) = result;
+    }
+
+    fn set_reply(&self, reply: Reply) {
+        *lock(&self.reply) = reply;
+    }
+
+    fn answer(&self, method: &'static str, caller: &Caller, id: Option<&str>, body: &[u8]) -> Result<Value, ApiError> {
+        let n = {
+            let mut calls = lock(&self.calls);
+            calls.push(Call {
+                method,
+                caller: caller.clone(),
+                id: id.map(str::to_owned),
+                body: body.to_vec(),
+            });
+            calls.len()
+        };
+        let reply = lock(&self.reply).clone();
+        match reply {
+            Reply::Echo => Ok(json!({"method": method, "call": n, "id": id})),
+            Reply::Json(v) => Ok(v),
+            Reply::Fail(e) => Err(e),
+            Reply::Panic => panic!("fake gateway panics on purpose"),
+        }
     }
 }
 
 impl Gateway for FakeGateway {
-    fn push(&self, req: PushRequest) -> Result<String, PushError> {
-        let device = req.device.clone();
-        let n = {
-            let mut calls = self.calls.lock().expect("test mutex not poisoned");
-            calls.push(req);
-            calls.len()
-        };
-        match device.as_str() {
-            "offline" => Err(PushError::DeviceOffline),
-            "busy" => Err(PushError::Overloaded { retry_after_s: 7 }),
-            "huge" => Err(PushError::PayloadTooLarge { max_bytes: 4096 }),
-            "bye" => Err(PushError::ShuttingDown),
-            "panic" => panic!("fake gateway panics on purpose"),
-            _ => Ok(format!("push-{n}")),
-        }
+    fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        lock(&self.auth_headers).push(authorization.map(str::to_owned));
+        lock(&self.auth).clone()
+    }
+
+    fn submit(&self, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
+        self.answer("submit", caller, None, body)
+    }
+
+    fn status(&self, caller: &Caller, id: &str) -> Result<Value, ApiError> {
+        self.answer("status", caller, Some(id), b"")
+    }
+
+    fn update(&self, caller: &Caller, id: &str, body: &[u8]) -> Result<Value, ApiError> {
+        self.answer("update", caller, Some(id), body)
+    }
+
+    fn cancel(&self, caller: &Caller, id: &str) -> Result<Value, ApiError> {
+        self.answer("cancel", caller, Some(id), b"")
+    }
+
+    fn mechanisms(&self, caller: &Caller) -> Result<Value, ApiError> {
+        self.answer("mechanisms", caller, None, b"")
     }
 
     fn metrics_text(&self) -> String {
+        self.metrics_calls.fetch_add(1, Ordering::SeqCst);
         "# TYPE pulsegate_pushes_total counter\npulsegate_pushes_total 3\n".into()
     }
 }
@@ -84,15 +180,21 @@ impl Resp {
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> serde_json::Value {
+    fn json(&self) -> Value {
         assert_eq!(self.header("content-type"), Some("application/json"), "{self:?}");
         serde_json::from_slice(&self.body).expect("JSON body")
     }
 
     fn error_code(&self) -> String {
+        self.error().0
+    }
+
+    /// `(code, message)` of a JSON error body.
+    fn error(&self) -> (String, String) {
         let v = self.json();
-        assert!(v["message"].is_string(), "error has a message: {v}");
-        v["error"].as_str().expect("error code is a string").to_owned()
+        let message = v["message"].as_str().expect("error has a string message").to_owned();
+        let code = v["error"].as_str().expect("error code is a string").to_owned();
+        (code, message)
     }
 }
 
@@ -110,8 +212,8 @@ impl Client {
         }
     }
 
-    fn send(&mut self, raw: &[u8]) {
-        self.reader.get_mut().write_all(raw).expect("send request");
+    fn send(&mut self, raw: impl AsRef<[u8]>) {
+        self.reader.get_mut().write_all(raw.as_ref()).expect("send request");
     }
 
     /// Reads one final response, skipping interim 1xx ones (`read_one` returns those).
@@ -174,58 +276,411 @@ impl Client {
     }
 }
 
-fn post(body: &str) -> String {
-    format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+/// A request carrying `Authorization: KEY`; a body also adds Content-Length.
+fn request(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+    let length = body
+        .map(|b| format!("Content-Length: {}\r\n", b.len()))
+        .unwrap_or_default();
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\n{length}\r\n").into_bytes();
+    raw.extend_from_slice(body.unwrap_or_default());
+    raw
 }
 
-fn roundtrip(addr: SocketAddr, raw: &str) -> Resp {
+fn post(body: &str) -> Vec<u8> {
+    request("POST", "/v1/messages", Some(body.as_bytes()))
+}
+
+fn roundtrip(addr: SocketAddr, raw: impl AsRef<[u8]>) -> Resp {
     let mut c = Client::connect(addr);
-    c.send(raw.as_bytes());
+    c.send(raw);
     c.read_response()
 }
 
+// ---- Routing and the Gateway contract ----
+
 #[test]
-fn post_success_reaches_gateway() {
+fn post_returns_201_with_gateway_json() {
     let (server, gw) = start(config());
+    let reply = json!({"id": "msg-7", "state": "queued", "tags": ["a", "é"], "n": 1.5});
+    gw.set_reply(Reply::Json(reply.clone()));
+    let body = r#"{"device":"dev-1","payload":"héllo"}"#;
+    let resp = roundtrip(server.local_addr(), post(body));
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.header("connection"), Some("keep-alive"));
+    assert_eq!(resp.json(), reply);
+    assert_eq!(gw.calls(), vec![call("submit", "acme", None, body.as_bytes())]);
+    assert_eq!(gw.auth_headers(), vec![Some(KEY.to_owned())]);
+
+    // Whatever JSON the gateway returns is sent as is, not only objects.
+    gw.set_reply(Reply::Json(json!(["x", 1])));
+    let resp = roundtrip(server.local_addr(), post("{}"));
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.json(), json!(["x", 1]));
+    server.shutdown();
+}
+
+#[test]
+fn submit_receives_raw_body_bytes() {
+    let (server, gw) = start(config());
+    let mut c = Client::connect(server.local_addr());
+    // Validation belongs to the gateway: the API passes every body through byte for byte.
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        Vec::new(),
+        br#"{"device":5,"payload":[1,2],"qos":"1","retain":true}"#.to_vec(),
+        r#"{"device":"d","payload":"héllo ✓"}"#.as_bytes().to_vec(),
+        b"\xff\xfe\x00 binary \r\n\r\nGET /healthz HTTP/1.1\r\n\r\n".to_vec(),
+        b"  [\"d\", \"x\"]\n".to_vec(),
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        c.send(request("POST", "/v1/messages", Some(body)));
+        let resp = c.read_response();
+        assert_eq!(resp.status, 201, "body {i}: {resp:?}");
+        assert_eq!(resp.header("connection"), Some("keep-alive"), "body {i}");
+        assert_eq!(resp.json()["call"], i + 1, "body {i}");
+    }
+    let expected: Vec<Call> = bodies.iter().map(|b| call("submit", "acme", None, b)).collect();
+    assert_eq!(gw.calls(), expected);
+    server.shutdown();
+}
+
+#[test]
+fn body_exactly_at_limit_reaches_gateway() {
+    let (server, gw) = start(HttpConfig {
+        max_body_bytes: 1024,
+        ..config()
+    });
+    let body: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+    let resp = roundtrip(server.local_addr(), request("POST", "/v1/messages", Some(&body)));
+    assert_eq!(resp.status, 201);
     let resp = roundtrip(
         server.local_addr(),
-        &post(r#"{"device":"dev-1","payload":"héllo","qos":0}"#),
+        request("PATCH", "/v1/messages/m", Some(&[b'x'; 1025])),
     );
-    assert_eq!(resp.status, 202);
-    assert_eq!(resp.json(), serde_json::json!({"id": "push-1"}));
-    let resp = roundtrip(server.local_addr(), &post(r#"{"device":"dev-2","payload":""}"#));
-    assert_eq!(resp.status, 202);
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.error_code(), "body_too_large");
+    assert_eq!(gw.calls(), vec![call("submit", "acme", None, &body)]);
+    server.shutdown();
+}
+
+#[test]
+fn auth_refused_is_401_and_gateway_not_called() {
+    let (server, gw) = start(config());
+    gw.set_auth(Err(ApiError::Unauthorized("unknown API key".into())));
+    let mut c = Client::connect(server.local_addr());
+    let requests = [
+        post(r#"{"device":"d","payload":"x"}"#),
+        request("GET", "/v1/messages/abc", None),
+        request("PATCH", "/v1/messages/abc", Some(b"{}")),
+        request("DELETE", "/v1/messages/abc", None),
+        request("GET", "/v1/mechanisms", None),
+        b"POST /v1/messages HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+    ];
+    for raw in &requests {
+        c.send(raw);
+        let resp = c.read_response();
+        let what = String::from_utf8_lossy(raw);
+        assert_eq!(resp.status, 401, "{what}");
+        assert_eq!(
+            resp.header("www-authenticate"),
+            Some("Bearer realm=\"pulsegate\""),
+            "{what}"
+        );
+        assert_eq!(
+            resp.error(),
+            ("unauthorized".into(), "unknown API key".into()),
+            "{what}"
+        );
+        // The body was consumed, so the connection stays usable.
+        assert_eq!(resp.header("connection"), Some("keep-alive"), "{what}");
+    }
+    let mut expected = vec![Some(KEY.to_owned()); requests.len() - 1];
+    expected.push(None);
+    assert_eq!(gw.auth_headers(), expected);
+    assert!(gw.calls().is_empty(), "{:?}", gw.calls());
+
+    // Other refusals from authenticate map like any ApiError.
+    gw.set_auth(Err(ApiError::RateLimited { retry_after_s: 9 }));
+    c.send(post("{}"));
+    let resp = c.read_response();
+    assert_eq!(resp.status, 429);
+    assert_eq!(resp.header("retry-after"), Some("9"));
+    assert_eq!(resp.header("www-authenticate"), None);
+    assert!(gw.calls().is_empty());
+    server.shutdown();
+}
+
+#[test]
+fn authorization_header_reaches_authenticate() {
+    let (server, gw) = start(config());
+    gw.set_auth(Ok(Caller { sp: "sp-42".into() }));
+    let addr = server.local_addr();
+    let cases: [(&str, Option<&str>); 4] = [
+        ("Authorization: Bearer k-123\r\n", Some("Bearer k-123")),
+        ("authorization:    Bearer spaced   \r\n", Some("Bearer spaced")),
+        ("AUTHORIZATION: Basic dXNlcjpwdw==\r\n", Some("Basic dXNlcjpwdw==")),
+        ("", None),
+    ];
+    for (header, _) in cases {
+        let raw = format!("POST /v1/messages HTTP/1.1\r\nHost: t\r\n{header}Content-Length: 2\r\n\r\n{{}}");
+        assert_eq!(roundtrip(addr, raw).status, 201, "{header:?}");
+    }
+    let seen: Vec<Option<String>> = cases.iter().map(|(_, v)| v.map(str::to_owned)).collect();
+    assert_eq!(gw.auth_headers(), seen);
+    // The caller authenticate returned is the one the gateway method gets.
+    assert!(gw.calls().iter().all(|c| c.caller == Caller { sp: "sp-42".into() }));
+    assert_eq!(gw.calls().len(), cases.len());
+    server.shutdown();
+}
+
+#[test]
+fn message_id_routes_to_status_update_cancel() {
+    let (server, gw) = start(config());
+    let mut c = Client::connect(server.local_addr());
+    let patch = br#"{"ttl_s": 60, "note": "h\u00e9"}"#;
+    let sent = [
+        ("status", request("GET", "/v1/messages/abc", None)),
+        ("update", request("PATCH", "/v1/messages/abc", Some(patch))),
+        ("cancel", request("DELETE", "/v1/messages/abc", None)),
+        ("status", request("GET", "/v1/messages/abc?verbose=1", None)),
+    ];
+    for (i, (method, raw)) in sent.iter().enumerate() {
+        c.send(raw);
+        let resp = c.read_response();
+        assert_eq!(resp.status, 200, "{method}");
+        assert_eq!(resp.json(), json!({"method": method, "call": i + 1, "id": "abc"}));
+    }
     assert_eq!(
         gw.calls(),
         vec![
-            PushRequest {
-                device: "dev-1".into(),
-                payload: "héllo".as_bytes().to_vec(),
-                qos: 0
-            },
-            PushRequest {
-                device: "dev-2".into(),
-                payload: Vec::new(),
-                qos: 1
-            },
+            call("status", "acme", Some("abc"), b""),
+            call("update", "acme", Some("abc"), patch),
+            call("cancel", "acme", Some("abc"), b""),
+            call("status", "acme", Some("abc"), b""),
         ]
     );
+    assert_eq!(gw.auth_headers().len(), sent.len());
+
+    gw.set_reply(Reply::Json(json!({"id": "abc", "state": "cancelled"})));
+    let resp = roundtrip(server.local_addr(), request("DELETE", "/v1/messages/abc", None));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json(), json!({"id": "abc", "state": "cancelled"}));
     server.shutdown();
 }
+
+#[test]
+fn mechanisms_route_calls_mechanisms() {
+    let (server, gw) = start(config());
+    let reply = json!({"mechanisms": [{"name": "mqtt", "qos": [0, 1]}]});
+    gw.set_reply(Reply::Json(reply.clone()));
+    let resp = roundtrip(server.local_addr(), request("GET", "/v1/mechanisms?x=1", None));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json(), reply);
+    assert_eq!(gw.calls(), vec![call("mechanisms", "acme", None, b"")]);
+    assert_eq!(gw.auth_headers(), vec![Some(KEY.to_owned())]);
+    server.shutdown();
+}
+
+#[test]
+fn unknown_paths_are_404_without_auth() {
+    let (server, gw) = start(config());
+    let addr = server.local_addr();
+    for path in [
+        "/v1/messages/",
+        "/v1/messages/a/b",
+        "/v1/messages//",
+        "/v1/messagesabc",
+        "/v1/mechanisms/",
+        "/v1",
+        "/nope",
+        "/",
+    ] {
+        for method in ["GET", "DELETE"] {
+            let resp = roundtrip(addr, request(method, path, None));
+            assert_eq!(resp.status, 404, "{method} {path}");
+            assert_eq!(resp.error_code(), "not_found", "{method} {path}");
+            assert_eq!(resp.header("connection"), Some("keep-alive"));
+        }
+        let resp = roundtrip(addr, request("PATCH", path, Some(b"{}")));
+        assert_eq!(resp.status, 404, "PATCH {path}");
+    }
+    assert!(gw.auth_headers().is_empty(), "{:?}", gw.auth_headers());
+    assert!(gw.calls().is_empty());
+    server.shutdown();
+}
+
+#[test]
+fn wrong_method_is_405_with_allow() {
+    let (server, gw) = start(config());
+    let addr = server.local_addr();
+    let cases: [(&str, &str, &str); 12] = [
+        ("GET", "/v1/messages", "POST"),
+        ("PUT", "/v1/messages", "POST"),
+        ("DELETE", "/v1/messages", "POST"),
+        ("POST", "/v1/mechanisms", "GET"),
+        ("DELETE", "/v1/mechanisms", "GET"),
+        ("POST", "/v1/messages/abc", "GET, PATCH, DELETE"),
+        ("PUT", "/v1/messages/abc", "GET, PATCH, DELETE"),
+        ("HEAD", "/v1/messages/abc", "GET, PATCH, DELETE"),
+        ("POST", "/metrics", "GET"),
+        ("PUT", "/metrics", "GET"),
+        ("DELETE", "/healthz", "GET"),
+        ("POST", "/healthz", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let body = matches!(method, "POST" | "PUT").then_some(&b"{}"[..]);
+        let resp = roundtrip(addr, request(method, path, body));
+        assert_eq!(resp.status, 405, "{method} {path}");
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+        assert_eq!(resp.error_code(), "method_not_allowed", "{method} {path}");
+    }
+    assert!(gw.auth_headers().is_empty(), "405 is decided before authentication");
+    assert!(gw.calls().is_empty());
+    server.shutdown();
+}
+
+#[test]
+fn api_errors_map_to_statuses() {
+    let (server, gw) = start(config());
+    let addr = server.local_addr();
+    // (error, status, code, Retry-After, text the message must contain)
+    let table: [(ApiError, u16, &str, Option<&str>, &str); 10] = [
+        (
+            ApiError::Unauthorized("key revoked".into()),
+            401,
+            "unauthorized",
+            None,
+            "key revoked",
+        ),
+        (
+            ApiError::BadRequest("qos must be 0 or 1".into()),
+            400,
+            "bad_request",
+            None,
+            "qos must be 0 or 1",
+        ),
+        (
+            ApiError::NotFound("no message m1".into()),
+            404,
+            "not_found",
+            None,
+            "no message m1",
+        ),
+        (
+            ApiError::DeviceOffline("dev-9".into()),
+            404,
+            "device_offline",
+            None,
+            "dev-9",
+        ),
+        (
+            ApiError::Conflict("already delivered".into()),
+            409,
+            "conflict",
+            None,
+            "already delivered",
+        ),
+        (
+            ApiError::PayloadTooLarge { max_bytes: 4096 },
+            413,
+            "payload_too_large",
+            None,
+            "4096",
+        ),
+        (
+            ApiError::RateLimited { retry_after_s: 3 },
+            429,
+            "rate_limited",
+            Some("3"),
+            "",
+        ),
+        (
+            ApiError::Overloaded { retry_after_s: 7 },
+            503,
+            "overloaded",
+            Some("7"),
+            "",
+        ),
+        (
+            ApiError::Unavailable("store failed".into()),
+            503,
+            "unavailable",
+            None,
+            "store failed",
+        ),
+        (ApiError::ShuttingDown, 503, "shutting_down", None, ""),
+    ];
+    let routes: [(&str, &str, Option<&[u8]>); 5] = [
+        ("POST", "/v1/messages", Some(br#"{"device":"d","payload":"x"}"#)),
+        ("GET", "/v1/messages/m1", None),
+        ("PATCH", "/v1/messages/m1", Some(b"{}")),
+        ("DELETE", "/v1/messages/m1", None),
+        ("GET", "/v1/mechanisms", None),
+    ];
+    let variants = table.len();
+    for (err, status, code, retry_after, text) in table {
+        gw.set_reply(Reply::Fail(err.clone()));
+        for (method, path, body) in routes {
+            let what = format!("{err:?} on {method} {path}");
+            let mut c = Client::connect(addr);
+            c.send(request(method, path, body));
+            let resp = c.read_response();
+            assert_eq!(resp.status, status, "{what}");
+            let (got_code, message) = resp.error();
+            assert_eq!(got_code, code, "{what}");
+            assert!(message.contains(text), "{what}: {message:?}");
+            assert_eq!(resp.header("retry-after"), retry_after, "{what}");
+            let www = resp.header("www-authenticate");
+            assert_eq!(www.is_some(), status == 401, "{what}: {www:?}");
+            if err == ApiError::ShuttingDown {
+                assert_eq!(resp.header("connection"), Some("close"), "{what}");
+                assert!(c.closed_within(Duration::from_secs(2)), "{what}");
+            } else {
+                assert_eq!(resp.header("connection"), Some("keep-alive"), "{what}");
+            }
+        }
+    }
+    let methods: Vec<&str> = gw.calls().iter().map(|c| c.method).collect();
+    let per_error = ["submit", "status", "update", "cancel", "mechanisms"];
+    assert_eq!(methods, per_error.repeat(variants));
+    server.shutdown();
+}
+
+#[test]
+fn metrics_and_healthz_skip_authentication() {
+    let (server, gw) = start(config());
+    // Even a gateway that refuses every key serves these.
+    gw.set_auth(Err(ApiError::Unauthorized("nobody".into())));
+    let addr = server.local_addr();
+    let resp = roundtrip(addr, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    let ct = resp.header("content-type").expect("content type");
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(String::from_utf8_lossy(&resp.body).contains("pulsegate_pushes_total 3"));
+    let resp = roundtrip(addr, "GET /healthz?probe=1 HTTP/1.1\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json(), json!({"status": "ok"}));
+    // With a key present it is still not looked at.
+    assert_eq!(roundtrip(addr, request("GET", "/metrics", None)).status, 200);
+    assert_eq!(roundtrip(addr, request("GET", "/healthz", None)).status, 200);
+    assert!(gw.auth_headers().is_empty(), "{:?}", gw.auth_headers());
+    assert!(gw.calls().is_empty());
+    assert_eq!(gw.metrics_calls.load(Ordering::SeqCst), 2);
+    server.shutdown();
+}
+
+// ---- HTTP mechanics ----
 
 #[test]
 fn keep_alive_three_requests_on_one_connection() {
     let (server, gw) = start(config());
     let mut c = Client::connect(server.local_addr());
     for i in 1..=3 {
-        c.send(post(&format!(r#"{{"device":"d{i}","payload":"p"}}"#)).as_bytes());
+        c.send(post(&format!(r#"{{"device":"d{i}","payload":"p"}}"#)));
         let resp = c.read_response();
-        assert_eq!(resp.status, 202);
+        assert_eq!(resp.status, 201);
         assert_eq!(resp.header("connection"), Some("keep-alive"));
-        assert_eq!(resp.json()["id"], format!("push-{i}"));
+        assert_eq!(resp.json()["call"], i);
     }
     assert_eq!(gw.calls().len(), 3);
     server.shutdown();
@@ -233,17 +688,35 @@ fn keep_alive_three_requests_on_one_connection() {
 
 #[test]
 fn pipelined_requests_answered_in_order() {
-    let (server, _gw) = start(config());
+    let (server, gw) = start(config());
     let mut c = Client::connect(server.local_addr());
-    let both = format!(
-        "{}{}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
-        post(r#"{"device":"a","payload":"1"}"#),
-        post(r#"{"device":"b","payload":"2"}"#)
+    let mut all = post(r#"{"device":"a","payload":"1"}"#);
+    all.extend(request("PATCH", "/v1/messages/m1", Some(b"second")));
+    all.extend(post(r#"{"device":"b","payload":"2"}"#));
+    all.extend(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(&all);
+    assert_eq!(
+        c.read_response().json(),
+        json!({"method": "submit", "call": 1, "id": null})
     );
-    c.send(both.as_bytes());
-    assert_eq!(c.read_response().json()["id"], "push-1");
-    assert_eq!(c.read_response().json()["id"], "push-2");
-    assert_eq!(c.read_response().json(), serde_json::json!({"status": "ok"}));
+    assert_eq!(
+        c.read_response().json(),
+        json!({"method": "update", "call": 2, "id": "m1"})
+    );
+    assert_eq!(
+        c.read_response().json(),
+        json!({"method": "submit", "call": 3, "id": null})
+    );
+    assert_eq!(c.read_response().json(), json!({"status": "ok"}));
+    // Body boundaries come from Content-Length alone.
+    assert_eq!(
+        gw.calls(),
+        vec![
+            call("submit", "acme", None, br#"{"device":"a","payload":"1"}"#),
+            call("update", "acme", Some("m1"), b"second"),
+            call("submit", "acme", None, br#"{"device":"b","payload":"2"}"#),
+        ]
+    );
     server.shutdown();
 }
 
@@ -280,45 +753,19 @@ fn http10_closes_unless_keep_alive() {
 }
 
 #[test]
-fn bad_bodies_are_400_and_connection_survives() {
-    let (server, gw) = start(config());
-    let mut c = Client::connect(server.local_addr());
-    let cases = [
-        ("not json", "{not json"),
-        ("empty body", ""),
-        ("wrong type device", r#"{"device":5,"payload":"x"}"#),
-        ("wrong type payload", r#"{"device":"d","payload":[1,2]}"#),
-        ("wrong type qos", r#"{"device":"d","payload":"x","qos":"1"}"#),
-        ("missing device", r#"{"payload":"x"}"#),
-        ("missing payload", r#"{"device":"d"}"#),
-        ("empty device", r#"{"device":"","payload":"x"}"#),
-        ("qos 2", r#"{"device":"d","payload":"x","qos":2}"#),
-        ("qos 300", r#"{"device":"d","payload":"x","qos":300}"#),
-        ("unknown field", r#"{"device":"d","payload":"x","retain":true}"#),
-        ("not an object", r#"["d","x"]"#),
-    ];
-    for (what, body) in cases {
-        c.send(post(body).as_bytes());
-        let resp = c.read_response();
-        assert_eq!(resp.status, 400, "{what}: {resp:?}");
-        assert_eq!(resp.error_code(), "bad_request", "{what}");
-        assert_eq!(resp.header("connection"), Some("keep-alive"), "{what}");
-    }
-    assert!(gw.calls().is_empty());
-    server.shutdown();
-}
-
-#[test]
 fn oversize_body_rejected_from_content_length() {
     let (server, gw) = start(config());
     let mut c = Client::connect(server.local_addr());
     // The body is never sent: the answer must come from Content-Length alone.
-    c.send(b"POST /v1/messages HTTP/1.1\r\nHost: t\r\nContent-Length: 65537\r\n\r\n");
+    c.send(format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\nContent-Length: 65537\r\n\r\n"
+    ));
     let resp = c.read_response();
     assert_eq!(resp.status, 413);
     assert_eq!(resp.error_code(), "body_too_large");
     assert!(c.closed_within(Duration::from_secs(2)));
     assert!(gw.calls().is_empty());
+    assert!(gw.auth_headers().is_empty());
     server.shutdown();
 }
 
@@ -330,77 +777,11 @@ fn oversize_headers_are_431() {
         "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20_000)
     );
-    c.send(raw.as_bytes());
+    c.send(raw);
     let resp = c.read_response();
     assert_eq!(resp.status, 431);
     assert_eq!(resp.error_code(), "headers_too_large");
     assert!(c.closed_within(Duration::from_secs(2)));
-    server.shutdown();
-}
-
-#[test]
-fn unknown_path_404_wrong_method_405() {
-    let (server, _gw) = start(config());
-    let addr = server.local_addr();
-    let resp = roundtrip(addr, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert_eq!(resp.status, 404);
-    assert_eq!(resp.error_code(), "not_found");
-    for (raw, allow) in [
-        ("GET /v1/messages HTTP/1.1\r\n\r\n", "POST"),
-        ("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "GET"),
-        ("DELETE /healthz HTTP/1.1\r\n\r\n", "GET"),
-    ] {
-        let resp = roundtrip(addr, raw);
-        assert_eq!(resp.status, 405, "{raw}");
-        assert_eq!(resp.header("allow"), Some(allow), "{raw}");
-        assert_eq!(resp.error_code(), "method_not_allowed");
-    }
-    server.shutdown();
-}
-
-#[test]
-fn push_errors_map_to_statuses() {
-    let (server, _gw) = start(config());
-    let mut c = Client::connect(server.local_addr());
-
-    c.send(post(r#"{"device":"offline","payload":"x"}"#).as_bytes());
-    let resp = c.read_response();
-    assert_eq!(resp.status, 404);
-    assert_eq!(
-        resp.json(),
-        serde_json::json!({"error": "device_offline", "message": "device offline is not connected"})
-    );
-
-    c.send(post(r#"{"device":"busy","payload":"x"}"#).as_bytes());
-    let resp = c.read_response();
-    assert_eq!(resp.status, 503);
-    assert_eq!(resp.header("retry-after"), Some("7"));
-    assert_eq!(resp.error_code(), "overloaded");
-
-    c.send(post(r#"{"device":"huge","payload":"x"}"#).as_bytes());
-    let resp = c.read_response();
-    assert_eq!(resp.status, 413);
-    assert_eq!(resp.error_code(), "payload_too_large");
-
-    c.send(post(r#"{"device":"bye","payload":"x"}"#).as_bytes());
-    let resp = c.read_response();
-    assert_eq!(resp.status, 503);
-    assert_eq!(resp.error_code(), "shutting_down");
-    assert_eq!(resp.header("connection"), Some("close"));
-    server.shutdown();
-}
-
-#[test]
-fn metrics_and_healthz() {
-    let (server, _gw) = start(config());
-    let resp = roundtrip(server.local_addr(), "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert_eq!(resp.status, 200);
-    let ct = resp.header("content-type").expect("content type");
-    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
-    assert!(String::from_utf8_lossy(&resp.body).contains("pulsegate_pushes_total 3"));
-    let resp = roundtrip(server.local_addr(), "GET /healthz?probe=1 HTTP/1.1\r\n\r\n");
-    assert_eq!(resp.status, 200);
-    assert_eq!(resp.json(), serde_json::json!({"status": "ok"}));
     server.shutdown();
 }
 
@@ -489,16 +870,25 @@ fn malformed_request_is_400_and_closed() {
 #[test]
 fn chunked_and_missing_length_are_411() {
     let (server, gw) = start(config());
-    let resp = roundtrip(
-        server.local_addr(),
-        "POST /v1/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    );
+    let addr = server.local_addr();
+    for target in ["POST /v1/messages", "PATCH /v1/messages/abc"] {
+        let mut c = Client::connect(addr);
+        c.send(format!(
+            "{target} HTTP/1.1\r\nAuthorization: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ));
+        let resp = c.read_response();
+        assert_eq!(resp.status, 411, "{target}");
+        assert_eq!(resp.error_code(), "length_required");
+        assert!(c.closed_within(Duration::from_secs(2)), "{target}");
+    }
+    let mut c = Client::connect(addr);
+    c.send(format!("POST /v1/messages HTTP/1.1\r\nAuthorization: {KEY}\r\n\r\n"));
+    let resp = c.read_response();
     assert_eq!(resp.status, 411);
     assert_eq!(resp.error_code(), "length_required");
-    let resp = roundtrip(server.local_addr(), "POST /v1/messages HTTP/1.1\r\n\r\n");
-    assert_eq!(resp.status, 411);
     assert_eq!(resp.header("connection"), Some("close"));
-    assert!(gw.calls().is_empty());
+    assert!(c.closed_within(Duration::from_secs(2)));
+    assert!(gw.calls().is_empty(), "{:?}", gw.calls());
     server.shutdown();
 }
 
@@ -508,14 +898,14 @@ fn expect_continue_gets_interim_response() {
     let mut c = Client::connect(server.local_addr());
     let body = r#"{"device":"d","payload":"x"}"#;
     let head = format!(
-        "POST /v1/messages HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/messages HTTP/1.1\r\nAuthorization: {KEY}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    c.send(head.as_bytes());
+    c.send(head);
     assert_eq!(c.read_one().status, 100);
-    c.send(body.as_bytes());
-    assert_eq!(c.read_response().status, 202);
-    assert_eq!(gw.calls().len(), 1);
+    c.send(body);
+    assert_eq!(c.read_response().status, 201);
+    assert_eq!(gw.calls(), vec![call("submit", "acme", None, body.as_bytes())]);
     server.shutdown();
 }
 
@@ -536,12 +926,18 @@ fn max_requests_per_connection_closes() {
 
 #[test]
 fn gateway_panic_is_500_and_server_survives() {
-    let (server, _gw) = start(config());
-    let resp = roundtrip(server.local_addr(), &post(r#"{"device":"panic","payload":"x"}"#));
+    let (server, gw) = start(config());
+    gw.set_reply(Reply::Panic);
+    let mut c = Client::connect(server.local_addr());
+    c.send(post(r#"{"device":"d","payload":"x"}"#));
+    let resp = c.read_response();
     assert_eq!(resp.status, 500);
     assert_eq!(resp.error_code(), "internal_error");
-    let resp = roundtrip(server.local_addr(), &post(r#"{"device":"ok","payload":"x"}"#));
-    assert_eq!(resp.status, 202);
+    assert!(c.closed_within(Duration::from_secs(2)));
+    gw.set_reply(Reply::Echo);
+    let resp = roundtrip(server.local_addr(), post(r#"{"device":"ok","payload":"x"}"#));
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.json()["call"], 2);
     server.shutdown();
 }
 
@@ -574,17 +970,22 @@ fn shutdown_is_prompt_with_connections_open() {
 
 #[test]
 fn zero_limits_refuse_to_start() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let gateway = Arc::new(FakeGateway::default());
-    let err = HttpServer::start(
-        listener,
-        HttpConfig {
-            max_connections: 0,
-            ..config()
-        },
-        gateway,
-    )
-    .err()
-    .expect("zero max_connections is refused");
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    type Zero = fn(&mut HttpConfig);
+    let zeroed: [(&str, Zero); 5] = [
+        ("max_connections", |c| c.max_connections = 0),
+        ("max_header_bytes", |c| c.max_header_bytes = 0),
+        ("max_body_bytes", |c| c.max_body_bytes = 0),
+        ("idle_timeout_ms", |c| c.idle_timeout_ms = 0),
+        ("max_requests_per_connection", |c| c.max_requests_per_connection = 0),
+    ];
+    for (name, zero) in zeroed {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let mut cfg = config();
+        zero(&mut cfg);
+        let err = HttpServer::start(listener, cfg, Arc::new(FakeGateway::default()))
+            .err()
+            .unwrap_or_else(|| panic!("zero {name} is refused"));
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name}");
+        assert!(err.to_string().contains(name), "{name}: {err}");
+    }
 }

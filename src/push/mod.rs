@@ -29,6 +29,12 @@ pub struct Push {
     /// Tracked by the push service: the shard reports PUBACK or loss back to it
     /// instead of keeping the push in an MQTT session.
     pub tracked: bool,
+    /// A pulsegate control topic (`$pulse/keepalive`, `$pulse/heartbeat`)
+    /// instead of the device's `push/{client_id}`.
+    pub control_topic: Option<&'static str>,
+    /// Set when this push was sent before on a session that is now resumed:
+    /// the packet id it had, so redelivery reuses it with DUP=1 (MQTT-4.4.0-1).
+    pub sent_as: Option<u16>,
 }
 
 /// What shards tell the push service about tracked pushes and devices.

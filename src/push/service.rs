@@ -544,6 +544,8 @@ impl PushService {
                     qos: t.msg.qos,
                     payload: Bytes::from(t.msg.payload.clone()),
                     tracked: true,
+                    control_topic: None,
+                    sent_as: None,
                 };
                 let qos = t.msg.qos;
                 t.msg.attempts.push(Attempt {

@@ -33,6 +33,10 @@ pub const FLAG_DIRTY: u8 = 1 << 2;
 pub const FLAG_FORCE_CLOSE: u8 = 1 << 3;
 /// Was registered in the registry (its client id is claimed).
 pub const FLAG_REGISTERED: u8 = 1 << 4;
+/// A keep-alive configuration message (dispersal) is due when the timer fires.
+pub const FLAG_DISPERSE: u8 = 1 << 5;
+/// Already asked to lengthen its heartbeat (load relief); next time: disconnect.
+pub const FLAG_HB_ADJUSTED: u8 = 1 << 6;
 
 /// `Conn::io_flags`: backend operations outstanding on this connection.
 pub const IO_RECV_ARMED: u8 = 1 << 0;

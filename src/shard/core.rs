@@ -34,6 +34,8 @@ pub struct Core {
     expired: Vec<u32>,
     pub(super) topic_scratch: String,
     shutting_down: bool,
+    /// (key, generation) of recent CONNECTs, newest last (load relief order).
+    pub(super) newest: std::collections::VecDeque<(u32, u32)>,
 }
 
 /// Result of handling one frame: keep reading, or stop (the connection closes).
@@ -61,6 +63,7 @@ impl Core {
             expired: Vec::with_capacity(limits::EXPIRED_PER_TURN_MAX),
             topic_scratch: String::with_capacity(256),
             shutting_down: false,
+            newest: std::collections::VecDeque::new(),
         }
     }
 
@@ -261,12 +264,19 @@ impl Core {
         if conn.phase == Phase::Closing {
             return;
         }
+        let was_connected = conn.phase == Phase::Connected;
         conn.phase = Phase::Closing;
         self.counters.close(reason);
+        if was_connected {
+            self.counters.keepalive_census(conn.keepalive_s, -1);
+        }
         let mut pending: Vec<Push> = Vec::new();
         if let Some(a) = conn.active.as_mut() {
             a.partial = Vec::new();
-            pending.extend(a.inflight.drain(..).map(|i| i.push));
+            pending.extend(a.inflight.drain(..).map(|i| Push {
+                sent_as: Some(i.packet_id),
+                ..i.push
+            }));
             pending.extend(a.queued.drain(..));
         }
         let registered = conn.flags & FLAG_REGISTERED != 0;
@@ -453,6 +463,8 @@ impl Core {
                     let deadline_ms = conn.last_activity_ms + conn.keepalive_s as u64 * 1500;
                     if self.now_ms >= deadline_ms {
                         self.disconnect(key, mqtt::reason::KEEP_ALIVE_TIMEOUT, CloseReason::KeepAliveTimeout);
+                    } else if conn.flags & super::conn::FLAG_DISPERSE != 0 {
+                        self.send_keepalive_configuration(key);
                     } else {
                         self.wheel.insert(key, deadline_ms);
                     }
@@ -491,6 +503,8 @@ impl Core {
                     self.disconnect(key, mqtt::reason::SESSION_TAKEN_OVER, CloseReason::SessionTakenOver);
                 }
             }
+            Command::Disperse { hot_seconds } => self.disperse(&hot_seconds),
+            Command::Relieve { count, keepalive_max_s } => self.relieve(count, keepalive_max_s),
             Command::Shutdown => self.shutdown(),
         }
     }

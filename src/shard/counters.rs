@@ -20,10 +20,12 @@ pub enum CloseReason {
     SlowConsumer,
     ServerFull,
     NotAuthorized,
+    ServerBusy,
+    Overload,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientDisconnect,
         CloseReason::PeerClosed,
         CloseReason::IoError,
@@ -35,6 +37,8 @@ impl CloseReason {
         CloseReason::SlowConsumer,
         CloseReason::ServerFull,
         CloseReason::NotAuthorized,
+        CloseReason::ServerBusy,
+        CloseReason::Overload,
     ];
 
     pub fn label(self) -> &'static str {
@@ -50,6 +54,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::ServerFull => "server_full",
             CloseReason::NotAuthorized => "not_authorized",
+            CloseReason::ServerBusy => "server_busy",
+            CloseReason::Overload => "overload",
         }
     }
 }
@@ -108,8 +114,11 @@ impl ProtocolErrorKind {
     }
 }
 
-/// Keep-alive counting slots (one per second, a ring of this many seconds).
-pub const KEEPALIVE_SLOTS: usize = 64;
+/// Keep-alive counting slots (one per second, a ring of this many seconds:
+/// at least two periods of the longest keep-alive the coordinator disperses).
+pub const KEEPALIVE_SLOTS: usize = 1024;
+/// Keep-alive values counted exactly (seconds); longer ones share the last bucket.
+pub const KEEPALIVE_TRACKED_MAX_S: usize = 3_600;
 
 pub struct ShardCounters {
     pub connections_open: AtomicU64,
@@ -133,6 +142,14 @@ pub struct ShardCounters {
     pub protocol_errors: [AtomicU64; ProtocolErrorKind::ALL.len()],
     /// Keep-alives per second: each slot packs (second << 32) | count.
     pub keepalive_slots: [AtomicU64; KEEPALIVE_SLOTS],
+    /// Connected devices by effective keep-alive (index = seconds, 0 = none).
+    pub connections_by_keepalive: Box<[AtomicU64]>,
+    /// Keep-alive configuration / heartbeat-adjust messages sent.
+    pub control_messages_sent: AtomicU64,
+    pub dispersal_rounds: AtomicU64,
+    pub heartbeat_adjustments: AtomicU64,
+    pub overload_disconnects: AtomicU64,
+    pub admissions_refused: AtomicU64,
 }
 
 impl Default for ShardCounters {
@@ -158,6 +175,12 @@ impl Default for ShardCounters {
             closes: std::array::from_fn(|_| AtomicU64::new(0)),
             protocol_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             keepalive_slots: std::array::from_fn(|_| AtomicU64::new(0)),
+            connections_by_keepalive: (0..=KEEPALIVE_TRACKED_MAX_S).map(|_| AtomicU64::new(0)).collect(),
+            control_messages_sent: AtomicU64::new(0),
+            dispersal_rounds: AtomicU64::new(0),
+            heartbeat_adjustments: AtomicU64::new(0),
+            overload_disconnects: AtomicU64::new(0),
+            admissions_refused: AtomicU64::new(0),
         }
     }
 }
@@ -195,6 +218,12 @@ impl ShardCounters {
             ((second as u64) << 32) | 1
         };
         slot.store(next, Relaxed);
+    }
+
+    /// A connected device's keep-alive entered (`+1`) or left (`-1`) the census.
+    pub fn keepalive_census(&self, keepalive_s: u16, delta: i64) {
+        let c = &self.connections_by_keepalive[(keepalive_s as usize).min(KEEPALIVE_TRACKED_MAX_S)];
+        c.store(c.load(Relaxed).wrapping_add_signed(delta), Relaxed);
     }
 
     /// Keep-alives counted at shard second `second` (0 if the slot moved on).

@@ -31,7 +31,8 @@ impl Core {
         let pending_max = self.shared.cfg.pending_pushes_per_device_max as usize;
         let a = conn.active();
         if a.inflight.len() < window && a.queued.is_empty() {
-            self.send_qos1(key, push, false);
+            let dup = push.sent_as.is_some();
+            self.send_qos1(key, push, dup);
         } else if a.queued.len() < pending_max {
             a.queued.push_back(push);
         } else {
@@ -44,12 +45,18 @@ impl Core {
     fn send_qos1(&mut self, key: u32, push: Push, dup: bool) {
         let conn = &mut self.conns[key as usize];
         let a = conn.active.get_or_insert_with(Box::default);
-        let mut id = conn.next_packet_id.max(1);
+        // A redelivery keeps its packet id when it is free (MQTT-4.4.0-1).
+        let previous = push
+            .sent_as
+            .filter(|&p| p != 0 && !a.inflight.iter().any(|i| i.packet_id == p));
+        let mut id = previous.unwrap_or(conn.next_packet_id.max(1));
         // Bounded: the window (≤ INFLIGHT_MAX) is far below 65,535 ids.
         while a.inflight.iter().any(|i| i.packet_id == id) {
             id = id.wrapping_add(1).max(1);
         }
-        conn.next_packet_id = id.wrapping_add(1).max(1);
+        if previous.is_none() {
+            conn.next_packet_id = id.wrapping_add(1).max(1);
+        }
         if self.send_publish(key, &push, Some(id), dup) {
             let a = self.conns[key as usize].active();
             a.inflight.push(super::conn::Inflight { packet_id: id, push });
@@ -64,7 +71,12 @@ impl Core {
         let max_bytes = conn.client_max_packet_bytes as usize;
         let mut topic = std::mem::take(&mut self.topic_scratch);
         topic.clear();
-        let _ = write!(topic, "push/{}", conn.client_id.as_deref().unwrap_or(""));
+        match push.control_topic {
+            Some(t) => topic.push_str(t),
+            None => {
+                let _ = write!(topic, "push/{}", conn.client_id.as_deref().unwrap_or(""));
+            }
+        }
         let publish = Publish {
             dup,
             qos: push.qos,
@@ -124,7 +136,8 @@ impl Core {
                 break;
             }
             let Some(next) = a.queued.pop_front() else { break };
-            self.send_qos1(key, next, false);
+            let dup = next.sent_as.is_some();
+            self.send_qos1(key, next, dup);
             if self.conns[key as usize].phase != Phase::Connected {
                 break;
             }

@@ -25,6 +25,14 @@ pub enum Command {
         generation: u32,
         new_owner: Location,
     },
+    /// Keep-alive dispersal (seeds/000): devices whose last keep-alive fell in
+    /// one of these shard seconds get a `$pulse/keepalive` message, spread
+    /// uniformly over their period starting now.
+    Disperse { hot_seconds: Vec<u32> },
+    /// Heartbeat load relief (seeds/004): the `count` newest devices are asked
+    /// to lengthen their heartbeat (up to `keepalive_max_s`); those already
+    /// asked once are disconnected (0x89, or 0x9C with `server_reference`).
+    Relieve { count: u32, keepalive_max_s: u16 },
     /// Stop: disconnect every device (0x8B) and exit the loop.
     Shutdown,
 }

@@ -5,6 +5,7 @@
 //! threads reach a shard only through its mailbox and read its counters.
 
 pub mod conn;
+mod control;
 pub mod core;
 pub mod counters;
 mod deliver;
@@ -65,7 +66,9 @@ pub fn capacity_per_shard(shared: &Shared, backend: BackendInUse, nofile_soft: u
     let cap = match backend {
         // Each ring's fixed-file table is capped by RLIMIT_NOFILE, per ring, and
         // by the kernel's IORING_MAX_FIXED_FILES (1 << 20).
-        BackendInUse::Uring => nofile_soft.min(IORING_MAX_FIXED_FILES).saturating_sub(FIXED_FILES_SPARE as u64),
+        BackendInUse::Uring => nofile_soft
+            .min(IORING_MAX_FIXED_FILES)
+            .saturating_sub(FIXED_FILES_SPARE as u64),
         // Plain fds share the process table.
         BackendInUse::Epoll => nofile_soft.saturating_sub(PROCESS_FDS_RESERVED) / shards,
     };

@@ -22,6 +22,9 @@ use crate::registry::Location;
 /// Longest client id accepted, in bytes (MQTT allows 65,535; devices use < 64).
 pub const CLIENT_ID_BYTES_MAX: usize = 256;
 
+/// Recent connections remembered for load relief ("newest first").
+pub const NEWEST_TRACKED_MAX: usize = 4_096;
+
 /// The protocol's largest packet (remaining length 268,435,455 + 5 header bytes).
 const MQTT_PACKET_BYTES_MAX: u32 = 268_435_460;
 
@@ -133,6 +136,30 @@ impl Core {
                 CloseReason::ServerShutdown,
             );
         }
+        if self.shared.admission_closed.load(std::sync::atomic::Ordering::Relaxed) {
+            // seeds/004 admission: over the heartbeat-load threshold, send the device elsewhere.
+            bump(&self.counters.admissions_refused, 1);
+            let server_reference = self.shared.cfg.server_reference.clone();
+            let code = if server_reference.is_some() {
+                reason::USE_ANOTHER_SERVER
+            } else {
+                reason::SERVER_BUSY
+            };
+            let mut properties = ConnAckProperties::default();
+            if version == ProtocolVersion::V5 {
+                properties.server_reference = server_reference.as_deref();
+            }
+            let ack = ConnAck {
+                session_present: false,
+                reason: code,
+                properties,
+            };
+            self.queue_packet(key, |out| {
+                ack.encode(version, out);
+            });
+            self.begin_close(key, CloseReason::ServerBusy);
+            return Flow::Stop;
+        }
         if c.client_id.len() > CLIENT_ID_BYTES_MAX
             || (c.client_id.is_empty() && version == ProtocolVersion::V311 && !c.clean_start)
         {
@@ -189,6 +216,11 @@ impl Core {
             if persistent {
                 conn.flags |= FLAG_PERSISTENT;
             }
+        }
+        self.counters.keepalive_census(keepalive_s, 1);
+        self.newest.push_back((key, generation));
+        if self.newest.len() > NEWEST_TRACKED_MAX {
+            self.newest.pop_front();
         }
         if keepalive_s > 0 {
             self.wheel.insert(key, now_ms + keepalive_s as u64 * 1500);

@@ -104,8 +104,7 @@ impl GroupCommitter {
                 stats: GroupCommitStats::default(),
                 // 1us..1h at 2 significant digits: these bounds are valid
                 // constants, so construction cannot fail.
-                latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 2)
-                    .expect("valid histogram bounds"),
+                latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
             }),
         });
         let writer_shared = Arc::clone(&shared);
@@ -139,11 +138,7 @@ impl GroupCommitter {
     }
 
     pub fn stats(&self) -> GroupCommitStats {
-        let c = self
-            .shared
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let c = self.shared.counters.lock().unwrap_or_else(PoisonError::into_inner);
         let mut s = c.stats.clone();
         if !c.latency_us.is_empty() {
             s.commit_p50_us = c.latency_us.value_at_quantile(0.50);
@@ -195,12 +190,7 @@ impl Drop for GroupCommitter {
     }
 }
 
-fn writer_loop(
-    store: Arc<dyn Store>,
-    rx: Receiver<Request>,
-    shared: Arc<Shared>,
-    cfg: GroupCommitConfig,
-) {
+fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>, cfg: GroupCommitConfig) {
     let linger = Duration::from_micros(cfg.batch_wait_us);
     let mut carry: Option<Request> = None;
     loop {
@@ -245,10 +235,7 @@ fn writer_loop(
             let t0 = Instant::now();
             let r = store.commit(&ops);
             let us = t0.elapsed().as_micros().min(u64::MAX as u128) as u64;
-            let mut c = shared
-                .counters
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut c = shared.counters.lock().unwrap_or_else(PoisonError::into_inner);
             c.latency_us.saturating_record(us.max(1));
             c.stats.commits += 1;
             c.stats.ops += n as u64;
@@ -261,10 +248,7 @@ fn writer_loop(
         if let Err(e) = &result
             && !shared.failed.load(Ordering::Acquire)
         {
-            *shared
-                .failure
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+            *shared.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
             shared.failed.store(true, Ordering::Release);
         }
         shared
@@ -370,10 +354,7 @@ mod tests {
     #[test]
     fn merges_concurrent_submissions() {
         let store = CountingStore::new(Duration::from_micros(500));
-        let gc = Arc::new(GroupCommitter::start(
-            store.clone(),
-            GroupCommitConfig::default(),
-        ));
+        let gc = Arc::new(GroupCommitter::start(store.clone(), GroupCommitConfig::default()));
         let threads: Vec<_> = (0..16u64)
             .map(|t| {
                 let gc = Arc::clone(&gc);
@@ -393,24 +374,15 @@ mod tests {
         assert_eq!(stats.ops, 3200);
         assert_eq!(stats.submissions, 3200);
         assert_eq!(store.len().expect("len"), 3200);
-        assert!(
-            commits <= 800,
-            "expected far fewer than 3200 commits, got {commits}"
-        );
+        assert!(commits <= 800, "expected far fewer than 3200 commits, got {commits}");
         assert!(stats.max_batch_ops > 1);
-        eprintln!(
-            "16x200 -> {commits} store commits, max batch {}",
-            stats.max_batch_ops
-        );
+        eprintln!("16x200 -> {commits} store commits, max batch {}", stats.max_batch_ops);
     }
 
     #[test]
     fn ops_apply_in_submission_order() {
         let store = CountingStore::new(Duration::from_micros(100));
-        let gc = Arc::new(GroupCommitter::start(
-            store.clone(),
-            GroupCommitConfig::default(),
-        ));
+        let gc = Arc::new(GroupCommitter::start(store.clone(), GroupCommitConfig::default()));
         let threads: Vec<_> = (0..8u64)
             .map(|t| {
                 let gc = Arc::clone(&gc);
@@ -421,8 +393,7 @@ mod tests {
                         gc.commit_async(vec![StoreOp::Put { id, value: vec![9] }])
                             .expect("async overwrite");
                         if i % 2 == 0 {
-                            gc.commit_async(vec![StoreOp::Delete { id }])
-                                .expect("async del");
+                            gc.commit_async(vec![StoreOp::Delete { id }]).expect("async del");
                         }
                     }
                     // An empty commit is a barrier: all earlier submissions are durable.
@@ -435,11 +406,7 @@ mod tests {
         }
         let rows = store.load_all().expect("load");
         let expected: Vec<(u64, Vec<u8>)> = (0..8u64)
-            .flat_map(|t| {
-                (0..300u64)
-                    .filter(|i| i % 2 == 1)
-                    .map(move |i| (t * 1000 + i, vec![9]))
-            })
+            .flat_map(|t| (0..300u64).filter(|i| i % 2 == 1).map(move |i| (t * 1000 + i, vec![9])))
             .collect();
         assert_eq!(rows, expected);
         // Per id, the store saw exactly the submitted sequence.
@@ -454,10 +421,7 @@ mod tests {
             seq_of(4),
             vec![
                 put(4),
-                StoreOp::Put {
-                    id: 4,
-                    value: vec![9]
-                },
+                StoreOp::Put { id: 4, value: vec![9] },
                 StoreOp::Delete { id: 4 }
             ]
         );
@@ -495,15 +459,9 @@ mod tests {
             gc.commit_async(vec![put(id)]).expect("within bound");
         }
         assert_eq!(gc.queued_ops(), 10);
-        assert_eq!(
-            gc.commit_async(vec![put(10)]),
-            Err(StoreError::Full { queued_ops: 10 })
-        );
+        assert_eq!(gc.commit_async(vec![put(10)]), Err(StoreError::Full { queued_ops: 10 }));
         // The blocking variant fails immediately too instead of waiting.
-        assert_eq!(
-            gc.commit(vec![put(11)]),
-            Err(StoreError::Full { queued_ops: 10 })
-        );
+        assert_eq!(gc.commit(vec![put(11)]), Err(StoreError::Full { queued_ops: 10 }));
         store.open();
         gc.shutdown(); // flushes the queued 9
         assert_eq!(store.len().expect("len"), 10);
@@ -518,8 +476,7 @@ mod tests {
             batch_wait_us: 0,
         };
         let gc = GroupCommitter::start(store.clone(), cfg);
-        gc.commit((0..6).map(put).collect())
-            .expect("oversized but alone");
+        gc.commit((0..6).map(put).collect()).expect("oversized but alone");
         for id in 10..14 {
             gc.commit_async(vec![put(id)]).expect("async");
         }
@@ -557,18 +514,9 @@ mod tests {
         });
         let gc = GroupCommitter::start(store.clone(), GroupCommitConfig::default());
         gc.commit(vec![put(1)]).expect("first ok");
-        assert_eq!(
-            gc.commit(vec![put(2)]),
-            Err(StoreError::Io("injected".into()))
-        );
-        assert_eq!(
-            gc.commit(vec![put(3)]),
-            Err(StoreError::Io("injected".into()))
-        );
-        assert_eq!(
-            gc.commit_async(vec![put(4)]),
-            Err(StoreError::Io("injected".into()))
-        );
+        assert_eq!(gc.commit(vec![put(2)]), Err(StoreError::Io("injected".into())));
+        assert_eq!(gc.commit(vec![put(3)]), Err(StoreError::Io("injected".into())));
+        assert_eq!(gc.commit_async(vec![put(4)]), Err(StoreError::Io("injected".into())));
         assert_eq!(store.commits.load(Ordering::SeqCst), 2);
         assert_eq!(gc.stats().failed_commits, 1);
         assert_eq!(store.load_all().expect("load").len(), 1);

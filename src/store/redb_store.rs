@@ -7,9 +7,7 @@
 //! calls, or batch/queue anything itself (that is `group_commit`'s job).
 
 use super::{Store, StoreError, StoreOp};
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -34,8 +32,7 @@ impl RedbStore {
     /// After an unclean shutdown redb repairs the file here (may take a while
     /// for a large file); the last committed transaction is what is visible.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(map_err)?;
         // Make sure the table exists so readers never see TableDoesNotExist.
@@ -113,13 +110,8 @@ mod tests {
     struct TempDir(PathBuf);
     impl TempDir {
         fn new(name: &str) -> TempDir {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let p = std::env::temp_dir().join(format!(
-                "pulsegate-store-{name}-{}-{nanos}",
-                std::process::id()
-            ));
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let p = std::env::temp_dir().join(format!("pulsegate-store-{name}-{}-{nanos}", std::process::id()));
             TempDir(p)
         }
     }
@@ -177,12 +169,7 @@ mod tests {
         let dir = TempDir::new("reopen");
         {
             let s = RedbStore::open(&dir.0).expect("open");
-            let ops: Vec<StoreOp> = (0..100)
-                .map(|id| StoreOp::Put {
-                    id,
-                    value: payload(id),
-                })
-                .collect();
+            let ops: Vec<StoreOp> = (0..100).map(|id| StoreOp::Put { id, value: payload(id) }).collect();
             s.commit(&ops).expect("commit");
             s.commit(&[StoreOp::Delete { id: 50 }]).expect("delete");
             assert!(matches!(RedbStore::open(&dir.0), Err(StoreError::Io(_))));
@@ -215,11 +202,8 @@ mod tests {
                     // Bounded so an orphaned child stops by itself.
                     while t0.elapsed() < Duration::from_secs(60) {
                         let id = next.fetch_add(1, Ordering::SeqCst);
-                        gc.commit(vec![StoreOp::Put {
-                            id,
-                            value: payload(id),
-                        }])
-                        .expect("child commit");
+                        gc.commit(vec![StoreOp::Put { id, value: payload(id) }])
+                            .expect("child commit");
                         let mut out = std::io::stdout().lock();
                         if writeln!(out, "ACK {id}").and_then(|_| out.flush()).is_err() {
                             return;
@@ -236,20 +220,13 @@ mod tests {
     #[test]
     fn sigkill_loses_no_acknowledged_record() {
         let dir = TempDir::new("crash");
-        let module = module_path!()
-            .split_once("::")
-            .map_or(module_path!(), |(_, rest)| rest);
+        let module = module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest);
         let child_test = format!("{module}::crash_child_helper");
         let exe = std::env::current_exe().expect("test binary path");
         let mut start = 0u64;
         for round in 0..3u64 {
             let mut child = Command::new(&exe)
-                .args([
-                    child_test.as_str(),
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args([child_test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
                 .env(CHILD_DIR_ENV, &dir.0)
                 .env(CHILD_START_ENV, start.to_string())
                 .stdout(Stdio::piped())
@@ -276,13 +253,9 @@ mod tests {
                 parse(&mut acked, line);
             }
             let status = child.wait().expect("reap child");
-            assert!(
-                acked.len() >= target as usize,
-                "child ended early: {status:?}"
-            );
+            assert!(acked.len() >= target as usize, "child ended early: {status:?}");
             let store = RedbStore::open(&dir.0).expect("reopen after SIGKILL");
-            let rows: BTreeMap<u64, Vec<u8>> =
-                store.load_all().expect("load").into_iter().collect();
+            let rows: BTreeMap<u64, Vec<u8>> = store.load_all().expect("load").into_iter().collect();
             let lost: Vec<u64> = acked
                 .iter()
                 .copied()

@@ -1,0 +1,166 @@
+//! The coordinator thread: once a second it reads every shard's lock-free
+//! counters (keep-alives per second, connections by keep-alive), detects
+//! synchronized keep-alives and posts dispersal commands, estimates the
+//! heartbeat load (HB1 + HB2) and opens or closes admission with hysteresis,
+//! and asks shards to relieve load when it stays over the threshold.
+//!
+//! Owns those decisions (the policies themselves are pure functions in
+//! `dispersal` and `load`). Must never touch a connection, and never make a
+//! shard wait: it only reads atomics and posts to mailboxes.
+
+pub mod dispersal;
+pub mod load;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::gateway::Shared;
+use crate::shard::counters::{KEEPALIVE_SLOTS, KEEPALIVE_TRACKED_MAX_S};
+use crate::shard::mailbox::Command;
+
+/// What the coordinator last measured (for /metrics).
+#[derive(Default)]
+pub struct CoordinatorGauges {
+    /// Heartbeat load estimate x 1000.
+    pub load_milli_per_s: AtomicU64,
+    /// Keep-alive peak/mean over the last period x 1000.
+    pub peak_to_mean_milli: AtomicU64,
+    /// The dominant keep-alive period (seconds).
+    pub period_s: AtomicU64,
+    pub dispersals: AtomicU64,
+    pub reliefs: AtomicU64,
+}
+
+/// One second's reading of every shard.
+struct Census {
+    connections: u64,
+    /// Σ connections_T / T: keep-alives expected per second.
+    expected_per_s: f64,
+    /// The keep-alive most devices use.
+    dominant_period_s: u32,
+    per_shard_connections: Vec<u64>,
+}
+
+fn census(shared: &Shared) -> Census {
+    let mut by_ka = vec![0u64; KEEPALIVE_TRACKED_MAX_S + 1];
+    let mut per_shard_connections = Vec::new();
+    for h in shared.shards() {
+        let mut n = 0;
+        for (ka, c) in h.counters.connections_by_keepalive.iter().enumerate() {
+            let v = c.load(Relaxed);
+            by_ka[ka] += v;
+            n += v;
+        }
+        per_shard_connections.push(n);
+    }
+    let connections = by_ka.iter().skip(1).sum();
+    let expected_per_s = by_ka
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(ka, &n)| n as f64 / ka as f64)
+        .sum();
+    let dominant_period_s = by_ka
+        .iter()
+        .enumerate()
+        .skip(1)
+        .max_by_key(|(_, n)| **n)
+        .filter(|(_, n)| **n > 0)
+        .map_or(0, |(ka, _)| ka as u32);
+    Census {
+        connections,
+        expected_per_s,
+        dominant_period_s,
+        per_shard_connections,
+    }
+}
+
+/// Keep-alives per second over all shards for seconds `first..=last`.
+fn keepalive_counts(shared: &Shared, first: u32, last: u32) -> Vec<u32> {
+    (first..=last)
+        .map(|s| shared.shards().iter().map(|h| h.counters.keepalives_at(s)).sum())
+        .collect()
+}
+
+/// Starts the coordinator thread; it exits when `stop` is set.
+pub fn spawn(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("coordinator".into())
+        .spawn(move || run(&shared, &stop))
+}
+
+fn run(shared: &Shared, stop: &AtomicBool) {
+    let cfg = shared.cfg.clone();
+    let mut admission = cfg.max_heartbeats_per_s.map(load::Admission::new);
+    let mut dispersal_hold_until_s = 0u32;
+    let mut relief_hold_until_s = 0u32;
+    let gauges = &shared.coordinator;
+    while !stop.load(Relaxed) {
+        // Wake just after each shard second ends, so the slot is complete.
+        let elapsed_ms = shared.started.elapsed().as_millis() as u64;
+        std::thread::sleep(Duration::from_millis(1_000 - elapsed_ms % 1_000 + 20));
+        let now_s = (shared.started.elapsed().as_millis() / 1000) as u32;
+        let Some(last) = now_s.checked_sub(1) else { continue };
+        let c = census(shared);
+        let period_s = c.dominant_period_s;
+        gauges.period_s.store(period_s as u64, Relaxed);
+        if period_s == 0 || period_s as usize * 2 >= KEEPALIVE_SLOTS {
+            continue;
+        }
+        let first = last.saturating_sub(period_s - 1);
+        let counts = keepalive_counts(shared, first, last);
+        gauges
+            .peak_to_mean_milli
+            .store((dispersal::peak_to_mean(&counts) * 1000.0) as u64, Relaxed);
+
+        // seeds/000: disperse synchronized keep-alives, then let a period or two settle.
+        if cfg.dispersal && now_s >= dispersal_hold_until_s && last >= period_s {
+            let uniform_equivalent = (c.expected_per_s * period_s as f64) as u64;
+            let hot = dispersal::hot_seconds(
+                &counts,
+                first,
+                period_s,
+                uniform_equivalent,
+                cfg.dispersal_threshold_factor,
+            );
+            if !hot.is_empty() {
+                for (i, _) in shared.shards().iter().enumerate() {
+                    let _ = shared.post(
+                        i as u16,
+                        Command::Disperse {
+                            hot_seconds: hot.clone(),
+                        },
+                    );
+                }
+                gauges.dispersals.fetch_add(1, Relaxed);
+                dispersal_hold_until_s = now_s + 2 * period_s;
+            }
+        }
+
+        // seeds/004: heartbeat load = (HB1 + HB2) / T.
+        let half = (period_s / 2).max(1);
+        let hb1: u64 = counts.iter().rev().take(half as usize).map(|&n| n as u64).sum();
+        let load = load::heartbeat_load_per_s(hb1, c.expected_per_s, period_s);
+        gauges.load_milli_per_s.store((load * 1000.0) as u64, Relaxed);
+        let Some(adm) = admission.as_mut() else { continue };
+        let closed = adm.update(load);
+        shared.admission_closed.store(closed, Relaxed);
+        if load > adm.high_per_s && now_s >= relief_hold_until_s && c.connections > 0 {
+            // Doubling one device's interval removes 1/(2T) keep-alives per second.
+            let wanted = ((load - adm.high_per_s) * 2.0 * period_s as f64).ceil() as u64;
+            for (i, &n) in c.per_shard_connections.iter().enumerate() {
+                let share = (wanted * n).div_ceil(c.connections) as u32;
+                if share > 0 {
+                    let command = Command::Relieve {
+                        count: share,
+                        keepalive_max_s: cfg.heartbeat_max_s,
+                    };
+                    let _ = shared.post(i as u16, command);
+                }
+            }
+            gauges.reliefs.fetch_add(1, Relaxed);
+            relief_hold_until_s = now_s + period_s;
+        }
+    }
+}
