@@ -20,7 +20,7 @@ pub enum Kind {
 
 /// A configured mechanism (`[[mechanisms]]` in the config file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawMechanismConfig")]
 pub struct MechanismConfig {
     pub name: String,
     #[serde(flatten)]
@@ -34,6 +34,43 @@ pub struct MechanismConfig {
     /// Latency assumed before anything is measured.
     #[serde(default = "default_expected_latency_ms")]
     pub expected_latency_ms: u64,
+}
+
+/// The file form: flat, with unknown fields refused (serde's `flatten` cannot
+/// refuse them, so the enum is built here).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMechanismConfig {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    cost: f64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_expected_latency_ms")]
+    expected_latency_ms: u64,
+}
+
+impl TryFrom<RawMechanismConfig> for MechanismConfig {
+    type Error = String;
+
+    fn try_from(r: RawMechanismConfig) -> Result<Self, String> {
+        let kind = match (r.kind.as_str(), r.url) {
+            ("webhook", Some(url)) => Kind::Webhook { url },
+            ("webhook", None) => return Err(format!("mechanism {}: a webhook needs a url", r.name)),
+            ("persistent", _) => return Err("the persistent mechanism is built in".into()),
+            (other, _) => return Err(format!("mechanism {}: unknown kind {other:?} (known: webhook)", r.name)),
+        };
+        Ok(MechanismConfig {
+            name: r.name,
+            kind,
+            cost: r.cost,
+            timeout_ms: r.timeout_ms,
+            expected_latency_ms: r.expected_latency_ms,
+        })
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -174,5 +211,7 @@ mod tests {
             }
         );
         assert_eq!(c.timeout_ms, 10_000);
+        assert!(serde_json::from_str::<MechanismConfig>(r#"{"name":"x","kind":"webhook","url":"http://a/","colour":1}"#).is_err());
+        assert!(serde_json::from_str::<MechanismConfig>(r#"{"name":"x","kind":"carrier-pigeon"}"#).is_err());
     }
 }
