@@ -183,6 +183,10 @@ impl Gateway for ApiFront {
 
     fn update(&self, caller: &Caller, id: &str, body: &[u8]) -> Result<serde_json::Value, ApiError> {
         let id = Self::id(id)?;
+        // serde would also read a struct from a JSON array ([true]); only objects are valid.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ApiError::BadRequest("body must be a JSON object".into()));
+        }
         let b: UpdateBody =
             serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
         if !b.confirmed {

@@ -29,6 +29,9 @@ pub struct Claim {
     pub previous: Option<Location>,
     /// Undelivered pushes of the stored session, when the new connection resumes it.
     pub resumed: Option<Vec<Push>>,
+    /// Pushes of a stored session the new connection did not resume (clean
+    /// start, or expired): the caller hands tracked ones back to their owner.
+    pub discarded: Vec<Push>,
 }
 
 /// What `release` did.
@@ -96,11 +99,12 @@ impl Registry {
         if stored.is_some() {
             self.stored_sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let resumed = match stored {
-            Some(s) if resume && s.expires_at > now => Some(s.pushes),
-            _ => None,
+        let (resumed, discarded) = match stored {
+            Some(s) if resume && s.expires_at > now => (Some(s.pushes), Vec::new()),
+            Some(s) => (None, s.pushes),
+            None => (None, Vec::new()),
         };
-        Claim { previous, resumed }
+        Claim { previous, resumed, discarded }
     }
 
     /// Unregisters the connection at `location`. If it still owns the id and
@@ -112,11 +116,18 @@ impl Registry {
         pushes: Vec<Push>,
         keep_until: Option<Instant>,
     ) -> Release {
+        if keep_until.is_some()
+            && self.stored_sessions.load(std::sync::atomic::Ordering::Relaxed) >= self.stored_sessions_max
+        {
+            self.purge_expired(Instant::now());
+        }
         let mut stripe = self.stripe(client_id);
         let Some((key, current)) = stripe.online.get_key_value(client_id).map(|(k, v)| (k.clone(), *v)) else {
             return Release::Absent;
         };
-        if current != location {
+        // The same connection, even if its persistence changed since (MQTT 5
+        // DISCONNECT may set the session expiry to 0).
+        if (current.shard, current.key, current.generation) != (location.shard, location.key, location.generation) {
             return Release::Replaced(current);
         }
         stripe.online.remove(client_id);
@@ -138,6 +149,18 @@ impl Registry {
         Release::Removed {
             session_stored: true,
             pushes_dropped: 0,
+        }
+    }
+
+    /// Drops expired stored sessions everywhere (one stripe locked at a time;
+    /// only when the session bound is reached, so its cost is rare).
+    fn purge_expired(&self, now: Instant) {
+        for stripe in self.stripes.iter() {
+            let mut stripe = stripe.lock().unwrap_or_else(|p| p.into_inner());
+            let before = stripe.sessions.len();
+            stripe.sessions.retain(|_, s| s.expires_at > now);
+            let purged = (before - stripe.sessions.len()) as u32;
+            self.stored_sessions.fetch_sub(purged, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

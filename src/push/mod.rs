@@ -48,6 +48,10 @@ pub enum DeliveryEvent {
     DeviceOnline { client_id: std::sync::Arc<str> },
 }
 
+/// `NotDelivered` reason for a tracked push kept in a stored MQTT session: the
+/// shard redelivers it when the device resumes the session.
+pub const HELD_IN_SESSION: &str = "held_in_session";
+
 /// Parses the text form of a push id.
 pub fn parse_id(text: &str) -> Option<u64> {
     if text.len() != 16 {

@@ -291,32 +291,34 @@ impl Core {
         let expiry_s = conn.session_expiry_s.min(self.shared.cfg.session_expiry_max_s);
         self.wheel.insert(key, now_ms + limits::CLOSE_LINGER_MS);
         self.closing.push(key);
-        // Tracked pushes go back to the push service, which owns their retries.
-        let (tracked, pending): (Vec<Push>, Vec<Push>) = pending.into_iter().partition(|p| p.tracked);
-        for push in &tracked {
-            self.not_delivered(push, "connection_closed");
-        }
         if !registered {
-            bump(&self.counters.pushes_dropped, pending.len() as u64);
+            for push in &pending {
+                self.not_delivered(push, "connection_closed");
+            }
             return;
         }
         let Some(client_id) = client_id else { return };
         let keep_until =
             (persistent && expiry_s > 0).then(|| Instant::now() + std::time::Duration::from_secs(expiry_s as u64));
-        match self
-            .shared
-            .registry
-            .release(&client_id, location, pending.clone(), keep_until)
-        {
-            Release::Removed { pushes_dropped, .. } => bump(&self.counters.pushes_dropped, pushes_dropped as u64),
-            Release::Absent => bump(&self.counters.pushes_dropped, pending.len() as u64),
-            Release::Replaced(new_owner) => {
-                if new_owner.persistent {
-                    for push in pending {
-                        self.shared.route_to(new_owner, push, &self.counters);
-                    }
-                } else {
-                    bump(&self.counters.pushes_dropped, pending.len() as u64);
+        match self.shared.registry.release(&client_id, location, pending.clone(), keep_until) {
+            Release::Removed { session_stored: true, .. } => {
+                // Kept in the MQTT session: redelivered with DUP and the same packet id
+                // when the device resumes it; the push service waits for that PUBACK.
+                for push in pending.iter().filter(|p| p.tracked) {
+                    self.shared.report(crate::push::DeliveryEvent::NotDelivered {
+                        push_id: push.id,
+                        reason: crate::push::HELD_IN_SESSION,
+                    });
+                }
+            }
+            Release::Replaced(new_owner) if new_owner.persistent => {
+                for push in pending {
+                    self.shared.route_to(new_owner, push, &self.counters);
+                }
+            }
+            Release::Removed { session_stored: false, .. } | Release::Absent | Release::Replaced(_) => {
+                for push in &pending {
+                    self.not_delivered(push, "connection_closed");
                 }
             }
         }

@@ -124,7 +124,8 @@ impl Core {
             self.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
             return;
         };
-        let acked = a.inflight.swap_remove(pos);
+        // `remove`, not `swap_remove`: a resumed session redelivers in send order.
+        let acked = a.inflight.remove(pos);
         let window = conn.window as usize;
         bump(&self.counters.pushes_acked, 1);
         if acked.push.tracked {

@@ -35,6 +35,8 @@ pub struct EpollShard {
     streams: Vec<Option<TcpStream>>,
     read_buf: Box<[u8]>,
     keys: Vec<u32>,
+    /// Connections whose read budget ran out before WouldBlock.
+    read_again: Vec<u32>,
 }
 
 impl EpollShard {
@@ -54,6 +56,7 @@ impl EpollShard {
             streams: Vec::new(),
             read_buf: vec![0u8; limits::EPOLL_READ_BUF_BYTES].into_boxed_slice(),
             keys: Vec::with_capacity(1024),
+            read_again: Vec::new(),
         })
     }
 
@@ -102,12 +105,9 @@ impl EpollShard {
                     self.core.peer_closed(key, CloseReason::PeerClosed);
                     return;
                 }
-                Ok(n) => {
-                    self.core.receive(key, &self.read_buf[..n]);
-                    if n < self.read_buf.len() {
-                        return;
-                    }
-                }
+                // Edge-triggered: read until WouldBlock, or a FIN that came with the
+                // data would never be seen.
+                Ok(n) => self.core.receive(key, &self.read_buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -116,6 +116,8 @@ impl EpollShard {
                 }
             }
         }
+        // Read budget spent with data left: no new edge will come, so finish next turn.
+        self.read_again.push(key);
     }
 
     fn send(&mut self, key: u32) {
@@ -202,7 +204,9 @@ impl EpollShard {
                 }
             }
             self.flush();
-            let sleep_ms = if self.core.is_shutting_down() {
+            let sleep_ms = if !self.read_again.is_empty() {
+                0
+            } else if self.core.is_shutting_down() {
                 10
             } else {
                 self.core.sleep_ms()
@@ -238,6 +242,12 @@ impl EpollShard {
                             self.close(key);
                         }
                     }
+                }
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.read(key);
+                if self.core.close_ready(key) {
+                    self.close(key);
                 }
             }
             self.core.run_timers();

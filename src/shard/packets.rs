@@ -285,9 +285,10 @@ impl Core {
         self.queue_packet(key, |out| {
             ack.encode(version, out);
         });
-        self.shared.report(crate::push::DeliveryEvent::DeviceOnline {
-            client_id: client_id.clone(),
-        });
+        for push in &claim.discarded {
+            self.not_delivered(push, "session_discarded");
+        }
+        self.shared.report(crate::push::DeliveryEvent::DeviceOnline { client_id: client_id.clone() });
         if let Some(pushes) = claim.resumed {
             bump(&self.counters.sessions_resumed, 1);
             for push in pushes {

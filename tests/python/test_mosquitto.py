@@ -1,0 +1,74 @@
+"""Debian's mosquitto_sub / mosquitto_pub (libmosquitto) against pulsegate,
+MQTT 3.1.1 and 5, pushes sent with curl."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+MOSQUITTO_VERSIONS = {"v311": "mqttv311", "v5": "mqttv5"}
+CONNECTS_LABEL = {"v311": "3.1.1", "v5": "5"}
+PROCESS_TIMEOUT_S = 10
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is not installed (Debian: apt-get install mosquitto-clients curl)", pytrace=False)
+    return path
+
+
+def curl_push(gateway, device: str, payload: str, qos: int) -> tuple[int, dict]:
+    body = json.dumps({"device": device, "payload": payload, "qos": qos})
+    out = subprocess.run(
+        [need("curl"), "-sS", "--max-time", "5", "-X", "POST",
+         "-H", "Content-Type: application/json", "--data-binary", body,
+         "-w", "\n%{http_code}", f"http://{gateway.host}:{gateway.http_port}/v1/messages"],
+        capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
+    )
+    assert out.returncode == 0, f"curl failed: {out.stderr}"
+    text, _, code = out.stdout.rpartition("\n")
+    return int(code), json.loads(text) if text else {}
+
+
+@pytest.mark.parametrize("version", ("v311", "v5"))
+def test_mosquitto_sub_receives_push(gateway, version):
+    client_id = f"dev-ms-{version}"
+    connects_before = gateway.metric("pulsegate_connects_total", version=CONNECTS_LABEL[version])
+    sub = subprocess.Popen(
+        [need("mosquitto_sub"), "-h", gateway.host, "-p", str(gateway.mqtt_port), "-V", MOSQUITTO_VERSIONS[version],
+         "-i", client_id, "-t", f"push/{client_id}", "-q", "1", "-C", "1", "-W", str(PROCESS_TIMEOUT_S)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # Wait until mosquitto_sub's CONNECT was accepted, then push with curl.
+        gateway.wait_metric_at_least("pulsegate_connects_total", connects_before + 1, timeout=5,
+                                     version=CONNECTS_LABEL[version])
+        payload = f"push for mosquitto {version}"
+        status, body = curl_push(gateway, client_id, payload, qos=1)
+        assert status == 201, (status, body)
+        assert body.get("id"), body
+        stdout, stderr = sub.communicate(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert sub.returncode == 0, f"mosquitto_sub exited {sub.returncode}: {stderr}"
+    assert stdout == payload + "\n", repr(stdout)
+
+
+@pytest.mark.parametrize("version", ("v311", "v5"))
+def test_mosquitto_pub_qos1_publish_is_acked(gateway, version):
+    before = gateway.metric("pulsegate_publishes_received_total")
+    client_id = f"dev-pub-{version}"
+    out = subprocess.run(
+        [need("mosquitto_pub"), "-h", gateway.host, "-p", str(gateway.mqtt_port), "-V", MOSQUITTO_VERSIONS[version],
+         "-i", client_id, "-t", f"up/{client_id}", "-m", "hello from the device", "-q", "1"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
+    )
+    # mosquitto_pub only exits 0 once its QoS 1 PUBLISH was acknowledged (PUBACK).
+    assert out.returncode == 0, f"mosquitto_pub exited {out.returncode}: {out.stderr}"
+    assert gateway.metric("pulsegate_publishes_received_total") == before + 1
