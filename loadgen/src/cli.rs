@@ -5,7 +5,7 @@
 //! Must never: open sockets, spawn processes or read files; adding a scenario
 //! means adding a subcommand here and a runner elsewhere.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
@@ -26,6 +26,12 @@ pub enum Command {
     Hold(HoldArgs),
     /// `hold` plus pushes through the gateway's HTTP API, measuring end-to-end latency.
     Push(PushArgs),
+    /// Reconnect thundering herd: connect N, then every device drops its TCP
+    /// connection at once (no DISCONNECT) and reconnects immediately.
+    Storm(StormArgs),
+    /// Rush hour: connect N spread over a keep-alive period, then push once to every
+    /// device as fast as HTTP allows; the PUBACKs synchronize the keep-alive timers.
+    Rushhour(RushhourArgs),
     /// Internal: one worker process of a scenario (started by the parent).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -65,6 +71,9 @@ pub struct ConnArgs {
     /// Write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write report.json and a self-contained report.html (charts) into this directory.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// PID of the server, to sample its RSS and CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -119,6 +128,74 @@ pub struct PushArgs {
     pub push_start_s: Option<f64>,
 }
 
+/// How a storm drops a connection.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StormClose {
+    /// Abortive close: SO_LINGER 0, the kernel sends RST (a device losing its radio link
+    /// and its NAT entry looks like this to the server once it writes).
+    #[default]
+    Rst,
+    /// Plain close(): FIN, still without an MQTT DISCONNECT.
+    Fin,
+}
+
+impl StormClose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StormClose::Rst => "rst",
+            StormClose::Fin => "fin",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// When the storm hits, seconds after start (default: a third of --duration-s). It
+    /// waits for all devices to be connected, but fires at the latest halfway between
+    /// this time and the end of the hold.
+    #[arg(long)]
+    pub storm_at_s: Option<f64>,
+    /// How each device drops its connection.
+    #[arg(long, value_enum, default_value_t = StormClose::Rst)]
+    pub storm_close: StormClose,
+    /// Connect attempts per second (total) after the storm; 0 = unlimited (the herd).
+    #[arg(long, default_value_t = 0.0)]
+    pub storm_ramp_per_s: f64,
+    /// Connects in flight per worker after the storm; 0 = unlimited (the herd).
+    #[arg(long, default_value_t = 0)]
+    pub storm_max_inflight: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RushhourArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Gateway HTTP API address, HOST:PORT.
+    #[arg(long)]
+    pub http: String,
+    /// When the burst starts, seconds after start (default: a third of --duration-s).
+    #[arg(long)]
+    pub burst_at_s: Option<f64>,
+    /// Spread the connects over this many seconds, so that the keep-alives start spread
+    /// out (default: --keepalive-s). The ramp is min(--ramp-per-s, N / spread).
+    #[arg(long)]
+    pub spread_s: Option<f64>,
+    /// Parallel HTTP keep-alive connections for the burst.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub http_connections: u32,
+    /// Requests pipelined per HTTP connection (written before reading the responses).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub pipeline: u32,
+    /// QoS of the pushes (1 makes the device answer PUBACK, which restarts its timer).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Extra payload padding bytes.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+}
+
 /// Hidden worker options; produced by the parent, not meant for humans.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -155,6 +232,15 @@ pub struct WorkerArgs {
     pub subscribe_qos: u8,
     #[arg(long, default_value_t = 250)]
     pub report_ms: u64,
+    /// On "storm" from the parent: how to drop connections.
+    #[arg(long, value_enum, default_value_t = StormClose::Rst)]
+    pub storm_close: StormClose,
+    /// Connect rate of this worker after a storm (0 = unlimited).
+    #[arg(long, default_value_t = 0.0)]
+    pub storm_ramp_per_s: f64,
+    /// Connects in flight after a storm (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub storm_max_inflight: u32,
 }
 
 /// Resolves HOST:PORT and enforces the loopback rule.
@@ -306,6 +392,100 @@ mod tests {
     }
 
     #[test]
+    fn storm_options() {
+        let base = [
+            "storm",
+            "--target",
+            "127.0.0.1:1883",
+            "--connections",
+            "500",
+            "--duration-s",
+            "6",
+        ];
+        let Command::Storm(s) = parse(&base).unwrap().command else {
+            panic!("not storm")
+        };
+        assert_eq!(s.storm_at_s, None);
+        assert_eq!(s.storm_close, StormClose::Rst);
+        assert_eq!((s.storm_ramp_per_s, s.storm_max_inflight), (0.0, 0));
+        assert!(s.conn.report.is_none());
+        let mut v = base.to_vec();
+        v.extend([
+            "--storm-at-s",
+            "2.5",
+            "--storm-close",
+            "fin",
+            "--storm-ramp-per-s",
+            "5000",
+            "--storm-max-inflight",
+            "64",
+            "--report",
+            "/tmp/rep",
+        ]);
+        let Command::Storm(s) = parse(&v).unwrap().command else {
+            panic!("not storm")
+        };
+        assert_eq!(s.storm_at_s, Some(2.5));
+        assert_eq!(s.storm_close.as_str(), "fin");
+        assert_eq!((s.storm_ramp_per_s, s.storm_max_inflight), (5000.0, 64));
+        assert_eq!(s.conn.report.as_deref(), Some(std::path::Path::new("/tmp/rep")));
+        let mut bad = base.to_vec();
+        bad.extend(["--storm-close", "explode"]);
+        assert!(parse(&bad).is_err());
+        let mut bad = base.to_vec();
+        bad.extend(["--storm-at-s", "soon"]);
+        assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn rushhour_options() {
+        let base = [
+            "rushhour",
+            "--target",
+            "127.0.0.1:1883",
+            "--connections",
+            "20000",
+            "--duration-s",
+            "150",
+            "--keepalive-s",
+            "20",
+        ];
+        // --http is required
+        assert!(parse(&base).is_err());
+        let mut v = base.to_vec();
+        v.extend(["--http", "127.0.0.1:8080"]);
+        let Command::Rushhour(r) = parse(&v).unwrap().command else {
+            panic!("not rushhour")
+        };
+        assert_eq!((r.burst_at_s, r.spread_s), (None, None));
+        assert_eq!((r.http_connections, r.pipeline, r.qos, r.payload_bytes), (16, 8, 1, 0));
+        assert_eq!(r.conn.keepalive_s, 20);
+        v.extend([
+            "--burst-at-s",
+            "60",
+            "--spread-s",
+            "10",
+            "--http-connections",
+            "4",
+            "--pipeline",
+            "1",
+            "--qos",
+            "0",
+        ]);
+        let Command::Rushhour(r) = parse(&v).unwrap().command else {
+            panic!("not rushhour")
+        };
+        assert_eq!((r.burst_at_s, r.spread_s), (Some(60.0), Some(10.0)));
+        assert_eq!((r.http_connections, r.pipeline, r.qos), (4, 1, 0));
+        let mut bad = v.clone();
+        bad.extend(["--http-connections", "0"]);
+        assert!(parse(&bad).is_err());
+        let mut bad = v.clone();
+        bad.extend(["--qos", "2"]);
+        assert!(parse(&bad).is_err());
+    }
+
+    #[test]
     fn worker_is_parseable() {
         let cli = parse(&[
             "worker",
@@ -335,7 +515,10 @@ mod tests {
             "1",
         ])
         .unwrap();
-        assert!(matches!(cli.command, Command::Worker(w) if w.first_index == 18_000 && w.report_ms == 250));
+        assert!(
+            matches!(cli.command, Command::Worker(ref w) if w.first_index == 18_000 && w.report_ms == 250
+            && w.storm_close == StormClose::Rst && w.storm_max_inflight == 0)
+        );
     }
 
     #[test]

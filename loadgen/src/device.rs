@@ -3,7 +3,8 @@
 //! Owns: the connection phase, the keep-alive timer (restarts whenever the device
 //! sends a packet, like libmosquitto; a received QoS 1 push therefore restarts it
 //! through its PUBACK; a `$pulse/keepalive` control message re-initializes it),
-//! PINGREQ on expiry, ping timeout, connect timeout, and reconnect backoff with jitter.
+//! PINGREQ on expiry, ping timeout, connect timeout, reconnect backoff with jitter, and
+//! the storm drop (reconnect at once, then back off normally).
 //! Must never: touch sockets, clocks or randomness sources itself (time and random
 //! numbers are passed in), allocate, or grow beyond a few machine words.
 
@@ -64,6 +65,8 @@ pub struct Device {
     failures: u8,
     /// Has this device ever completed a CONNACK 0 (then a later connect is a reconnect).
     pub ever_connected: bool,
+    /// Dropped by a storm and not connected again yet.
+    pub storm_pending: bool,
 }
 
 /// Exponential backoff with "equal jitter": half fixed, half random.
@@ -84,6 +87,7 @@ impl Device {
             keepalive_s,
             failures: 0,
             ever_connected: false,
+            storm_pending: false,
         }
     }
 
@@ -110,6 +114,7 @@ impl Device {
         self.phase = Phase::Connected;
         self.failures = 0;
         self.ever_connected = true;
+        self.storm_pending = false;
         self.ping_sent_us = 0;
         // The CONNECT was our last sent packet; restarting here is the same within an RTT.
         self.restart_keepalive(now_ms);
@@ -189,6 +194,17 @@ impl Device {
         delay
     }
 
+    /// The device dropped its connection on purpose (storm): it wants to reconnect
+    /// at once, without backoff for this first attempt (the I/O layer queues it);
+    /// failures after that back off normally, starting from the base.
+    pub fn on_storm_drop(&mut self) {
+        self.phase = Phase::Ready;
+        self.deadline_ms = NEVER_MS;
+        self.ping_sent_us = 0;
+        self.failures = 0;
+        self.storm_pending = true;
+    }
+
     pub fn stop(&mut self) {
         self.phase = Phase::Done;
         self.deadline_ms = NEVER_MS;
@@ -262,6 +278,29 @@ mod tests {
         assert_eq!(d.deadline_ms, 302_001);
         // failures reset after success: next backoff is base again
         assert_eq!(d.on_closed(400_000, 0), 50);
+    }
+
+    #[test]
+    fn storm_drop_reconnects_without_backoff_then_backs_off() {
+        let mut d = Device::new(60);
+        d.on_connect_started(0, 1000);
+        d.on_connect_sent();
+        d.on_connack(1, 0, None);
+        d.on_storm_drop();
+        assert_eq!(
+            (d.phase, d.deadline_ms, d.storm_pending),
+            (Phase::Ready, NEVER_MS, true)
+        );
+        d.on_connect_started(5, 1000);
+        d.on_connect_sent();
+        // first failure after the storm: base backoff with jitter
+        assert!((50..=100).contains(&d.on_closed(10, 7)));
+        assert!(d.storm_pending);
+        assert!((100..=200).contains(&d.on_closed(200, 7)));
+        d.on_connect_started(400, 1000);
+        d.on_connect_sent();
+        assert!(d.on_connack(401, 0, None));
+        assert!(!d.storm_pending);
     }
 
     #[test]

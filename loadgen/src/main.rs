@@ -6,6 +6,7 @@
 
 mod cli;
 mod device;
+mod html;
 mod mqtt;
 mod net;
 mod parent;
@@ -13,6 +14,7 @@ mod procstat;
 mod push;
 mod report;
 mod srcip;
+mod timeline;
 mod worker;
 
 use clap::Parser;
@@ -20,8 +22,10 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     let code = match cli.command {
-        cli::Command::Hold(h) => parent::run(&h.conn, "hold", None),
-        cli::Command::Push(p) => parent::run(&p.conn.clone(), "push", Some(p)),
+        cli::Command::Hold(h) => parent::run(&h.conn, parent::Scenario::Hold),
+        cli::Command::Push(p) => parent::run(&p.conn.clone(), parent::Scenario::Push(p)),
+        cli::Command::Storm(s) => parent::run(&s.conn.clone(), parent::Scenario::Storm(s)),
+        cli::Command::Rushhour(r) => parent::run(&r.conn.clone(), parent::Scenario::Rushhour(r)),
         cli::Command::Worker(w) => worker::run(w),
     };
     std::process::exit(code);

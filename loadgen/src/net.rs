@@ -1,8 +1,8 @@
 //! Low-level socket and process-limit helpers built on libc.
 //!
 //! Owns: opening a non-blocking TCP socket bound to a chosen source address with
-//! IP_BIND_ADDRESS_NO_PORT (port picked at connect time), raising RLIMIT_NOFILE,
-//! naming errno values for reports, and Unix time.
+//! IP_BIND_ADDRESS_NO_PORT (port picked at connect time), abortive close (SO_LINGER 0),
+//! raising RLIMIT_NOFILE, naming errno values for reports, and Unix time.
 //! Must never: read or write MQTT bytes, keep state, or retry anything.
 
 use std::io;
@@ -107,6 +107,25 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Sets SO_LINGER {on, 0 s}: the next close() aborts the connection with RST.
+pub fn set_linger_zero(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a correctly sized linger struct we own.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &lg as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    check(ret).map(|_| ())
+}
+
 /// Error from `connect_from`, saying which step failed.
 pub struct ConnectError {
     pub step: &'static str,
@@ -176,6 +195,20 @@ mod tests {
         let (_conn, peer) = listener.accept().unwrap();
         assert_eq!(peer.ip().to_string(), "127.0.0.3");
         drop(stream);
+    }
+
+    #[test]
+    fn linger_zero_closes_with_reset() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server_side, _) = listener.accept().unwrap();
+        set_linger_zero(client.as_raw_fd()).unwrap();
+        drop(client);
+        let mut b = [0u8; 4];
+        let e = server_side.read(&mut b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET));
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The parent process of a scenario: validates options, splits the devices into
 //! worker processes (re-executing itself with the hidden `worker` subcommand),
-//! aggregates their JSON lines, shows progress, samples the server in /proc,
-//! stops the run and writes the report.
+//! aggregates their JSON lines (progress and per-second slots), shows progress,
+//! samples the server in /proc, drives the scenario's events (push start, storm,
+//! rush-hour burst), stops the run and writes the reports.
 //! Must never: open device sockets itself, signal any process but its own
 //! workers, or let a stuck worker outlive the run (it is killed after a grace).
 
-use crate::cli::{self, ConnArgs, PushArgs};
-use crate::report::{self, Progress, Report, WorkerMsg, WorkerStats};
-use crate::{net, procstat, push, srcip};
+use crate::cli::{self, ConnArgs, PushArgs, RushhourArgs, StormArgs};
+use crate::report::{self, Progress, Report, RushhourReport, StormReport, WorkerMsg, WorkerStats};
+use crate::timeline::{self, Timeline};
+use crate::{html, net, procstat, push, srcip};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,13 +43,61 @@ struct WorkerProc {
     done: bool,
 }
 
+/// The scenario being run, with its own options.
+pub enum Scenario {
+    Hold,
+    Push(PushArgs),
+    Storm(StormArgs),
+    Rushhour(RushhourArgs),
+}
+
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::Hold => "hold",
+            Scenario::Push(_) => "push",
+            Scenario::Storm(_) => "storm",
+            Scenario::Rushhour(_) => "rushhour",
+        }
+    }
+
+    fn http(&self) -> Option<&str> {
+        match self {
+            Scenario::Push(p) => Some(&p.http),
+            Scenario::Rushhour(r) => Some(&r.http),
+            _ => None,
+        }
+    }
+}
+
+/// Live state of the storm scenario.
+struct StormRun {
+    at_s: f64,
+    /// Latest time to fire even if not everyone is connected.
+    latest_s: f64,
+    started_s: Option<f64>,
+}
+
+/// Live state of the rushhour scenario.
+struct RushRun {
+    at_s: f64,
+    spread_s: f64,
+    burst: Option<push::Burst>,
+    started_s: Option<f64>,
+    done_s: Option<f64>,
+}
+
 fn fail(msg: String) -> i32 {
     eprintln!("pulsegate-loadgen: {msg}");
     2
 }
 
 /// Runs a scenario; returns the process exit code.
-pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 {
+pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
+    let push_args = match &scenario {
+        Scenario::Push(p) => Some(p.clone()),
+        _ => None,
+    };
     let target = match cli::resolve_target(&conn.target, conn.allow_remote) {
         Ok(t) => t,
         Err(e) => return fail(e),
@@ -63,8 +113,8 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
     if let Err(e) = srcip::check_sources(&sources, &target, conn.allow_remote) {
         return fail(e);
     }
-    let http_addr = match &push_args {
-        Some(p) => match cli::resolve_target(&p.http, conn.allow_remote) {
+    let http_addr = match scenario.http() {
+        Some(h) => match cli::resolve_target(h, conn.allow_remote) {
             Ok(a) => Some(a),
             Err(e) => return fail(format!("--http: {e}")),
         },
@@ -73,6 +123,67 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
     let positive = |x: f64| x > 0.0; // false for NaN too
     if !positive(conn.duration_s) || !positive(conn.ramp_per_s) || !positive(conn.connect_timeout_s) {
         return fail("--duration-s, --ramp-per-s and --connect-timeout-s must be > 0".into());
+    }
+    let at_or_third = |at: Option<f64>, name: &str| -> Result<f64, String> {
+        let t = at.unwrap_or(conn.duration_s / 3.0);
+        if t.is_finite() && t >= 0.0 && t < conn.duration_s {
+            Ok(t)
+        } else {
+            Err(format!("--{name} must be in [0, --duration-s)"))
+        }
+    };
+    let mut ramp_per_s = conn.ramp_per_s;
+    let mut storm_run = None;
+    let mut rush_run = None;
+    let mut storm_worker_args: Vec<String> = Vec::new();
+    match &scenario {
+        Scenario::Storm(a) => {
+            let at_s = match at_or_third(a.storm_at_s, "storm-at-s") {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            if !(a.storm_ramp_per_s.is_finite() && a.storm_ramp_per_s >= 0.0) {
+                return fail("--storm-ramp-per-s must be >= 0".into());
+            }
+            storm_run = Some(StormRun {
+                at_s,
+                latest_s: at_s + (conn.duration_s - at_s) / 2.0,
+                started_s: None,
+            });
+            storm_worker_args = vec![
+                "--storm-close".into(),
+                a.storm_close.as_str().into(),
+                "--storm-max-inflight".into(),
+                a.storm_max_inflight.to_string(),
+            ];
+        }
+        Scenario::Rushhour(a) => {
+            let at_s = match at_or_third(a.burst_at_s, "burst-at-s") {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            };
+            let spread_s = a.spread_s.unwrap_or(conn.keepalive_s as f64);
+            if !(spread_s.is_finite() && spread_s >= 0.0) {
+                return fail("--spread-s must be >= 0".into());
+            }
+            if spread_s > 0.0 {
+                ramp_per_s = ramp_per_s.min(conn.connections as f64 / spread_s);
+            }
+            if conn.keepalive_s > 0 && at_s < spread_s + conn.keepalive_s as f64 {
+                eprintln!(
+                    "pulsegate-loadgen: warning: --burst-at-s {at_s} leaves less than one keep-alive period \
+                     after the spread; keepalive_peak_to_mean_before will be null"
+                );
+            }
+            rush_run = Some(RushRun {
+                at_s,
+                spread_s,
+                burst: None,
+                started_s: None,
+                done_s: None,
+            });
+        }
+        _ => {}
     }
     let max_duration_s = conn.max_duration_s.unwrap_or(conn.duration_s + 120.0).max(0.1);
     let hard_limit = net::raise_nofile_limit().unwrap_or(1024);
@@ -113,7 +224,7 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
                 "--count",
                 &s.count.to_string(),
             ])
-            .args(["--ramp-per-s", &(conn.ramp_per_s / workers_n as f64).to_string()])
+            .args(["--ramp-per-s", &(ramp_per_s / workers_n as f64).to_string()])
             .args(["--max-inflight", &conn.max_inflight.max(1).to_string()])
             .args([
                 "--keepalive-s",
@@ -140,6 +251,12 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
             .args(["--subscribe-qos", &conn.subscribe_qos.to_string()]);
         if let Some(sub) = &conn.subscribe {
             cmd.args(["--subscribe", sub]);
+        }
+        if let Scenario::Storm(a) = &scenario {
+            cmd.args(&storm_worker_args).args([
+                "--storm-ramp-per-s",
+                &(a.storm_ramp_per_s / workers_n as f64).to_string(),
+            ]);
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -179,7 +296,10 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
 
     let tty = std::io::stderr().is_terminal();
     let progress_every_s = if tty { 1.0 } else { 5.0 };
-    let mut next_progress_s = progress_every_s;
+    // Half a second past the slot boundary, so the last full second has arrived.
+    let mut next_progress_s = progress_every_s + 0.5;
+    let mut tl = Timeline::default();
+    let mut all_connected_s: Option<f64> = None;
     let mut last_shown = (0.0f64, Progress::default());
     let mut established = 0u64;
     let mut established_after_s = 0.0;
@@ -200,7 +320,12 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
         }
         let wait = Duration::from_secs_f64((conn.duration_s - t).clamp(0.0, 0.1));
         if let Ok((i, line)) = rx.recv_timeout(wait) {
-            handle_line(&mut procs[i], line);
+            handle_line(&mut procs[i], line, &mut tl);
+            // Drain what else is queued (bounded) before acting on the sums.
+            for _ in 0..10_000 {
+                let Ok((i, line)) = rx.try_recv() else { break };
+                handle_line(&mut procs[i], line, &mut tl);
+            }
         }
         let sum = sum_progress(&procs);
         if sum.connected > established {
@@ -209,6 +334,44 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
             cpu_at_established = pid.and_then(procstat::cpu_s);
         }
         let t = start.elapsed().as_secs_f64();
+        if all_connected_s.is_none() && sum.connected >= conn.connections {
+            all_connected_s = Some(t);
+        }
+        if let Some(st) = storm_run.as_mut() {
+            if st.started_s.is_none() && t >= st.at_s && (sum.connected >= conn.connections || t >= st.latest_s) {
+                if sum.connected < conn.connections {
+                    eprintln!(
+                        "pulsegate-loadgen: storm fires with {}/{} connected (not all connected by {:.1} s)",
+                        sum.connected, conn.connections, st.latest_s
+                    );
+                }
+                for p in &mut procs {
+                    if let Some(stdin) = p.stdin.as_mut() {
+                        let _ = stdin.write_all(b"storm\n").and_then(|_| stdin.flush());
+                    }
+                }
+                st.started_s = Some(start.elapsed().as_secs_f64());
+            }
+        }
+        if let (Some(rh), Some(addr)) = (rush_run.as_mut(), http_addr) {
+            if let Scenario::Rushhour(a) = &scenario {
+                if rh.started_s.is_none() && t >= rh.at_s {
+                    rh.started_s = Some(t);
+                    rh.burst = Some(push::Burst::start(
+                        addr,
+                        conn.connections,
+                        &conn.client_id_prefix,
+                        a.qos,
+                        a.payload_bytes,
+                        a.http_connections,
+                        a.pipeline,
+                    ));
+                }
+            }
+            if let (Some(b), None, Some(started)) = (&rh.burst, rh.done_s, rh.started_s) {
+                rh.done_s = b.finished_after_s().map(|d| started + d);
+            }
+        }
         if let (Some(p), true) = (pid, t >= next_rss_sample_s) {
             next_rss_sample_s = t + 1.0;
             rss_peak = rss_peak.max(procstat::rss_bytes(p));
@@ -224,12 +387,25 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
         }
         if t >= next_progress_s {
             next_progress_s += progress_every_s;
-            show_progress(tty, t, &sum, &last_shown, conn.connections, established);
+            let last_s = (t.floor() as usize).checked_sub(1);
+            let extra = ProgressExtra {
+                keepalives_last_s: last_s.and_then(|i| tl.slots.get(i)).map(|s| s.pingreqs),
+                event: event_status(storm_run.as_ref(), rush_run.as_ref(), conn.connections, t),
+            };
+            show_progress(tty, t, &sum, &last_shown, conn.connections, established, &extra);
             last_shown = (t, sum);
         }
     }
     let hold_end_s = start.elapsed().as_secs_f64();
-    let push_report = pusher.map(|p| p.stop());
+    let mut push_report = pusher.map(|p| p.stop());
+    if let Some(rh) = rush_run.as_mut() {
+        if let Some(b) = rh.burst.take() {
+            if !b.is_done() {
+                eprintln!("\npulsegate-loadgen: the hold ended before the burst finished; stopping it");
+            }
+            push_report = Some(b.stop());
+        }
+    }
     let rss_end = pid.and_then(procstat::rss_bytes);
     let cpu_hold_end = pid.and_then(procstat::cpu_s);
     if tty {
@@ -250,7 +426,7 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
             break;
         }
         match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-            Ok((i, line)) => handle_line(&mut procs[i], line),
+            Ok((i, line)) => handle_line(&mut procs[i], line, &mut tl),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -274,14 +450,14 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
 
     // Merge.
     let mut r = Report {
-        scenario: scenario.to_string(),
+        scenario: scenario.name().to_string(),
         target: target.to_string(),
         mqtt_version: conn.mqtt_version,
         keepalive_s: conn.keepalive_s,
         connections_requested: conn.connections,
         workers: workers_n,
         source_ips: source_spec,
-        ramp_per_s: conn.ramp_per_s,
+        ramp_per_s,
         established,
         duration_s: hold_end_s,
         shutdown_s,
@@ -296,6 +472,9 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
     let mut total = Progress::default();
     let mut pushes_delivered = 0;
     let mut worker_peak_at_ms = 0;
+    let mut storm_rep = StormReport::default();
+    let mut storm_reconnect = report::new_histogram();
+    let mut storm_recovered_ms: Option<u64> = Some(0);
     for p in &procs {
         if let Some(e) = &p.error {
             r.worker_errors.push(e.clone());
@@ -311,8 +490,25 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
                 report::import(&mut rtt, &st.ping_rtt_us);
                 report::import(&mut push_lat, &st.push_latency_us);
                 worker_peak_at_ms = worker_peak_at_ms.max(st.peak_at_ms);
+                match &st.storm {
+                    Some(ws) => {
+                        storm_rep.storm_dropped += ws.dropped;
+                        storm_rep.storm_reconnected += ws.reconnected;
+                        storm_rep.storm_connect_attempts += ws.connect_attempts;
+                        report::add_counts(&mut storm_rep.storm_failed, &ws.failed);
+                        report::import(&mut storm_reconnect, &ws.reconnect_us);
+                        storm_recovered_ms = match (storm_recovered_ms, ws.recovered_at_ms) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            _ => None,
+                        };
+                    }
+                    None => storm_recovered_ms = None,
+                }
             }
-            None => total.add(&p.latest),
+            None => {
+                total.add(&p.latest);
+                storm_recovered_ms = None;
+            }
         }
     }
     // Workers timestamp their own peak precisely; use it when every worker's peak
@@ -345,18 +541,86 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
         r.server_cpu_s_steady = Some(a - b);
         r.steady_s = Some((hold_end_s - established_after_s).max(0.0));
     }
+    r.latency_curves.push(report::curve_ms("ping RTT", &rtt));
     if let Some(mut pr) = push_report {
         pr.pushes_delivered = pushes_delivered;
         pr.push_latency_ms = report::quantiles_ms(&push_lat);
+        r.latency_curves.push(report::curve_ms("push end-to-end", &push_lat));
+        r.latency_curves.push(pr.http_latency_curve.clone());
         r.push = Some(pr);
     }
 
+    // Per-second analysis: whole seconds of the hold only.
+    tl.truncate(hold_end_s.floor() as usize);
+    let k = conn.keepalive_s;
+    r.keepalive_basis = "pingreq_sent".into();
+    r.keepalive_window_s = timeline::tail_window(hold_end_s, k);
+    if let Some(w) = r.keepalive_window_s {
+        r.keepalives_per_s = tl.pingreqs_in(w);
+        r.keepalive_peak_to_mean = timeline::peak_to_mean(&r.keepalives_per_s);
+    }
+    r.timeline = tl.series();
+    r.connected_per_s = r.timeline.connected.clone();
+    if let (Some(st), Scenario::Storm(a)) = (&storm_run, &scenario) {
+        storm_rep.storm_at_s = st.at_s;
+        storm_rep.storm_started_s = st.started_s;
+        storm_rep.storm_close = a.storm_close.as_str().into();
+        storm_rep.storm_failed_total = storm_rep.storm_failed.values().sum();
+        storm_rep.storm_reconnect_ms = report::quantiles_ms(&storm_reconnect);
+        if let (Some(started), Some(ms)) = (st.started_s, storm_recovered_ms) {
+            let at = ms as f64 / 1000.0;
+            if at <= hold_end_s {
+                storm_rep.storm_recovery_s = Some((at - started).max(0.0));
+            }
+        }
+        r.latency_curves
+            .push(report::curve_ms("storm reconnect", &storm_reconnect));
+        r.storm = Some(storm_rep);
+    }
+    if let (Some(rh), Scenario::Rushhour(a)) = (&rush_run, &scenario) {
+        let max_periods = timeline::default_window_len_s(k) / (k.max(1) as u64);
+        // If not every device ever connected, the steady state starts at the peak.
+        let steady_from = all_connected_s.unwrap_or(established_after_s);
+        let before = rh
+            .started_s
+            .and_then(|b| timeline::periods_window(steady_from, b, k, max_periods));
+        let after = rh
+            .done_s
+            .and_then(|d| timeline::periods_window(d, hold_end_s, k, max_periods));
+        let per_s = |w: Option<timeline::Window>| w.map(|w| tl.pingreqs_in(w)).unwrap_or_default();
+        let (before_v, after_v) = (per_s(before), per_s(after));
+        r.rushhour = Some(RushhourReport {
+            spread_s: rh.spread_s,
+            all_connected_s,
+            burst_at_s: rh.at_s,
+            burst_started_s: rh.started_s,
+            burst_done_s: rh.done_s,
+            burst_http_connections: a.http_connections,
+            burst_pipeline: a.pipeline,
+            keepalive_window_before_s: before,
+            keepalive_peak_to_mean_before: timeline::peak_to_mean(&before_v),
+            keepalives_per_s_before: before_v,
+            keepalive_window_after_s: after,
+            keepalive_peak_to_mean_after: timeline::peak_to_mean(&after_v),
+            keepalives_per_s_after: after_v,
+        });
+    }
+
     print!("{}", r.human());
+    let text = serde_json::to_string_pretty(&r).expect("report serializes") + "\n";
     if let Some(path) = &conn.json {
-        let text = serde_json::to_string_pretty(&r).expect("report serializes");
-        if let Err(e) = std::fs::write(path, text + "\n") {
+        if let Err(e) = std::fs::write(path, &text) {
             eprintln!("pulsegate-loadgen: cannot write {}: {e}", path.display());
             return 1;
+        }
+    }
+    if let Some(dir) = &conn.report {
+        match html::write_report_dir(dir, &r, &text) {
+            Ok(page) => eprintln!("pulsegate-loadgen: report written to {}", page.display()),
+            Err(e) => {
+                eprintln!("pulsegate-loadgen: cannot write the report to {}: {e}", dir.display());
+                return 1;
+            }
         }
     }
     if r.worker_errors.is_empty() {
@@ -366,9 +630,10 @@ pub fn run(conn: &ConnArgs, scenario: &str, push_args: Option<PushArgs>) -> i32 
     }
 }
 
-fn handle_line(p: &mut WorkerProc, line: Line) {
+fn handle_line(p: &mut WorkerProc, line: Line, tl: &mut Timeline) {
     match line {
         Line::Msg(WorkerMsg::Progress(pr)) => p.latest = pr,
+        Line::Msg(WorkerMsg::Second(sc)) => tl.add(&sc),
         Line::Msg(WorkerMsg::Final(st)) => {
             p.latest = st.progress;
             p.stats = Some(*st);
@@ -386,13 +651,48 @@ fn sum_progress(procs: &[WorkerProc]) -> Progress {
     s
 }
 
-fn show_progress(tty: bool, t: f64, sum: &Progress, last: &(f64, Progress), requested: u64, established: u64) {
+/// Scenario-specific parts of the progress line.
+struct ProgressExtra {
+    /// PINGREQs sent in the last complete second.
+    keepalives_last_s: Option<u64>,
+    event: String,
+}
+
+fn event_status(storm: Option<&StormRun>, rush: Option<&RushRun>, requested: u64, t: f64) -> String {
+    if let Some(st) = storm {
+        return match st.started_s {
+            None => format!("  storm in {:.0}s", (st.at_s - t).max(0.0)),
+            Some(s) => format!("  storm at {s:.1}s"),
+        };
+    }
+    if let Some(rh) = rush {
+        return match (&rh.burst, rh.done_s) {
+            (_, Some(d)) => format!("  burst done at {d:.1}s"),
+            (Some(b), None) => format!("  burst {}/{requested}", b.claimed()),
+            (None, None) => format!("  burst in {:.0}s", (rh.at_s - t).max(0.0)),
+        };
+    }
+    String::new()
+}
+
+fn show_progress(
+    tty: bool,
+    t: f64,
+    sum: &Progress,
+    last: &(f64, Progress),
+    requested: u64,
+    established: u64,
+    extra: &ProgressExtra,
+) {
     let dt = (t - last.0).max(1e-3);
     let conn_rate = (sum.connected as f64 - last.1.connected as f64) / dt;
-    let ping_rate = (sum.pings_sent - last.1.pings_sent.min(sum.pings_sent)) as f64 / dt;
+    let ka_last = extra
+        .keepalives_last_s
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "-".into());
     let line = format!(
-        "[{t:7.1}s] connected {}/{requested} (peak {established})  failed {}  reconnects {}  conn/s {conn_rate:.0}  pings/s {ping_rate:.0}  keepalives {}  publishes {}",
-        sum.connected, sum.failed_total, sum.reconnects, sum.keepalives, sum.publishes_received
+        "[{t:7.1}s] connected {}/{requested} (peak {established})  failed {}  reconnects {}  conn/s {conn_rate:.0}  keepalives/s {ka_last}  answered {}  publishes {}{}",
+        sum.connected, sum.failed_total, sum.reconnects, sum.keepalives, sum.publishes_received, extra.event
     );
     if tty {
         eprint!("\r{line}\x1b[K");

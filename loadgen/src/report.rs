@@ -1,10 +1,11 @@
 //! Messages from workers to the parent, and the merged final report.
 //!
-//! Owns: the JSON-lines protocol on a worker's stdout (progress + final stats),
-//! latency histograms (µs; exported as bucket counts, merged losslessly), and the
-//! report's JSON shape and human summary.
+//! Owns: the JSON-lines protocol on a worker's stdout (progress, per-second slots,
+//! final stats), latency histograms (µs; exported as bucket counts, merged
+//! losslessly) and curves for the charts, and the report's JSON shape and human summary.
 //! Must never: do socket I/O or decide when a run starts or stops.
 
+use crate::timeline::{Series, SlotCounts, Window};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -39,8 +40,12 @@ pub fn import(h: &mut Histogram<u64>, buckets: &[(u64, u64)]) {
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum WorkerMsg {
     Progress(Progress),
+    /// One completed 1-second slot (sent once per second; the last, partial one at the end).
+    Second(SlotCounts),
     Final(Box<WorkerStats>),
-    Fatal { error: String },
+    Fatal {
+        error: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default)]
@@ -83,6 +88,28 @@ pub struct WorkerStats {
     pub pushes_delivered: u64,
     pub ping_rtt_us: Vec<(u64, u64)>,
     pub push_latency_us: Vec<(u64, u64)>,
+    /// Present when this worker received "storm".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<WorkerStorm>,
+}
+
+/// What one worker saw of a storm.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct WorkerStorm {
+    /// ms after the parent's epoch when the worker dropped its connections.
+    pub at_ms: u64,
+    /// Devices connected at that moment (all dropped).
+    pub dropped: u64,
+    /// Dropped devices that got CONNACK 0 again.
+    pub reconnected: u64,
+    /// ms after the parent's epoch when all of this worker's devices were first
+    /// connected again.
+    pub recovered_at_ms: Option<u64>,
+    /// Failed reconnect attempts of dropped devices, by reason.
+    pub failed: BTreeMap<String, u64>,
+    pub connect_attempts: u64,
+    /// Drop -> CONNACK 0, per reconnected device.
+    pub reconnect_us: Vec<(u64, u64)>,
 }
 
 pub fn add_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
@@ -116,6 +143,31 @@ pub fn quantiles_ms(h: &Histogram<u64>) -> Quantiles {
         p999: ms(h.value_at_quantile(0.999)),
         max: ms(h.max()),
         mean: h.mean() / 1000.0,
+    }
+}
+
+/// Latency at increasing quantiles, for the percentile chart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyCurve {
+    pub name: String,
+    /// (quantile, ms), quantile ascending in 0.5..1.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Quantiles plotted: only those the sample count supports are kept.
+const CURVE_QUANTILES: [f64; 10] = [0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999];
+
+/// The latency curve (ms) of a µs histogram; empty when the histogram is.
+pub fn curve_ms(name: &str, h: &Histogram<u64>) -> LatencyCurve {
+    let n = h.len() as f64;
+    let points = CURVE_QUANTILES
+        .iter()
+        .filter(|&&q| n > 0.0 && (q <= 0.5 || 1.0 / (1.0 - q) <= n))
+        .map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0))
+        .collect();
+    LatencyCurve {
+        name: name.to_string(),
+        points,
     }
 }
 
@@ -170,9 +222,77 @@ pub struct Report {
     pub server_cpu_s_steady: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steady_s: Option<f64>,
-    /// Push scenario fields, flattened into the top level.
+    /// What the keep-alive counts are: "pingreq_sent" (PINGREQs the devices sent, stamped
+    /// when sent, which is what the server receives).
+    pub keepalive_basis: String,
+    /// The analysis window, seconds since start `[start, end)`: the last max(3 x keep-alive,
+    /// 30) s of the hold rounded up to whole keep-alive periods.
+    pub keepalive_window_s: Option<Window>,
+    /// Keep-alives per 1-second slot over the window.
+    pub keepalives_per_s: Vec<u64>,
+    /// Peak slot / mean slot over the window (1.0 = perfectly spread; null = no keep-alives).
+    pub keepalive_peak_to_mean: Option<f64>,
+    /// Devices connected at the end of each second, from the start to the end of the hold.
+    pub connected_per_s: Vec<u64>,
+    /// Every per-second count of the run (index = second since start).
+    pub timeline: Series,
+    /// Push / rushhour fields, flattened into the top level.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushReport>,
+    /// Storm fields, flattened into the top level.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormReport>,
+    /// Rushhour fields, flattened into the top level.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub rushhour: Option<RushhourReport>,
+    /// For the HTML charts only.
+    #[serde(skip)]
+    pub latency_curves: Vec<LatencyCurve>,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct StormReport {
+    /// Requested storm time (seconds since start).
+    pub storm_at_s: f64,
+    /// When the parent told the workers (null = the storm never happened).
+    pub storm_started_s: Option<f64>,
+    pub storm_close: String,
+    /// Devices connected when the storm hit; all of them were dropped.
+    pub storm_dropped: u64,
+    /// Dropped devices that were connected again by the end of the hold.
+    pub storm_reconnected: u64,
+    /// From the storm until all N devices were connected again (null = not by the end).
+    pub storm_recovery_s: Option<f64>,
+    /// Failed reconnect attempts of dropped devices, by reason.
+    pub storm_failed: BTreeMap<String, u64>,
+    pub storm_failed_total: u64,
+    pub storm_connect_attempts: u64,
+    /// Drop -> CONNACK 0 per reconnected device.
+    pub storm_reconnect_ms: Quantiles,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct RushhourReport {
+    /// Connects were spread over this many seconds.
+    pub spread_s: f64,
+    /// When all devices were first connected (null = never).
+    pub all_connected_s: Option<f64>,
+    /// Requested burst time.
+    pub burst_at_s: f64,
+    pub burst_started_s: Option<f64>,
+    /// When the last burst request was answered.
+    pub burst_done_s: Option<f64>,
+    pub burst_http_connections: u32,
+    pub burst_pipeline: u32,
+    /// Whole keep-alive periods after all devices connected (or, if some never did,
+    /// after the peak was reached) and before the burst.
+    pub keepalive_window_before_s: Option<Window>,
+    pub keepalives_per_s_before: Vec<u64>,
+    pub keepalive_peak_to_mean_before: Option<f64>,
+    /// The last whole keep-alive periods (up to the default window) after the burst.
+    pub keepalive_window_after_s: Option<Window>,
+    pub keepalives_per_s_after: Vec<u64>,
+    pub keepalive_peak_to_mean_after: Option<f64>,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]
@@ -186,6 +306,9 @@ pub struct PushReport {
     pub pushes_delivered: u64,
     pub push_latency_ms: Quantiles,
     pub http_latency_ms: Quantiles,
+    /// For the HTML charts only.
+    #[serde(skip)]
+    pub http_latency_curve: LatencyCurve,
 }
 
 fn fmt_counts(m: &BTreeMap<String, u64>) -> String {
@@ -193,6 +316,24 @@ fn fmt_counts(m: &BTreeMap<String, u64>) -> String {
         return "none".into();
     }
     m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+fn fmt_ptm(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into())
+}
+
+fn fmt_window(w: Option<Window>) -> String {
+    w.map(|w| format!("[{}, {}) s", w.start, w.end))
+        .unwrap_or_else(|| "no window".into())
+}
+
+fn fmt_peak_mean(v: &[u64]) -> String {
+    let sum: u64 = v.iter().sum();
+    let mean = if v.is_empty() { 0.0 } else { sum as f64 / v.len() as f64 };
+    format!(
+        "peak {}/s, mean {mean:.1}/s, {sum} keep-alives",
+        v.iter().max().copied().unwrap_or(0)
+    )
 }
 
 fn fmt_q(q: &Quantiles) -> String {
@@ -242,6 +383,12 @@ impl Report {
         ));
         line(format!("ping rtt           {}", fmt_q(&self.ping_rtt_ms)));
         line(format!(
+            "keepalive sync     peak/mean {} over {} ({})",
+            fmt_ptm(self.keepalive_peak_to_mean),
+            fmt_window(self.keepalive_window_s),
+            fmt_peak_mean(&self.keepalives_per_s)
+        ));
+        line(format!(
             "publishes received {}  pubacks sent {}  control msgs {}",
             self.publishes_received, self.pubacks_sent, self.control_messages
         ));
@@ -284,6 +431,50 @@ impl Report {
             line(format!("push latency       {}", fmt_q(&p.push_latency_ms)));
             line(format!("http latency       {}", fmt_q(&p.http_latency_ms)));
         }
+        if let Some(st) = &self.storm {
+            line(format!(
+                "storm              at {} ({} close): dropped {} reconnected {}  recovery {}",
+                st.storm_started_s
+                    .map(|t| format!("{t:.2} s"))
+                    .unwrap_or_else(|| "never".into()),
+                st.storm_close,
+                st.storm_dropped,
+                st.storm_reconnected,
+                st.storm_recovery_s
+                    .map(|t| format!("{t:.3} s"))
+                    .unwrap_or_else(|| "not recovered".into())
+            ));
+            line(format!(
+                "storm reconnects   attempts {}  failed {} [{}]",
+                st.storm_connect_attempts,
+                st.storm_failed_total,
+                fmt_counts(&st.storm_failed)
+            ));
+            line(format!("storm reconnect    {}", fmt_q(&st.storm_reconnect_ms)));
+        }
+        if let Some(rh) = &self.rushhour {
+            let t = |x: Option<f64>| x.map(|t| format!("{t:.2} s")).unwrap_or_else(|| "never".into());
+            line(format!(
+                "rushhour           spread {:.1} s, all connected {}, burst {} -> {} ({:.0} pushes/s)",
+                rh.spread_s,
+                t(rh.all_connected_s),
+                t(rh.burst_started_s),
+                t(rh.burst_done_s),
+                self.push.as_ref().map_or(0.0, |p| p.push_rate_per_s)
+            ));
+            line(format!(
+                "keepalive before   peak/mean {} over {} ({})",
+                fmt_ptm(rh.keepalive_peak_to_mean_before),
+                fmt_window(rh.keepalive_window_before_s),
+                fmt_peak_mean(&rh.keepalives_per_s_before)
+            ));
+            line(format!(
+                "keepalive after    peak/mean {} over {} ({})",
+                fmt_ptm(rh.keepalive_peak_to_mean_after),
+                fmt_window(rh.keepalive_window_after_s),
+                fmt_peak_mean(&rh.keepalives_per_s_after)
+            ));
+        }
         for e in &self.worker_errors {
             line(format!("worker error       {e}"));
         }
@@ -318,6 +509,20 @@ mod tests {
     }
 
     #[test]
+    fn latency_curve_keeps_supported_quantiles() {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            record_us(&mut h, v * 1000);
+        }
+        let c = curve_ms("x", &h);
+        let qs: Vec<f64> = c.points.iter().map(|p| p.0).collect();
+        assert_eq!(qs, vec![0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999]);
+        assert!(c.points.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!((c.points[0].1 - 500.0).abs() < 1.0);
+        assert!(curve_ms("empty", &new_histogram()).points.is_empty());
+    }
+
+    #[test]
     fn worker_msg_roundtrip() {
         let mut st = WorkerStats {
             devices: 3,
@@ -332,6 +537,13 @@ mod tests {
         assert_eq!(st.failed["connack_0x89"], 2);
         let p: WorkerMsg = serde_json::from_str(r#"{"t":"progress","connected":5,"connect_attempts":5,"failed_total":0,"reconnects":0,"pings_sent":1,"keepalives":1,"publishes_received":0}"#).unwrap();
         assert!(matches!(p, WorkerMsg::Progress(p) if p.connected == 5));
+        let sec = WorkerMsg::Second(SlotCounts {
+            slot: 4,
+            pingreqs: 9,
+            ..Default::default()
+        });
+        let back: WorkerMsg = serde_json::from_str(&serde_json::to_string(&sec).unwrap()).unwrap();
+        assert!(matches!(back, WorkerMsg::Second(s) if s.slot == 4 && s.pingreqs == 9));
     }
 
     #[test]
@@ -363,6 +575,33 @@ mod tests {
             assert!(v["ping_rtt_ms"].get(k).is_some());
         }
         assert!(v.get("pushes_delivered").is_none());
+        assert!(v.get("storm_reconnected").is_none() && v.get("keepalive_peak_to_mean_before").is_none());
+        for k in [
+            "keepalives_per_s",
+            "keepalive_peak_to_mean",
+            "connected_per_s",
+            "timeline",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert!(v["keepalive_peak_to_mean"].is_null());
+        let r = Report {
+            storm: Some(StormReport {
+                storm_reconnected: 500,
+                ..Default::default()
+            }),
+            rushhour: Some(RushhourReport {
+                keepalive_peak_to_mean_after: Some(7.5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["storm_reconnected"], 500);
+        assert!(v["storm_recovery_s"].is_null());
+        assert_eq!(v["keepalive_peak_to_mean_after"], 7.5);
+        assert!(v["keepalive_peak_to_mean_before"].is_null());
+        assert!(r.human().contains("keepalive after"));
         let r = Report {
             push: Some(PushReport {
                 pushes_delivered: 3,

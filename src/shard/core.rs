@@ -312,8 +312,9 @@ impl Core {
                 }
             }
             Release::Replaced(new_owner) if new_owner.persistent => {
+                // A new connection, new packet ids: not a redelivery on this session.
                 for push in pending {
-                    self.shared.route_to(new_owner, push, &self.counters);
+                    self.shared.route_to(new_owner, Push { sent_as: None, ..push }, &self.counters);
                 }
             }
             Release::Removed { session_stored: false, .. } | Release::Absent | Release::Replaced(_) => {

@@ -31,11 +31,12 @@ impl Worker {
         match slot.dev.phase {
             Phase::Connecting | Phase::AwaitConnack => {
                 self.inflight -= 1;
-                self.progress.failed_total += 1;
-                bump(&mut self.failed, reason);
+                self.count_failure(idx, reason);
             }
             Phase::Connected => {
                 self.progress.connected -= 1;
+                self.seconds.cur.closes += 1;
+                self.seconds.set_connected(self.progress.connected);
                 bump(&mut self.closed, reason);
             }
             _ => {}
@@ -230,6 +231,7 @@ impl Worker {
                     return false;
                 }
                 let was_connected_before = self.slots[idx as usize].dev.ever_connected;
+                let storm_pending = self.slots[idx as usize].dev.storm_pending;
                 if !self.slots[idx as usize]
                     .dev
                     .on_connack(now_ms, code, server_keepalive_s)
@@ -239,8 +241,21 @@ impl Worker {
                 }
                 self.inflight -= 1;
                 self.progress.connected += 1;
+                self.seconds.cur.connacks += 1;
+                self.seconds.set_connected(self.progress.connected);
                 if was_connected_before {
                     self.progress.reconnects += 1;
+                }
+                let all = self.progress.connected == self.slots.len() as u64;
+                let epoch_now_ms = self.epoch_ms(now_ms);
+                if let Some(st) = self.storm.as_mut() {
+                    if storm_pending {
+                        st.stats.reconnected += 1;
+                        report::record_us(&mut st.reconnect, now_us.saturating_sub(st.at_us));
+                    }
+                    if all && st.stats.recovered_at_ms.is_none() {
+                        st.stats.recovered_at_ms = Some(epoch_now_ms);
+                    }
                 }
                 if self.progress.connected > self.peak_connected {
                     self.peak_connected = self.progress.connected;
@@ -270,6 +285,7 @@ impl Worker {
                 payload,
             } => {
                 self.progress.publishes_received += 1;
+                self.seconds.cur.publishes += 1;
                 if topic.starts_with(b"$pulse/") {
                     self.control_messages += 1;
                     let new_ka = std::str::from_utf8(payload)
@@ -297,6 +313,7 @@ impl Worker {
             Packet::Pingresp => {
                 if let Some(rtt_us) = self.slots[idx as usize].dev.on_pingresp(now_us) {
                     self.progress.keepalives += 1;
+                    self.seconds.cur.pingresps += 1;
                     report::record_us(&mut self.ping_rtt, rtt_us);
                 }
             }

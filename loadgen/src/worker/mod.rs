@@ -2,18 +2,22 @@
 //!
 //! Owns: the sockets of its slice, the ramp (token bucket + in-flight bound), the
 //! timer heap (per-connection I/O lives in `conn.rs`), and reporting JSON lines on stdout
-//! (progress every `report_ms`, final stats at the end). Stops on "stop"/EOF on
-//! stdin or at its hard stop time, sending DISCONNECT to connected devices.
+//! (progress every `report_ms`, one line per completed 1-second slot, final stats at the
+//! end). On "storm" on stdin it drops every connected device at once (no DISCONNECT) and
+//! queues them for an immediate reconnect. Stops on "stop"/EOF on stdin or at its hard
+//! stop time, sending DISCONNECT to connected devices.
 //! Must never: block on a socket, allocate per device while idle (only an unsent
 //! tail or a partial frame is kept per device), panic on server bytes, or write
 //! anything but protocol lines to stdout.
 
+use crate::cli::StormClose;
 use crate::cli::WorkerArgs;
 use crate::device::{Device, Phase, TimeoutKind, TimerAction, NEVER_MS};
 use crate::mqtt;
 use crate::net;
-use crate::report::{self, Progress, WorkerMsg, WorkerStats};
+use crate::report::{self, Progress, WorkerMsg, WorkerStats, WorkerStorm};
 use crate::srcip;
+use crate::timeline::SlotAcc;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -41,6 +45,14 @@ struct Slot {
     rx_tail: Vec<u8>,
 }
 
+/// A storm in progress (or past) in this worker.
+struct StormState {
+    /// Worker clock (µs) of the drop.
+    at_us: u64,
+    stats: WorkerStorm,
+    reconnect: Histogram<u64>,
+}
+
 struct Worker {
     args: WorkerArgs,
     sources: Vec<IpAddr>,
@@ -59,6 +71,9 @@ struct Worker {
     rng: u64,
     stopping: bool,
     stop_flag: Arc<AtomicBool>,
+    storm_flag: Arc<AtomicBool>,
+    storm: Option<StormState>,
+    seconds: SlotAcc,
     _waker: Arc<mio::Waker>,
     read_buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -120,9 +135,10 @@ impl Worker {
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         // A thread watches stdin for "stop" or EOF (parent gone) and wakes the loop.
         let stop_flag = Arc::new(AtomicBool::new(false));
+        let storm_flag = Arc::new(AtomicBool::new(false));
         let waker = Arc::new(mio::Waker::new(poll.registry(), STDIN_TOKEN).map_err(|e| format!("waker: {e}"))?);
         {
-            let (flag, waker) = (stop_flag.clone(), waker.clone());
+            let (flag, storm, waker) = (stop_flag.clone(), storm_flag.clone(), waker.clone());
             std::thread::spawn(move || {
                 let mut line = String::new();
                 let stdin = io::stdin();
@@ -131,6 +147,10 @@ impl Worker {
                     match stdin.read_line(&mut line) {
                         Ok(0) | Err(_) => break,
                         Ok(_) if line.trim() == "stop" => break,
+                        Ok(_) if line.trim() == "storm" => {
+                            storm.store(true, Ordering::SeqCst);
+                            let _ = waker.wake();
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -148,6 +168,7 @@ impl Worker {
             })
             .collect();
         let now_unix_ms = net::unix_ms();
+        let epoch_offset_ms = now_unix_ms.saturating_sub(args.epoch_unix_ms);
         Ok(Worker {
             target: args.target_addr,
             sources,
@@ -161,10 +182,13 @@ impl Worker {
             inflight: 0,
             t0: Instant::now(),
             unix_us_at_t0: net::unix_us(),
-            epoch_offset_ms: now_unix_ms.saturating_sub(args.epoch_unix_ms),
+            epoch_offset_ms,
             rng: (now_unix_ms ^ ((std::process::id() as u64) << 32) ^ args.first_index) | 1,
             stopping: false,
             stop_flag,
+            storm_flag,
+            storm: None,
+            seconds: SlotAcc::new(epoch_offset_ms / 1000, 0),
             _waker: waker,
             read_buf: vec![0; READ_BUF_BYTES],
             scratch: Vec::with_capacity(256),
@@ -185,6 +209,28 @@ impl Worker {
 
     fn now_us(&self) -> u64 {
         self.t0.elapsed().as_micros() as u64
+    }
+
+    /// ms since the parent's start of a worker-clock time.
+    fn epoch_ms(&self, now_ms: u64) -> u64 {
+        self.epoch_offset_ms + now_ms
+    }
+
+    /// Closes the 1-second slots that ended before `now_us` and sends them to the parent.
+    /// Returns false when the parent is gone.
+    fn tick_seconds(&mut self, now_us: u64) -> bool {
+        let slot = self.epoch_ms(now_us / 1000) / 1000;
+        let mut ok = true;
+        for done in self.seconds.advance(slot, self.progress.connected) {
+            ok &= emit(&WorkerMsg::Second(done));
+        }
+        ok
+    }
+
+    /// µs (worker clock) until the current slot ends.
+    fn until_next_slot_us(&self, now_us: u64) -> u64 {
+        let next_ms = (self.seconds.cur.slot + 1) * 1000;
+        (next_ms.saturating_sub(self.epoch_offset_ms) * 1000).saturating_sub(now_us)
     }
 
     fn random(&mut self) -> u64 {
@@ -213,6 +259,12 @@ impl Worker {
             if self.stopping || now_us >= hard_stop_us {
                 break;
             }
+            if !self.tick_seconds(now_us) {
+                break; // parent is gone
+            }
+            if self.storm.is_none() && self.storm_flag.load(Ordering::Relaxed) {
+                self.storm(now_us);
+            }
             self.pump_connects(now_us);
             self.fire_timers(now_us / 1000, now_us);
             if now_us >= next_report_us {
@@ -222,7 +274,9 @@ impl Worker {
                 }
             }
             self.compact_heap();
-            let mut wait_us = (next_report_us - now_us).min(hard_stop_us - now_us).min(1_000_000);
+            let mut wait_us = (next_report_us - now_us)
+                .min(hard_stop_us - now_us)
+                .min(self.until_next_slot_us(now_us) + 100);
             if let Some(Reverse((d, _))) = self.heap.peek() {
                 wait_us = wait_us.min((d * 1000).saturating_sub(now_us));
             }
@@ -235,6 +289,11 @@ impl Worker {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("poll: {e}")),
+            }
+            // Events are counted in the slot they are handled in.
+            let now_us = self.now_us();
+            if !self.tick_seconds(now_us) {
+                break;
             }
             for ev in events.iter() {
                 if ev.token() == STDIN_TOKEN {
@@ -283,6 +342,11 @@ impl Worker {
         let global = self.args.first_index + idx as u64;
         let src = srcip::source_for(&self.sources, global);
         self.progress.connect_attempts += 1;
+        if self.slots[idx as usize].dev.storm_pending {
+            if let Some(st) = self.storm.as_mut() {
+                st.stats.connect_attempts += 1;
+            }
+        }
         match net::connect_from(&self.target, src) {
             Ok(mut sock) => {
                 if let Err(e) = self.poll.registry().register(
@@ -308,11 +372,74 @@ impl Worker {
 
     /// An attempt failed before a socket was registered.
     fn fail_attempt(&mut self, idx: u32, reason: &str, now_ms: u64) {
-        self.progress.failed_total += 1;
-        bump(&mut self.failed, reason);
+        self.count_failure(idx, reason);
         let r = self.random();
         self.slots[idx as usize].dev.on_closed(now_ms, r);
         self.arm(idx);
+    }
+
+    /// Accounts one failed connect attempt of device `idx`.
+    fn count_failure(&mut self, idx: u32, reason: &str) {
+        self.progress.failed_total += 1;
+        self.seconds.cur.failed += 1;
+        bump(&mut self.failed, reason);
+        if self.slots[idx as usize].dev.storm_pending {
+            if let Some(st) = self.storm.as_mut() {
+                bump(&mut st.stats.failed, reason);
+            }
+        }
+    }
+
+    /// The storm: every connected device drops its connection at once (RST or FIN, no
+    /// DISCONNECT) and is queued to reconnect right away; the connect limits switch to
+    /// the storm limits (unlimited by default).
+    fn storm(&mut self, now_us: u64) {
+        let now_ms = now_us / 1000;
+        let mut st = StormState {
+            at_us: now_us,
+            stats: WorkerStorm {
+                at_ms: self.epoch_ms(now_ms),
+                ..Default::default()
+            },
+            reconnect: report::new_histogram(),
+        };
+        let rst = self.args.storm_close == StormClose::Rst;
+        for idx in 0..self.slots.len() {
+            let slot = &mut self.slots[idx];
+            if slot.dev.phase != Phase::Connected {
+                continue;
+            }
+            if let Some(sock) = slot.sock.take() {
+                if rst {
+                    use std::os::fd::AsRawFd;
+                    let _ = net::set_linger_zero(sock.as_raw_fd());
+                }
+                drop(sock);
+            }
+            slot.tx_tail = Vec::new();
+            slot.rx_tail = Vec::new();
+            slot.dev.on_storm_drop();
+            self.ready.push_back(idx as u32);
+            st.stats.dropped += 1;
+            self.progress.connected -= 1;
+            self.seconds.cur.closes += 1;
+        }
+        self.seconds.set_connected(self.progress.connected);
+        if self.progress.connected == self.slots.len() as u64 {
+            st.stats.recovered_at_ms = Some(st.stats.at_ms); // nothing was dropped
+        }
+        self.args.ramp_per_s = if self.args.storm_ramp_per_s > 0.0 {
+            self.args.storm_ramp_per_s
+        } else {
+            1e12
+        };
+        self.args.max_inflight = if self.args.storm_max_inflight > 0 {
+            self.args.storm_max_inflight
+        } else {
+            u32::MAX
+        };
+        self.tokens = self.tokens.max(1.0);
+        self.storm = Some(st);
     }
 
     fn fire_timers(&mut self, now_ms: u64, now_us: u64) {
@@ -329,6 +456,7 @@ impl Worker {
                 TimerAction::Nothing => {}
                 TimerAction::SendPing => {
                     self.progress.pings_sent += 1;
+                    self.seconds.cur.pingreqs += 1;
                     self.scratch.clear();
                     mqtt::encode_pingreq(&mut self.scratch);
                     if self.send_scratch(idx) {
@@ -366,6 +494,10 @@ impl Worker {
     fn shutdown(&mut self) {
         self.stopping = true;
         emit(&WorkerMsg::Progress(self.progress));
+        // The completed slots, then the current (partial) one, before disconnecting.
+        let now_us = self.now_us();
+        self.tick_seconds(now_us);
+        emit(&WorkerMsg::Second(self.seconds.cur));
         let mut disconnect = Vec::new();
         mqtt::encode_disconnect(&mut disconnect);
         for slot in &mut self.slots {
@@ -388,6 +520,10 @@ impl Worker {
             pushes_delivered: self.pushes_delivered,
             ping_rtt_us: report::export(&self.ping_rtt),
             push_latency_us: report::export(&self.push_latency),
+            storm: self.storm.take().map(|mut st| {
+                st.stats.reconnect_us = report::export(&st.reconnect);
+                st.stats
+            }),
         };
         emit(&WorkerMsg::Final(Box::new(stats)));
     }
