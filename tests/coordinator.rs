@@ -1,0 +1,165 @@
+//! End-to-end tests of the coordinator at small scale, over real sockets:
+//! synchronized keep-alives are detected and dispersed (seeds/000) without a
+//! single keep-alive expiry, and heartbeat-load admission and relief (seeds/004)
+//! answer CONNACK 0x89 / return code 3 and send `$pulse/heartbeat`.
+//!
+//! The devices here behave like libmosquitto clients: one keep-alive timer that
+//! restarts whenever the device sends a packet (PINGREQ or PUBACK).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{ConnectOpts, Gateway, V5, V311};
+use pulsegate::protocol::mqtt::{Packet, ProtocolVersion, PubAck, check_frame, decode_packet};
+
+/// A device on a non-blocking socket, driven by the test's poll loop.
+struct Device {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    last_sent: Instant,
+    keepalive: Duration,
+    control_messages: u32,
+    closed: bool,
+}
+
+impl Device {
+    fn send(&mut self, bytes: &[u8], now: Instant) {
+        self.stream.write_all(bytes).expect("device write");
+        self.last_sent = now;
+    }
+
+    /// Reads what arrived; answers QoS 1 PUBLISH with PUBACK (restarting the timer).
+    fn poll(&mut self, now: Instant) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.closed = true;
+                    return;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+        while let Ok(h) = check_frame(&self.buf, 1 << 20) {
+            let total = h.total_len();
+            if self.buf.len() < total {
+                break;
+            }
+            let frame: Vec<u8> = self.buf.drain(..total).collect();
+            if let Ok(Packet::Publish(p)) = decode_packet(&frame, ProtocolVersion::V311) {
+                if p.topic.starts_with("$pulse/") {
+                    self.control_messages += 1;
+                }
+                if let Some(packet_id) = p.packet_id {
+                    let mut out = Vec::new();
+                    PubAck { packet_id, reason: 0 }.encode(ProtocolVersion::V311, &mut out);
+                    self.send(&out, now);
+                }
+            }
+        }
+    }
+}
+
+fn connect_devices(gw: &Gateway, n: usize, keepalive_s: u16) -> Vec<Device> {
+    (0..n)
+        .map(|i| {
+            let (client, _) = gw.connect(&ConnectOpts::new(V311, &format!("sync-{i}")).keepalive(keepalive_s));
+            let stream = client.stream;
+            stream.set_nonblocking(true).expect("nonblocking");
+            Device {
+                stream,
+                buf: Vec::new(),
+                last_sent: Instant::now(),
+                keepalive: Duration::from_secs(keepalive_s as u64),
+                control_messages: 0,
+                closed: false,
+            }
+        })
+        .collect()
+}
+
+/// Runs the devices for `duration`; returns PINGREQs sent per second since start.
+fn run_devices(devices: &mut [Device], duration: Duration) -> Vec<u32> {
+    let start = Instant::now();
+    let mut per_s = vec![0u32; duration.as_secs() as usize + 1];
+    while start.elapsed() < duration {
+        let now = Instant::now();
+        for d in devices.iter_mut().filter(|d| !d.closed) {
+            d.poll(now);
+            if now >= d.last_sent + d.keepalive {
+                d.send(&[0xC0, 0x00], now);
+                per_s[now.duration_since(start).as_secs() as usize] += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    per_s
+}
+
+fn peak_to_mean(counts: &[u32]) -> f64 {
+    let sum: u32 = counts.iter().sum();
+    let mean = sum as f64 / counts.len() as f64;
+    *counts.iter().max().unwrap_or(&0) as f64 / mean
+}
+
+fn gauge(gw: &Gateway, name: &str) -> f64 {
+    gw.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn synchronized_keepalives_are_dispersed_without_expiries() {
+    common::raise_nofile();
+    let gw = Gateway::start("uring", &[]);
+    // 400 devices connected within a fraction of a second: their keep-alives
+    // (T = 4 s) all land in the same second, every period.
+    let mut devices = connect_devices(&gw, 400, 4);
+    let per_s = run_devices(&mut devices, Duration::from_secs(28));
+    let before = peak_to_mean(&per_s[4..8]);
+    let after = peak_to_mean(&per_s[20..28]);
+    assert!(before >= 3.0, "the keep-alives start synchronized: {per_s:?}");
+    assert!(after <= 1.5, "dispersed to ≤ 1.5 peak/mean within a few periods: {per_s:?}");
+    assert!(devices.iter().all(|d| !d.closed), "no device lost its connection");
+    assert!(devices.iter().filter(|d| d.control_messages > 0).count() >= 300, "most devices got $pulse/keepalive");
+    let m = gw.metrics();
+    assert!(common::metric_sum(&m, "pulsegate_dispersals_total") >= 1);
+    assert_eq!(common::metric_value(&m, "pulsegate_closes_total{reason=\"keepalive_timeout\"}"), 0);
+    assert!(gauge(&gw, "pulsegate_keepalive_peak_to_mean ") <= 1.5, "the gateway sees it spread too");
+}
+
+#[test]
+fn heartbeat_load_over_threshold_refuses_and_relieves() {
+    common::raise_nofile();
+    // 200 devices pinging every 2 s offer ~100 keep-alives/s against a threshold of 40.
+    let gw = Gateway::start("uring", &["--max-heartbeats-per-s", "40", "--server-reference", "10.1.2.3:1883"]);
+    let mut devices = connect_devices(&gw, 200, 2);
+    run_devices(&mut devices, Duration::from_secs(4));
+    // Admission is closed: MQTT 5 gets 0x9C with the Server Reference, 3.1.1 return code 3.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&gw, "pulsegate_admission_closed ") < 1.0 && Instant::now() < deadline {
+        run_devices(&mut devices, Duration::from_millis(500));
+    }
+    assert_eq!(gauge(&gw, "pulsegate_admission_closed "), 1.0, "admission closes over the threshold");
+    let mut v5 = common::Client::new(gw.tcp(), V5);
+    let ack = v5.handshake(&ConnectOpts::new(V5, "late-v5"));
+    assert_eq!(ack.reason, 0x9C, "use another server: {ack:?}");
+    let mut v311 = common::Client::new(gw.tcp(), V311);
+    let ack = v311.handshake(&ConnectOpts::new(V311, "late-v311"));
+    assert_eq!(ack.reason, 0x88, "3.1.1 return code 3 (server unavailable) decodes as 0x88: {ack:?}");
+    // Relief: the newest devices are asked to lengthen their heartbeat first.
+    run_devices(&mut devices, Duration::from_secs(3));
+    let m = gw.metrics();
+    assert!(common::metric_sum(&m, "pulsegate_heartbeat_adjustments_total") > 0, "{m}");
+    assert!(common::metric_sum(&m, "pulsegate_admissions_refused_total") >= 2);
+    assert!(devices.iter().any(|d| d.control_messages > 0), "some device got $pulse/heartbeat");
+}
