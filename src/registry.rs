@@ -104,7 +104,11 @@ impl Registry {
             Some(s) => (None, s.pushes),
             None => (None, Vec::new()),
         };
-        Claim { previous, resumed, discarded }
+        Claim {
+            previous,
+            resumed,
+            discarded,
+        }
     }
 
     /// Unregisters the connection at `location`. If it still owns the id and
@@ -160,7 +164,8 @@ impl Registry {
             let before = stripe.sessions.len();
             stripe.sessions.retain(|_, s| s.expires_at > now);
             let purged = (before - stripe.sessions.len()) as u32;
-            self.stored_sessions.fetch_sub(purged, std::sync::atomic::Ordering::Relaxed);
+            self.stored_sessions
+                .fetch_sub(purged, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

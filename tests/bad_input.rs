@@ -350,7 +350,7 @@ fn garbage_burst(backend: &str) {
     std::thread::scope(|s| {
         for t in 0..8u64 {
             s.spawn(move || {
-                let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (t + 1) * 7919);
+                let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ ((t + 1) * 7919));
                 for _ in 0..25 {
                     let mut sock = std::net::TcpStream::connect_timeout(&addr, WAIT).expect("connect");
                     sock.set_write_timeout(Some(WAIT)).ok();

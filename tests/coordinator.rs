@@ -128,20 +128,35 @@ fn synchronized_keepalives_are_dispersed_without_expiries() {
     let before = peak_to_mean(&per_s[4..8]);
     let after = peak_to_mean(&per_s[20..28]);
     assert!(before >= 3.0, "the keep-alives start synchronized: {per_s:?}");
-    assert!(after <= 1.5, "dispersed to ≤ 1.5 peak/mean within a few periods: {per_s:?}");
+    assert!(
+        after <= 1.5,
+        "dispersed to ≤ 1.5 peak/mean within a few periods: {per_s:?}"
+    );
     assert!(devices.iter().all(|d| !d.closed), "no device lost its connection");
-    assert!(devices.iter().filter(|d| d.control_messages > 0).count() >= 300, "most devices got $pulse/keepalive");
+    assert!(
+        devices.iter().filter(|d| d.control_messages > 0).count() >= 300,
+        "most devices got $pulse/keepalive"
+    );
     let m = gw.metrics();
     assert!(common::metric_sum(&m, "pulsegate_dispersals_total") >= 1);
-    assert_eq!(common::metric_value(&m, "pulsegate_closes_total{reason=\"keepalive_timeout\"}"), 0);
-    assert!(gauge(&gw, "pulsegate_keepalive_peak_to_mean ") <= 1.5, "the gateway sees it spread too");
+    assert_eq!(
+        common::metric_value(&m, "pulsegate_closes_total{reason=\"keepalive_timeout\"}"),
+        0
+    );
+    assert!(
+        gauge(&gw, "pulsegate_keepalive_peak_to_mean ") <= 1.5,
+        "the gateway sees it spread too"
+    );
 }
 
 #[test]
 fn heartbeat_load_over_threshold_refuses_and_relieves() {
     common::raise_nofile();
     // 200 devices pinging every 2 s offer ~100 keep-alives/s against a threshold of 40.
-    let gw = Gateway::start("uring", &["--max-heartbeats-per-s", "40", "--server-reference", "10.1.2.3:1883"]);
+    let gw = Gateway::start(
+        "uring",
+        &["--max-heartbeats-per-s", "40", "--server-reference", "10.1.2.3:1883"],
+    );
     let mut devices = connect_devices(&gw, 200, 2);
     run_devices(&mut devices, Duration::from_secs(4));
     // Admission is closed: MQTT 5 gets 0x9C with the Server Reference, 3.1.1 return code 3.
@@ -149,17 +164,30 @@ fn heartbeat_load_over_threshold_refuses_and_relieves() {
     while gauge(&gw, "pulsegate_admission_closed ") < 1.0 && Instant::now() < deadline {
         run_devices(&mut devices, Duration::from_millis(500));
     }
-    assert_eq!(gauge(&gw, "pulsegate_admission_closed "), 1.0, "admission closes over the threshold");
+    assert_eq!(
+        gauge(&gw, "pulsegate_admission_closed "),
+        1.0,
+        "admission closes over the threshold"
+    );
     let mut v5 = common::Client::new(gw.tcp(), V5);
     let ack = v5.handshake(&ConnectOpts::new(V5, "late-v5"));
     assert_eq!(ack.reason, 0x9C, "use another server: {ack:?}");
     let mut v311 = common::Client::new(gw.tcp(), V311);
     let ack = v311.handshake(&ConnectOpts::new(V311, "late-v311"));
-    assert_eq!(ack.reason, 0x88, "3.1.1 return code 3 (server unavailable) decodes as 0x88: {ack:?}");
+    assert_eq!(
+        ack.reason, 0x88,
+        "3.1.1 return code 3 (server unavailable) decodes as 0x88: {ack:?}"
+    );
     // Relief: the newest devices are asked to lengthen their heartbeat first.
     run_devices(&mut devices, Duration::from_secs(3));
     let m = gw.metrics();
-    assert!(common::metric_sum(&m, "pulsegate_heartbeat_adjustments_total") > 0, "{m}");
+    assert!(
+        common::metric_sum(&m, "pulsegate_heartbeat_adjustments_total") > 0,
+        "{m}"
+    );
     assert!(common::metric_sum(&m, "pulsegate_admissions_refused_total") >= 2);
-    assert!(devices.iter().any(|d| d.control_messages > 0), "some device got $pulse/heartbeat");
+    assert!(
+        devices.iter().any(|d| d.control_messages > 0),
+        "some device got $pulse/heartbeat"
+    );
 }

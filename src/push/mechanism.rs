@@ -211,7 +211,10 @@ mod tests {
             }
         );
         assert_eq!(c.timeout_ms, 10_000);
-        assert!(serde_json::from_str::<MechanismConfig>(r#"{"name":"x","kind":"webhook","url":"http://a/","colour":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<MechanismConfig>(r#"{"name":"x","kind":"webhook","url":"http://a/","colour":1}"#)
+                .is_err()
+        );
         assert!(serde_json::from_str::<MechanismConfig>(r#"{"name":"x","kind":"carrier-pigeon"}"#).is_err());
     }
 }

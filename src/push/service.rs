@@ -781,9 +781,12 @@ impl PushService {
             DeliveryEvent::NotDelivered { push_id, reason } if reason == super::HELD_IN_SESSION => {
                 // The device's MQTT session holds it; its PUBACK (after the device
                 // resumes the session) decides. Until then only the TTL runs.
-                let Some(t) = self.pending.get_mut(&push_id) else { return };
+                let Some(t) = self.pending.get_mut(&push_id) else {
+                    return;
+                };
                 let expires = t.expires_mono_ms;
-                t.msg.set_state(State::Sent, unix_ms(), "held in the device's MQTT session");
+                t.msg
+                    .set_state(State::Sent, unix_ms(), "held in the device's MQTT session");
                 self.dirty.insert(push_id);
                 self.set_next(push_id, Next::Expiry, expires);
             }

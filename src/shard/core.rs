@@ -300,8 +300,14 @@ impl Core {
         let Some(client_id) = client_id else { return };
         let keep_until =
             (persistent && expiry_s > 0).then(|| Instant::now() + std::time::Duration::from_secs(expiry_s as u64));
-        match self.shared.registry.release(&client_id, location, pending.clone(), keep_until) {
-            Release::Removed { session_stored: true, .. } => {
+        match self
+            .shared
+            .registry
+            .release(&client_id, location, pending.clone(), keep_until)
+        {
+            Release::Removed {
+                session_stored: true, ..
+            } => {
                 // Kept in the MQTT session: redelivered with DUP and the same packet id
                 // when the device resumes it; the push service waits for that PUBACK.
                 for push in pending.iter().filter(|p| p.tracked) {
@@ -314,10 +320,15 @@ impl Core {
             Release::Replaced(new_owner) if new_owner.persistent => {
                 // A new connection, new packet ids: not a redelivery on this session.
                 for push in pending {
-                    self.shared.route_to(new_owner, Push { sent_as: None, ..push }, &self.counters);
+                    self.shared
+                        .route_to(new_owner, Push { sent_as: None, ..push }, &self.counters);
                 }
             }
-            Release::Removed { session_stored: false, .. } | Release::Absent | Release::Replaced(_) => {
+            Release::Removed {
+                session_stored: false, ..
+            }
+            | Release::Absent
+            | Release::Replaced(_) => {
                 for push in &pending {
                     self.not_delivered(push, "connection_closed");
                 }

@@ -288,7 +288,9 @@ impl Core {
         for push in &claim.discarded {
             self.not_delivered(push, "session_discarded");
         }
-        self.shared.report(crate::push::DeliveryEvent::DeviceOnline { client_id: client_id.clone() });
+        self.shared.report(crate::push::DeliveryEvent::DeviceOnline {
+            client_id: client_id.clone(),
+        });
         if let Some(pushes) = claim.resumed {
             bump(&self.counters.sessions_resumed, 1);
             for push in pushes {
