@@ -140,8 +140,14 @@ impl Gateway for ApiFront {
                 SubmitError::Bad(m) => ApiError::BadRequest(m),
                 SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
             })?;
-        let pending = service.counters.pending.load(Ordering::Relaxed);
-        if pending + messages.len() as u64 > cfg.pending_messages_max as u64 {
+        // Held messages are evicted oldest-first to make room; in-flight ones are not.
+        let in_flight = service.counters.pending.load(Ordering::Relaxed)
+            - service
+                .counters
+                .queued
+                .load(Ordering::Relaxed)
+                .min(service.counters.pending.load(Ordering::Relaxed));
+        if in_flight + messages.len() as u64 > cfg.pending_messages_max as u64 {
             return Err(ApiError::Overloaded { retry_after_s: 1 });
         }
         // A profile that does not queue needs the device online now (or another mechanism).

@@ -94,6 +94,8 @@ pub enum Request {
 #[derive(Default)]
 pub struct ServiceCounters {
     pub pending: AtomicU64,
+    /// Pending messages held for offline devices (evictable).
+    pub queued: AtomicU64,
     pub accepted: AtomicU64,
     pub delivered: AtomicU64,
     pub confirmed: AtomicU64,
@@ -310,6 +312,9 @@ impl PushService {
         self.counters
             .pending
             .store(self.pending.len() as u64, Ordering::Relaxed);
+        self.counters
+            .queued
+            .store(self.queued_ids.len() as u64, Ordering::Relaxed);
     }
 
     fn sleep_ms(&self) -> u64 {
@@ -403,8 +408,15 @@ impl PushService {
         if self.pending.contains_key(&id) {
             return;
         }
+        if self.pending.len() as u32 >= self.config.pending_messages_max
+            && let Some(&oldest) = self.queued_ids.first()
+        {
+            // Store and forward is bounded in total: the oldest held message makes room.
+            self.finish(oldest, State::Failed, "evicted: gateway-wide queue full");
+        }
         if self.pending.len() as u32 >= self.config.pending_messages_max {
-            // The API refuses before this; a recovery beyond the bound fails the excess.
+            // Nothing held to evict (all in flight): the API refuses before this;
+            // a recovery beyond the bound fails the excess.
             msg.set_state(State::Failed, unix_ms(), "pending message limit reached");
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
             self.dirty.insert(id);
