@@ -124,9 +124,10 @@ impl Gateway {
             // Keep draining stdout until EOF so the child never blocks on a full pipe.
             while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
                 if line.starts_with("pulsegate: ready")
-                    && let Some(tx) = tx.take() {
-                        let _ = tx.send(line.trim().to_string());
-                    }
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line.trim().to_string());
+                }
                 line.clear();
             }
         });
@@ -382,13 +383,14 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         if self.exited.is_none()
-            && let Ok(None) = self.child.try_wait() {
-                self.sigterm();
-                if self.wait_exit(Duration::from_secs(3)).is_none() {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                }
+            && let Ok(None) = self.child.try_wait()
+        {
+            self.sigterm();
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
             }
+        }
         if std::thread::panicking() {
             eprintln!("--- pulsegate ({}) stderr ---\n{}", self.backend, self.stderr());
         }

@@ -1,0 +1,1067 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: pulsegate vs Mosquitto (and rumqttd when `rumqttd` is on PATH).
+
+    python3 benches/side_by_side.py --connections 18000 --duration-s 60 --keepalive-s 10 \
+        --pulsegate-connections 100000
+
+Builds (`cargo build --release --workspace`, skip with --no-build; honours CARGO_TARGET_DIR),
+then for each server, on a free 127.0.0.1 port, with a fresh server process per run:
+  1. `pulsegate-loadgen hold` (N devices, --server-pid, --json): connections held, connect
+     rate, server RSS per connection, server CPU per million keep-alives, ping RTT p99;
+  2. `pulsegate-loadgen push` (same N devices): end-to-end push latency p99. pulsegate is
+     pushed to through its HTTP API. A broker has no HTTP API, so the loadgen's push requests
+     go to a small HTTP->MQTT bridge run by this script (`_bridge` mode below), which
+     PUBLISHes to `push/{device}` over one MQTT connection; devices subscribe to `push/{id}`
+     (`--subscribe`, used for every server so the client traffic is identical). By default
+     the bridge re-stamps `lgts=` in the payload at the moment it writes the PUBLISH
+     (--bridge-stamp publish), so a broker's latency excludes the HTTP hop that pulsegate's
+     includes (conservative for pulsegate); --bridge-stamp request keeps the loadgen's stamp.
+Optionally (--pulsegate-connections M) a pulsegate-only `hold` with M devices and
+ceil(M / 19000) shards: connections that Mosquitto cannot reach (fd limit).
+
+Prints a table (metric | pulsegate | peers | ratio, >1 = pulsegate better) and writes every
+raw loadgen report, the bridge stats, server log tails and the table as one JSON file:
+`<target>/bench-results/side-by-side-<unix time>.json` ($BENCH_RESULTS_DIR overrides the dir).
+
+Every child runs in its own session and is killed at the end, on Ctrl-C, SIGTERM or any
+exception; every run has a deadline. Python 3 standard library only.
+"""
+
+import argparse
+import atexit
+import json
+import math
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MOSQUITTO_DEFAULT = "/usr/sbin/mosquitto"
+SHARD_CONNECTIONS = 19_000  # connections per pulsegate shard (fd table of ~20,000 - 64)
+
+# --------------------------------------------------------------------------------------
+# child process bookkeeping: everything we start is registered and killed by pid
+# --------------------------------------------------------------------------------------
+
+_CHILDREN = {}  # pid -> (Popen, kind)
+
+
+def _register(proc, kind):
+    _CHILDREN[proc.pid] = (proc, kind)
+    return proc
+
+
+def _forget(proc):
+    _CHILDREN.pop(proc.pid, None)
+
+
+def _group_members(pgid):
+    """Pids whose process group is `pgid` (from /proc/*/stat)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == pgid:
+                pids.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+def _kill_child(proc, kind, grace_s=5.0):
+    """Stops one child we started: SIGINT (loadgen: lets it report) or SIGTERM; after the
+    grace, SIGKILL to its own process group (started with start_new_session: pgid == pid,
+    which holds the loadgen's workers too). The group is signalled only while the leader is
+    unreaped or members remain, so the id cannot have been reused."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGINT if kind == "loadgen" else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None or _group_members(proc.pid):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    _forget(proc)
+
+
+def cleanup():
+    for pid, (proc, kind) in list(_CHILDREN.items()):
+        _kill_child(proc, kind, grace_s=20.0 if kind == "loadgen" else 5.0)
+
+
+def _on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def can_connect(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path, lines=25):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def read_commit():
+    git = REPO / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        if (git / ref).exists():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def proc_limit_nofile(pid):
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                parts = line.split()
+                return {"soft": int(parts[3]), "hard": int(parts[4])}
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# servers
+# --------------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, name, proc, mqtt_port, http_port, log_path, info):
+        self.name = name
+        self.proc = proc
+        self.mqtt_port = mqtt_port
+        self.http_port = http_port
+        self.log_path = log_path
+        self.info = info
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+def start_server(name, args, bins, workdir, connections, shards=None):
+    """Starts one server on free loopback port(s) and waits until it accepts TCP."""
+    mqtt_port = free_port()
+    http_port = None
+    log_path = workdir / f"{name}-{mqtt_port}.log"
+    info = {}
+    preexec = None
+    if name == "pulsegate":
+        http_port = free_port()
+        shards = shards or args.shards or max(1, math.ceil(connections / SHARD_CONNECTIONS))
+        # A fresh message store per run: a shared one would carry pending pushes (and their
+        # retries, RSS and CPU) from one run into the next.
+        data_dir = workdir / f"pulsegate-data-{mqtt_port}"
+        cmd = [
+            str(bins["pulsegate"]),
+            "--mqtt-listen", f"127.0.0.1:{mqtt_port}",
+            "--http-listen", f"127.0.0.1:{http_port}",
+            "--shards", str(shards),
+            "--data-dir", str(data_dir),
+        ] + args.pulsegate_arg
+        info["shards"] = shards
+    elif name == "mosquitto":
+        conf = workdir / f"mosquitto-{mqtt_port}.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listener {mqtt_port} 127.0.0.1",
+                    "allow_anonymous true",
+                    "max_connections -1",
+                    "max_keepalive 65535",
+                    "persistence false",
+                    # one log line per connect would cost CPU that is not broker work
+                    "connection_messages false",
+                    "log_type error",
+                    "log_type warning",
+                    "log_dest stderr",
+                ]
+            )
+            + "\n"
+        )
+        cmd = [args.mosquitto, "-c", str(conf)]
+        preexec = raise_nofile  # mosquitto uses the soft limit it is given
+        info["config"] = conf.read_text()
+    elif name == "rumqttd":
+        # Untested here (rumqttd is not installed on the reference machine); config format of
+        # rumqttd >= 0.19 (router + v4/v5 listener tables).
+        conf = workdir / f"rumqttd-{mqtt_port}.toml"
+        listener = "v5" if args.mqtt_version == 5 else "v4"
+        conf.write_text(
+            f"""id = 0
+
+[router]
+id = 0
+max_connections = {connections + 1000}
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[{listener}.1]
+name = "{listener}-1"
+listen = "127.0.0.1:{mqtt_port}"
+next_connection_delay_ms = 0
+    [{listener}.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 262144
+    max_inflight_count = 100
+    dynamic_filters = true
+"""
+        )
+        cmd = [shutil.which("rumqttd") or "rumqttd", "--config", str(conf)]
+        preexec = raise_nofile
+        info["config"] = conf.read_text()
+    else:
+        raise ValueError(name)
+    info["command"] = cmd
+    logf = open(log_path, "wb")
+    proc = _register(
+        subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+            cwd=workdir,  # whatever a server writes relative to its cwd stays in the temp dir
+        ),
+        "server",
+    )
+    logf.close()
+    deadline = time.monotonic() + args.server_start_timeout_s
+    ports = [p for p in (mqtt_port, http_port) if p]
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} before listening:\n{tail(log_path)}")
+        if all(can_connect(p) for p in ports):
+            break
+        if time.monotonic() > deadline:
+            _kill_child(proc, "server")
+            raise RuntimeError(f"{name} did not listen on {ports} within {args.server_start_timeout_s} s:\n{tail(log_path)}")
+        time.sleep(0.1)
+    if name == "pulsegate":
+        m = re.search(r"pulsegate: ready .*", Path(log_path).read_text(errors="replace"))
+        info["ready_line"] = m.group(0) if m else None
+    info["nofile"] = proc_limit_nofile(proc.pid)
+    return Server(name, proc, mqtt_port, http_port, log_path, info)
+
+
+def stop_server(server):
+    """Returns a dict: did it die during the run (a crash), its exit code, log tail."""
+    early = server.proc.poll()
+    _kill_child(server.proc, "server", grace_s=10.0)
+    return {
+        "exited_during_run": early is not None,
+        "exit_code_during_run": early,
+        "log_tail": tail(server.log_path),
+        **server.info,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# loadgen
+# --------------------------------------------------------------------------------------
+
+
+def run_loadgen(args, bins, workdir, scenario, server, connections, duration_s, http_addr=None, push_start_s=None):
+    json_path = workdir / f"loadgen-{server.name}-{scenario}-{connections}.json"
+    out_path = workdir / f"loadgen-{server.name}-{scenario}-{connections}.out"
+    err_path = workdir / f"loadgen-{server.name}-{scenario}-{connections}.err"
+    max_duration_s = duration_s + 60
+    cmd = [
+        str(bins["loadgen"]), scenario,
+        "--target", f"127.0.0.1:{server.mqtt_port}",
+        "--connections", str(connections),
+        "--duration-s", str(duration_s),
+        "--max-duration-s", str(max_duration_s),
+        "--keepalive-s", str(args.keepalive_s),
+        "--mqtt-version", str(args.mqtt_version),
+        "--ramp-per-s", str(args.ramp_per_s),
+        "--server-pid", str(server.pid),
+        "--json", str(json_path),
+    ]
+    if args.subscribe:
+        cmd += ["--subscribe", "push/{id}", "--subscribe-qos", str(args.push_qos)]
+    if scenario == "push":
+        cmd += [
+            "--http", http_addr,
+            "--rate-per-s", str(args.push_rate),
+            "--qos", str(args.push_qos),
+        ]
+        if push_start_s is not None:
+            cmd += ["--push-start-s", str(push_start_s)]
+    cmd += args.loadgen_arg
+    # The loadgen's own stop grace is 15 s + N/5000 s; add margin for report writing.
+    deadline_s = max_duration_s + 15 + connections / 5000 + 30
+    log(f"  $ {' '.join(cmd)}")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = _register(
+            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True),
+            "loadgen",
+        )
+    timed_out = False
+    try:
+        rc = proc.wait(timeout=deadline_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_child(proc, "loadgen", grace_s=30.0)
+        rc = proc.returncode
+    _forget(proc)
+    report = None
+    if json_path.exists():
+        try:
+            report = json.loads(json_path.read_text())
+        except ValueError as e:
+            report = None
+            log(f"  ! cannot parse {json_path}: {e}")
+    summary = Path(out_path).read_text(errors="replace") if out_path.exists() else ""
+    for line in summary.splitlines():
+        log(f"    {line}")
+    return {
+        "command": cmd,
+        "exit_code": rc,
+        "timed_out": timed_out,
+        "report": report,
+        "stderr_tail": tail(err_path, 15),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# HTTP -> MQTT bridge (hidden `_bridge` mode; a separate process so it has its own GIL)
+# --------------------------------------------------------------------------------------
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _mqtt_str(s):
+    b = s.encode() if isinstance(s, str) else s
+    return len(b).to_bytes(2, "big") + b
+
+
+def _mqtt_frame(first, body):
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def _mqtt_take_frame(buf):
+    """(first byte, body) of the first complete frame in buf, consumed; None if incomplete."""
+    if len(buf) < 2:
+        return None
+    n, mult, i = 0, 1, 1
+    while True:
+        if i >= len(buf):
+            return None
+        b = buf[i]
+        n += (b & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not b & 0x80:
+            break
+        if i > 4:
+            raise ValueError("bad remaining length")
+    if len(buf) < i + n:
+        return None
+    first, body = buf[0], bytes(buf[i : i + n])
+    del buf[: i + n]
+    return first, body
+
+
+_TS = re.compile(rb"lgts=\d+")
+
+
+def bridge_main(argv):
+    ap = argparse.ArgumentParser(prog="side_by_side.py _bridge")
+    ap.add_argument("--mqtt-port", type=int, required=True)
+    ap.add_argument("--http-port", type=int, required=True)
+    ap.add_argument("--stats", required=True)
+    ap.add_argument("--stamp", choices=["publish", "request"], default="publish")
+    ap.add_argument("--max-s", type=float, required=True, help="exit by itself after this long")
+    a = ap.parse_args(argv)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
+    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("now", True))
+    started = time.monotonic()
+    st = {
+        "http_requests": 0, "http_bad_requests": 0, "published": 0, "pubacks": 0,
+        "mqtt_other_packets": 0, "errors": [], "stamp": a.stamp,
+    }
+
+    mq = socket.create_connection(("127.0.0.1", a.mqtt_port), timeout=10)
+    mq.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    keepalive_s = 60
+    body = _mqtt_str("MQTT") + bytes([4, 0x02]) + keepalive_s.to_bytes(2, "big") + _mqtt_str(f"sbs-bridge-{os.getpid()}")
+    mq.sendall(_mqtt_frame(0x10, body))
+    mq_in = bytearray()
+    while True:
+        chunk = mq.recv(4096)
+        if not chunk:
+            raise SystemExit("bridge: broker closed before CONNACK")
+        mq_in += chunk
+        fr = _mqtt_take_frame(mq_in)
+        if fr:
+            if fr[0] >> 4 != 2 or len(fr[1]) < 2 or fr[1][1] != 0:
+                raise SystemExit(f"bridge: CONNACK refused: {fr!r}")
+            break
+    mq.setblocking(False)
+    mq_out = bytearray()
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", a.http_port))
+    lsock.listen(128)
+    lsock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ, "listen")
+    sel.register(mq, selectors.EVENT_READ, "mqtt")
+    conns = {}  # fd -> {"sock", "inb", "outb"}
+    packet_id = 0
+    next_ping = time.monotonic() + keepalive_s / 2
+
+    def flush_mqtt():
+        while mq_out:
+            try:
+                n = mq.send(mq_out)
+            except BlockingIOError:
+                break
+            del mq_out[:n]
+        sel.modify(mq, selectors.EVENT_READ | (selectors.EVENT_WRITE if mq_out else 0), "mqtt")
+
+    def publish(device, payload, qos):
+        nonlocal packet_id
+        if a.stamp == "publish":
+            payload = _TS.sub(b"lgts=%d" % (time.time_ns() // 1000), payload, count=1)
+        body = _mqtt_str("push/" + device)
+        if qos:
+            packet_id = packet_id % 65535 + 1
+            body += packet_id.to_bytes(2, "big")
+        mq_out.extend(_mqtt_frame(0x30 | (qos << 1), body + payload))
+        st["published"] += 1
+        flush_mqtt()
+
+    def handle_http(c):
+        inb = c["inb"]
+        while True:
+            end = inb.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(inb[:end]).decode("latin-1").split("\r\n")
+            clen = 0
+            for h in head[1:]:
+                k, _, v = h.partition(":")
+                if k.strip().lower() == "content-length":
+                    clen = int(v.strip())
+            total = end + 4 + clen
+            if len(inb) < total:
+                return
+            raw = bytes(inb[end + 4 : total])
+            del inb[:total]
+            st["http_requests"] += 1
+            try:
+                req = json.loads(raw)
+                publish(str(req["device"]), str(req["payload"]).encode(), int(req.get("qos", 1)))
+                resp_body = b'{"id":"%d"}' % st["published"]
+                status = b"202 Accepted"
+            except (ValueError, KeyError, TypeError) as e:
+                st["http_bad_requests"] += 1
+                resp_body = json.dumps({"error": str(e)}).encode()
+                status = b"400 Bad Request"
+            c["outb"] += b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(resp_body) + resp_body
+
+    def close_conn(c):
+        sel.unregister(c["sock"])
+        c["sock"].close()
+        conns.pop(c["fd"], None)
+
+    def flush_conn(c):
+        while c["outb"]:
+            try:
+                n = c["sock"].send(c["outb"])
+            except BlockingIOError:
+                break
+            except OSError:
+                close_conn(c)
+                return
+            del c["outb"][:n]
+        sel.modify(c["sock"], selectors.EVENT_READ | (selectors.EVENT_WRITE if c["outb"] else 0), c)
+
+    try:
+        while not stop["now"] and time.monotonic() - started < a.max_s:
+            for key, mask in sel.select(timeout=0.25):
+                tag = key.data
+                if tag == "listen":
+                    try:
+                        s, _ = lsock.accept()
+                    except BlockingIOError:
+                        continue
+                    s.setblocking(False)
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    c = {"sock": s, "fd": s.fileno(), "inb": bytearray(), "outb": bytearray()}
+                    conns[c["fd"]] = c
+                    sel.register(s, selectors.EVENT_READ, c)
+                elif tag == "mqtt":
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            chunk = mq.recv(65536)
+                        except BlockingIOError:
+                            chunk = None
+                        if chunk == b"":
+                            st["errors"].append("broker closed the bridge connection")
+                            stop["now"] = True
+                            break
+                        if chunk:
+                            mq_in += chunk
+                            while (fr := _mqtt_take_frame(mq_in)) is not None:
+                                if fr[0] >> 4 == 4:
+                                    st["pubacks"] += 1
+                                elif fr[0] >> 4 != 13:
+                                    st["mqtt_other_packets"] += 1
+                    if mask & selectors.EVENT_WRITE:
+                        flush_mqtt()
+                else:
+                    c = tag
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            chunk = c["sock"].recv(65536)
+                        except BlockingIOError:
+                            chunk = None
+                        except OSError:
+                            chunk = b""
+                        if chunk == b"":
+                            close_conn(c)
+                            continue
+                        if chunk:
+                            c["inb"] += chunk
+                            handle_http(c)
+                    if c["fd"] in conns:
+                        flush_conn(c)
+            if time.monotonic() >= next_ping:
+                next_ping = time.monotonic() + keepalive_s / 2
+                mq_out.extend(b"\xc0\x00")
+                flush_mqtt()
+    except Exception as e:  # noqa: BLE001 - reported in the stats file
+        st["errors"].append(f"{type(e).__name__}: {e}")
+    finally:
+        st["ran_s"] = round(time.monotonic() - started, 3)
+        Path(a.stats).write_text(json.dumps(st, indent=2) + "\n")
+    return 0
+
+
+def start_bridge(args, workdir, server, max_s):
+    http_port = free_port()
+    stats = workdir / f"bridge-{server.name}-{http_port}.json"
+    log_path = workdir / f"bridge-{server.name}-{http_port}.log"
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "_bridge",
+        "--mqtt-port", str(server.mqtt_port), "--http-port", str(http_port),
+        "--stats", str(stats), "--stamp", args.bridge_stamp, "--max-s", str(max_s),
+    ]
+    logf = open(log_path, "wb")
+    proc = _register(
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True),
+        "bridge",
+    )
+    logf.close()
+    deadline = time.monotonic() + 15
+    while not can_connect(http_port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _kill_child(proc, "bridge")
+            raise RuntimeError(f"bridge did not start:\n{tail(log_path)}")
+        time.sleep(0.05)
+    return proc, http_port, stats, log_path
+
+
+def stop_bridge(proc, stats, log_path):
+    _kill_child(proc, "bridge", grace_s=5.0)
+    try:
+        st = json.loads(Path(stats).read_text())
+    except (OSError, ValueError):
+        st = {"errors": ["no stats file"]}
+    st["log_tail"] = tail(log_path, 10)
+    return st
+
+
+# --------------------------------------------------------------------------------------
+# metrics and table
+# --------------------------------------------------------------------------------------
+
+
+def g(d, *path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d or d[k] is None:
+            return None
+        d = d[k]
+    return d
+
+
+def hold_metrics(rep):
+    if not rep:
+        return {}
+    ka = rep.get("keepalives") or 0
+    cpu = rep.get("server_cpu_s_steady")
+    return {
+        "established": rep.get("established"),
+        "connections_requested": rep.get("connections_requested"),
+        "connect_rate_per_s": rep.get("connect_rate_per_s"),
+        "rss_per_conn_bytes": rep.get("server_rss_per_conn_bytes"),
+        "cpu_s_per_million_keepalives": (cpu / ka * 1e6) if (cpu is not None and ka > 0) else None,
+        "server_cpu_s_steady": cpu,
+        "steady_s": rep.get("steady_s"),
+        "keepalives": ka,
+        "ping_rtt_p99_ms": g(rep, "ping_rtt_ms", "p99"),
+        "cpu_pct_of_core_steady": (100 * cpu / rep["steady_s"]) if (cpu is not None and rep.get("steady_s")) else None,
+        "control_messages": rep.get("control_messages"),
+        "keepalive_peak_to_mean": rep.get("keepalive_peak_to_mean"),
+    }
+
+
+def push_metrics(rep):
+    if not rep:
+        return {}
+    return {
+        "push_latency_p99_ms": g(rep, "push_latency_ms", "p99") if g(rep, "push_latency_ms", "count") else None,
+        "push_latency_p50_ms": g(rep, "push_latency_ms", "p50") if g(rep, "push_latency_ms", "count") else None,
+        "pushes_sent": rep.get("pushes_sent"),
+        "pushes_accepted": rep.get("pushes_accepted"),
+        "pushes_delivered": rep.get("pushes_delivered"),
+    }
+
+
+# (key, label, unit, higher_is_better, source)
+METRICS = [
+    ("established", "connections held (peak established)", "", True, "hold"),
+    ("connect_rate_per_s", "connect rate", "conn/s", True, "hold"),
+    ("rss_per_conn_bytes", "server RSS per connection", "bytes", False, "hold"),
+    ("cpu_s_per_million_keepalives", "server CPU per 1M keep-alives", "s", False, "hold"),
+    ("ping_rtt_p99_ms", "ping RTT p99", "ms", False, "hold"),
+    ("push_latency_p99_ms", "push latency p99", "ms", False, "push"),
+]
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
+        s = f"{int(v):,}"
+    elif abs(v) >= 100:
+        s = f"{v:,.0f}"
+    elif abs(v) >= 10:
+        s = f"{v:.1f}"
+    else:
+        s = f"{v:.3f}"
+    return f"{s} {unit}".strip()
+
+
+def ratio(pg, peer, higher_better):
+    if not isinstance(pg, (int, float)) or not isinstance(peer, (int, float)) or pg <= 0 or peer <= 0:
+        return None
+    return pg / peer if higher_better else peer / pg
+
+
+def build_table(results, peers, big):
+    rows = []
+    for key, label, unit, hib, src in METRICS:
+        row = {"metric": label, "unit": unit, "better": "higher" if hib else "lower", "values": {}, "ratios": {}}
+        for name in ["pulsegate"] + peers:
+            m = results.get(name, {}).get(f"{src}_metrics", {})
+            row["values"][name] = m.get(key)
+        for p in peers:
+            row["ratios"][p] = ratio(row["values"]["pulsegate"], row["values"][p], hib)
+        row["ratio_definition"] = "pulsegate/peer" if hib else "peer/pulsegate"
+        rows.append(row)
+    # informational rows (no ratio)
+    for key, label, unit, src in [
+        ("cpu_pct_of_core_steady", "server CPU after all connected", "% of a core", "hold"),
+        ("control_messages", "$pulse control msgs to devices (hold)", "", "hold"),
+        ("keepalive_peak_to_mean", "keep-alive peak/mean per second (1 = spread)", "", "hold"),
+    ]:
+        row = {"metric": label, "unit": unit, "better": None, "values": {}, "ratios": {}}
+        for name in ["pulsegate"] + peers:
+            row["values"][name] = results.get(name, {}).get(f"{src}_metrics", {}).get(key)
+        rows.append(row)
+    row = {"metric": "pushes delivered / accepted", "unit": "", "better": None, "values": {}, "ratios": {}}
+    for name in ["pulsegate"] + peers:
+        m = results.get(name, {}).get("push_metrics", {})
+        d, acc = m.get("pushes_delivered"), m.get("pushes_accepted")
+        row["values"][name] = f"{d:,} / {acc:,}" if d is not None and acc is not None else None
+    rows.append(row)
+    if big:
+        hm = big.get("hold_metrics", {})
+        req = big.get("connections")
+        est = hm.get("established")
+        row = {
+            "metric": f"max connections held, pulsegate-only run at {req:,} ({big.get('shards')} shards)",
+            "unit": "", "better": "higher", "values": {"pulsegate": est}, "ratios": {},
+            "ratio_definition": "pulsegate held / peer's RLIMIT_NOFILE hard limit (an upper bound for the peer)",
+        }
+        for p in peers:
+            cap = big.get("peer_nofile_hard")
+            row["values"][p] = f"< {cap:,} (fd limit)" if cap else None
+            row["ratios"][p] = (est / cap) if (est and cap) else None
+        rows.append(row)
+        for key, label, unit in [
+            ("connect_rate_per_s", "connect rate", "conn/s"),
+            ("rss_per_conn_bytes", "server RSS per connection", "bytes"),
+            ("cpu_s_per_million_keepalives", "server CPU per 1M keep-alives", "s"),
+            ("ping_rtt_p99_ms", "ping RTT p99", "ms"),
+        ]:
+            rows.append({
+                "metric": f"  at {req:,}: {label}", "unit": unit, "better": None,
+                "values": {"pulsegate": hm.get(key), **{p: None for p in peers}}, "ratios": {},
+            })
+    return rows
+
+
+def print_table(rows, peers, n):
+    headers = ["metric", "pulsegate"] + peers + [f"ratio vs {p}" for p in peers]
+    lines = []
+    for r in rows:
+        cells = [r["metric"] + (f" [{r['unit']}]" if r["unit"] else "")]
+        for name in ["pulsegate"] + peers:
+            v = r["values"].get(name)
+            cells.append(fmt(v) if v is not None else ("-" if r["better"] is None and name != "pulsegate" else "n/a"))
+        for p in peers:
+            rv = r["ratios"].get(p)
+            if rv is None:
+                cells.append("-" if r["better"] is None else "n/a")
+            else:
+                cells.append((">= " if "upper bound" in r.get("ratio_definition", "") else "") + f"{rv:.2f}x")
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
+    out = []
+    out.append(" | ".join(h.ljust(widths[i]) for i, h in enumerate(headers)))
+    out.append("-|-".join("-" * w for w in widths))
+    for c in lines:
+        out.append(" | ".join(c[i].ljust(widths[i]) if i == 0 else c[i].rjust(widths[i]) for i in range(len(c))))
+    print(f"\nside by side at {n:,} connections (ratio > 1 = pulsegate better: higher-is-better metrics are "
+          "pulsegate/peer, lower-is-better ones peer/pulsegate)")
+    print("\n".join(out))
+    return "\n".join(out)
+
+
+def check_run(problems, who, run, expect_n, keepalive_s):
+    """Records anything suspicious about one loadgen run."""
+    rep = run.get("report")
+    if run.get("timed_out"):
+        problems.append(f"{who}: loadgen timed out and was killed")
+    if not rep:
+        problems.append(f"{who}: no loadgen report (exit {run.get('exit_code')}): {run.get('stderr_tail', '')[-400:]}")
+        return
+    if run.get("exit_code") not in (0, None):
+        problems.append(f"{who}: loadgen exit code {run.get('exit_code')}")
+    if rep.get("established", 0) < expect_n:
+        problems.append(f"{who}: established {rep.get('established')} of {expect_n}")
+    if rep.get("failed_total"):
+        problems.append(f"{who}: {rep['failed_total']} failed connect attempts {rep.get('failed')}")
+    if rep.get("closed"):
+        problems.append(f"{who}: established connections lost {rep['closed']} (reconnects {rep.get('reconnects')})")
+    if rep.get("worker_errors"):
+        problems.append(f"{who}: worker errors {rep['worker_errors']}")
+    if rep.get("pings_sent", 0) > rep.get("keepalives", 0) + rep.get("established", 0) * 0.01 + 10:
+        problems.append(f"{who}: {rep['pings_sent'] - rep['keepalives']} PINGREQs without PINGRESP")
+    steady = rep.get("steady_s") or 0
+    # (push runs: a QoS 1 push's PUBACK restarts a device's keep-alive timer, so fewer pings)
+    if rep.get("scenario") == "hold" and keepalive_s and steady > 2 * keepalive_s and rep.get("established"):
+        expected = rep["established"] * (steady / keepalive_s)
+        if rep.get("keepalives", 0) < 0.7 * expected:
+            problems.append(f"{who}: only {rep.get('keepalives')} keep-alives, ~{expected:.0f} expected")
+    if rep.get("control_messages"):
+        problems.append(
+            f"{who}: the server sent {rep['control_messages']} $pulse control messages (keep-alive dispersal); each is "
+            "a QoS 1 PUBLISH + PUBACK that also restarts the device's keep-alive timer (fewer PINGREQs), so CPU per "
+            "keep-alive includes that work"
+        )
+    if rep.get("scenario") == "push":
+        acc, dlv = rep.get("pushes_accepted", 0), rep.get("pushes_delivered", 0)
+        if rep.get("pushes_sent", 0) == 0:
+            problems.append(f"{who}: no pushes were sent")
+        elif dlv < acc * 0.99:
+            problems.append(f"{who}: {acc - dlv} of {acc} accepted pushes not delivered")
+        elif dlv > acc:
+            problems.append(f"{who}: {dlv} pushes delivered for {acc} accepted (duplicates?)")
+        if rep.get("http_errors"):
+            problems.append(f"{who}: HTTP errors {rep['http_errors']}")
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        description="pulsegate vs Mosquitto (and rumqttd) side by side, driven by pulsegate-loadgen.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--connections", type=int, default=18_000, help="devices per server (Mosquitto: < 20,000 fds)")
+    ap.add_argument("--duration-s", type=float, default=60.0, help="length of each hold run (ramp included)")
+    ap.add_argument("--keepalive-s", type=int, default=10, help="MQTT keep-alive of the devices")
+    ap.add_argument("--mqtt-version", type=int, choices=[4, 5], default=4)
+    ap.add_argument("--ramp-per-s", type=float, default=20_000.0, help="loadgen connect attempts per second")
+    ap.add_argument("--push-rate", type=float, default=200.0, help="pushes per second in the push run")
+    ap.add_argument("--push-qos", type=int, choices=[0, 1], default=1)
+    ap.add_argument("--push-duration-s", type=float, default=None, help="length of each push run (default: min(duration, 30))")
+    ap.add_argument("--pulsegate-connections", type=int, default=0, help="also a pulsegate-only hold at this many devices (0 = skip)")
+    ap.add_argument("--shards", type=int, default=0, help="pulsegate shards (default ceil(N / 19000) per run)")
+    ap.add_argument("--servers", default="auto", help="comma list of pulsegate,mosquitto,rumqttd (auto: those present)")
+    ap.add_argument("--runs", default="hold,push", help="which runs per server: hold, push or both")
+    ap.add_argument("--no-subscribe", dest="subscribe", action="store_false", help="devices do not SUBSCRIBE (implies no broker push)")
+    ap.add_argument("--bridge-stamp", choices=["publish", "request"], default="publish",
+                    help="broker push latency from the bridge's PUBLISH (publish) or from the loadgen's HTTP request (request)")
+    ap.add_argument("--mosquitto", default=MOSQUITTO_DEFAULT)
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--target-dir", default=None, help="cargo target dir (default $CARGO_TARGET_DIR or ./target)")
+    ap.add_argument("--cooldown-s", type=float, default=3.0, help="pause between runs")
+    ap.add_argument("--server-start-timeout-s", type=float, default=20.0)
+    ap.add_argument("--pulsegate-arg", action="append", default=[], help="extra pulsegate argument (repeatable)")
+    ap.add_argument("--loadgen-arg", action="append", default=[], help="extra loadgen argument (repeatable)")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with server/loadgen logs")
+    ap.add_argument("--output", default=None, help="JSON path (default <target>/bench-results/side-by-side-<unix>.json)")
+    return ap.parse_args(argv)
+
+
+def main(argv):
+    args = parse_args(argv)
+    unix = int(time.time())
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_nofile()
+    target = Path(args.target_dir or os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    if not target.is_absolute():
+        target = REPO / target
+    results_dir = Path(os.environ.get("BENCH_RESULTS_DIR") or target / "bench-results")
+    out_path = Path(args.output) if args.output else results_dir / f"side-by-side-{unix}.json"
+    push_duration_s = args.push_duration_s or min(args.duration_s, 30.0)
+    n = args.connections
+
+    if not args.no_build:
+        env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+        log(f"building: cargo build --release --workspace (CARGO_TARGET_DIR={target})")
+        subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=REPO, env=env, check=True, timeout=1800)
+    bins = {"pulsegate": target / "release" / "pulsegate", "loadgen": target / "release" / "pulsegate-loadgen"}
+    for k, b in bins.items():
+        if not b.exists():
+            sys.exit(f"side_by_side: {b} not found (build first or drop --no-build)")
+
+    problems = []
+    if args.servers == "auto":
+        servers = ["pulsegate"]
+        if Path(args.mosquitto).exists():
+            servers.append("mosquitto")
+        else:
+            problems.append(f"mosquitto not found at {args.mosquitto}; skipped")
+        if shutil.which("rumqttd"):
+            servers.append("rumqttd")
+    else:
+        servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+        if "pulsegate" not in servers:
+            servers.insert(0, "pulsegate")
+    peers = [s for s in servers if s != "pulsegate"]
+
+    runs = {r.strip() for r in args.runs.split(",") if r.strip()}
+    if not runs <= {"hold", "push"}:
+        sys.exit("side_by_side: --runs takes hold, push or hold,push")
+    runs_per = len(runs)
+    est_s = len(servers) * runs_per * (max(args.duration_s, push_duration_s) + 15 + n / 5000 + args.cooldown_s)
+    if args.pulsegate_connections:
+        est_s += args.duration_s + 15 + args.pulsegate_connections / 5000
+    log(f"servers: {', '.join(servers)}; {n:,} connections, keep-alive {args.keepalive_s} s, "
+        f"hold {args.duration_s:g} s, push {push_duration_s:g} s at {args.push_rate:g}/s; roughly {est_s / 60:.0f} min")
+
+    workdir = Path(tempfile.mkdtemp(prefix="pulsegate-sbs-"))
+    results = {}
+    big = None
+    nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    try:
+        for name in servers:
+            res = results.setdefault(name, {})
+            version = None
+            if name == "mosquitto":
+                version = subprocess.run([args.mosquitto, "-h"], capture_output=True, text=True, timeout=10).stdout.splitlines()[:1]
+            res["version"] = version[0] if version else None
+            # 1. hold
+            if "hold" in runs:
+                log(f"\n== {name}: hold {n:,} connections for {args.duration_s:g} s")
+                srv = start_server(name, args, bins, workdir, n)
+                run = {}
+                try:
+                    run.update(run_loadgen(args, bins, workdir, "hold", srv, n, args.duration_s))
+                finally:
+                    run["server"] = stop_server(srv)
+                if run["server"]["exited_during_run"]:
+                    problems.append(f"{name}: server exited during the hold run (code {run['server']['exit_code_during_run']})")
+                check_run(problems, f"{name} hold", run, n, args.keepalive_s)
+                res["hold"] = run
+                res["hold_metrics"] = hold_metrics(run.get("report"))
+                time.sleep(args.cooldown_s)
+            # 2. push
+            if "push" not in runs:
+                continue
+            if name != "pulsegate" and not args.subscribe:
+                res["push_metrics"] = {}
+                continue
+            log(f"\n== {name}: push at {args.push_rate:g}/s to {n:,} connections for {push_duration_s:g} s")
+            srv = start_server(name, args, bins, workdir, n)
+            bridge = None
+            run = {}
+            try:
+                if name == "pulsegate":
+                    http_addr = f"127.0.0.1:{srv.http_port}"
+                else:
+                    bridge = start_bridge(args, workdir, srv, push_duration_s + 200)
+                    http_addr = f"127.0.0.1:{bridge[1]}"
+                # Push from a fixed time (ramp + margin) even if a few devices never connect.
+                push_start = min(push_duration_s / 2, n / args.ramp_per_s + 5)
+                run.update(run_loadgen(args, bins, workdir, "push", srv, n, push_duration_s, http_addr, push_start))
+            finally:
+                if bridge:
+                    res["bridge"] = stop_bridge(bridge[0], bridge[2], bridge[3])
+                run_srv = stop_server(srv)
+            run["server"] = run_srv
+            if run_srv["exited_during_run"]:
+                problems.append(f"{name}: server exited during the push run (code {run_srv['exit_code_during_run']})")
+            if res.get("bridge", {}).get("errors"):
+                problems.append(f"{name}: bridge errors {res['bridge']['errors']}")
+            check_run(problems, f"{name} push", run, n, args.keepalive_s)
+            res["push"] = run
+            res["push_metrics"] = push_metrics(run.get("report"))
+            time.sleep(args.cooldown_s)
+
+        if args.pulsegate_connections:
+            m = args.pulsegate_connections
+            shards = args.shards or max(1, math.ceil(m / SHARD_CONNECTIONS))
+            log(f"\n== pulsegate alone: hold {m:,} connections ({shards} shards) for {args.duration_s:g} s")
+            srv = start_server("pulsegate", args, bins, workdir, m, shards=shards)
+            run = {}
+            try:
+                run.update(run_loadgen(args, bins, workdir, "hold", srv, m, args.duration_s))
+            finally:
+                run["server"] = stop_server(srv)
+            if run["server"]["exited_during_run"]:
+                problems.append(f"pulsegate@{m}: server exited during the run (code {run['server']['exit_code_during_run']})")
+            check_run(problems, f"pulsegate hold {m:,}", run, m, args.keepalive_s)
+            big = {
+                "connections": m, "shards": shards, "hold": run, "hold_metrics": hold_metrics(run.get("report")),
+                "peer_nofile_hard": nofile_hard,
+            }
+    except KeyboardInterrupt:
+        problems.append("interrupted (Ctrl-C); partial results")
+        log("\ninterrupted; stopping every child process")
+    finally:
+        cleanup()
+
+    rows = build_table(results, peers, big)
+    text = print_table(rows, peers, n)
+    if problems:
+        print("\nproblems / warnings:")
+        for p in problems:
+            print(f"  - {p}")
+    report = {
+        "bench": "side-by-side",
+        "unix_time_s": unix,
+        "commit": read_commit(),
+        "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "nofile_hard": nofile_hard,
+                 "loadavg_at_end": os.getloadavg()},
+        "config": {k: v for k, v in vars(args).items()} | {"push_duration_s": push_duration_s},
+        "metric_definitions": {
+            "established": "loadgen `established`: peak devices connected at once (hold run)",
+            "connect_rate_per_s": "loadgen `connect_rate_per_s` = established / established_after_s",
+            "rss_per_conn_bytes": "loadgen `server_rss_per_conn_bytes` = (VmRSS at end of hold - VmRSS before) / established",
+            "cpu_s_per_million_keepalives": "loadgen server_cpu_s_steady / keepalives * 1e6 (server utime+stime from all-connected to end of hold)",
+            "ping_rtt_p99_ms": "loadgen ping_rtt_ms.p99 (PINGREQ -> PINGRESP, hold run)",
+            "push_latency_p99_ms": "loadgen push_latency_ms.p99 (push run; device receive time - lgts stamp)",
+        },
+        "table": rows,
+        "table_text": text,
+        "results": results,
+        "pulsegate_max": big,
+        "problems": problems,
+        "workdir": str(workdir) if args.keep_logs else None,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nresults: {out_path}")
+    if not args.keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"logs: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_bridge":
+        sys.exit(bridge_main(sys.argv[2:]))
+    sys.exit(main(sys.argv[1:]))
