@@ -265,18 +265,14 @@ mod tests {
     fn clean_start_discards_and_expiry_and_bound_are_honoured() {
         let r = Registry::new(1);
         let now = Instant::now();
-        let a: Arc<str> = Arc::from("a");
-        let b: Arc<str> = Arc::from("b");
+        let later = now + std::time::Duration::from_secs(60);
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"), Arc::from("c"));
         r.claim(&a, loc(0, 1, true), true, now);
         r.claim(&b, loc(0, 2, true), true, now);
-        r.release("a", loc(0, 1, true), vec![push(1)], Some(now));
-        // The bound: the second session is not stored.
-        let rel = r.release(
-            "b",
-            loc(0, 2, true),
-            vec![push(2)],
-            Some(now + std::time::Duration::from_secs(5)),
-        );
+        r.claim(&c, loc(0, 3, true), true, now);
+        r.release("a", loc(0, 1, true), vec![push(1)], Some(later));
+        // The bound: a second live session is not stored.
+        let rel = r.release("b", loc(0, 2, true), vec![push(2)], Some(later));
         assert_eq!(
             rel,
             Release::Removed {
@@ -284,7 +280,22 @@ mod tests {
                 pushes_dropped: 1
             }
         );
+        // Clean start discards a's session and hands its pushes back.
+        let claim = r.claim(&a, loc(0, 4, true), false, now);
+        assert!(claim.resumed.is_none());
+        assert_eq!(claim.discarded.len(), 1);
+        assert_eq!(r.stored_sessions(), 0);
+        // An expired session does not hold the bound: it is purged to make room.
+        r.release("a", loc(0, 4, true), vec![push(3)], Some(now));
+        let rel = r.release("c", loc(0, 3, true), vec![push(4)], Some(later));
+        assert_eq!(
+            rel,
+            Release::Removed {
+                session_stored: true,
+                pushes_dropped: 0
+            }
+        );
         // Expired (expires_at == now is not > now): nothing resumed.
-        assert!(r.claim(&a, loc(0, 3, true), true, now).resumed.is_none());
+        assert!(r.claim(&a, loc(0, 5, true), true, now).resumed.is_none());
     }
 }
