@@ -121,13 +121,15 @@ fn gauge(gw: &Gateway, name: &str) -> f64 {
 fn synchronized_keepalives_are_dispersed_without_expiries() {
     common::raise_nofile();
     let gw = Gateway::start("uring", &[]);
-    // 400 devices connected within a fraction of a second: their keep-alives
-    // (T = 4 s) all land in the same second, every period.
+    // 400 devices connected within about a second: their keep-alives (T = 4 s)
+    // land in the same second or two, every period, until dispersed.
     let mut devices = connect_devices(&gw, 400, 4);
     let per_s = run_devices(&mut devices, Duration::from_secs(28));
-    let before = peak_to_mean(&per_s[4..8]);
+    // The first period's keep-alives arrive as one burst (≥ 3/4 of the devices in one second);
+    // dispersal starts right after it, so no later window is guaranteed synchronized.
+    let burst = per_s[..8].iter().copied().max().unwrap_or(0);
+    assert!(burst >= 300, "the keep-alives start synchronized: {per_s:?}");
     let after = peak_to_mean(&per_s[20..28]);
-    assert!(before >= 3.0, "the keep-alives start synchronized: {per_s:?}");
     assert!(
         after <= 1.5,
         "dispersed to ≤ 1.5 peak/mean within a few periods: {per_s:?}"
