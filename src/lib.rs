@@ -40,6 +40,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod push;
 pub mod registry;
+pub mod sdk;
 pub mod shard;
 pub mod store;
 #[allow(unsafe_code)]

@@ -32,6 +32,10 @@ pub enum Command {
     /// Rush hour: connect N spread over a keep-alive period, then push once to every
     /// device as fast as HTTP allows; the PUBACKs synchronize the keep-alive timers.
     Rushhour(RushhourArgs),
+    /// Heartbeat overload (seeds/004): connect N devices in waves so that their heartbeat
+    /// load passes the gateway's --max-heartbeats-per-s; report the load per second, the
+    /// devices adjusted, disconnected and refused. MQTT 5 by default (reason codes).
+    Overload(OverloadArgs),
     /// Internal: one worker process of a scenario (started by the parent).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -96,6 +100,10 @@ pub struct ConnArgs {
     /// QoS for --subscribe (0 or 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub subscribe_qos: u8,
+    /// Longest heartbeat a device accepts from `$pulse/heartbeat` (its optimal value,
+    /// seeds/004); 0 = whatever the server asks.
+    #[arg(long, default_value_t = 0)]
+    pub heartbeat_max_s: u16,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -196,6 +204,23 @@ pub struct RushhourArgs {
     pub payload_bytes: usize,
 }
 
+#[derive(Args, Debug, Clone)]
+#[command(mut_arg("mqtt_version", |a| a.default_value("5")))]
+pub struct OverloadArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Gateway HTTP API address: sample its /metrics once per second into the report.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Connect the devices in this many waves, so that admission control sees the load
+    /// rise and closes before everyone is in.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub waves: u32,
+    /// Seconds between waves (default: a quarter of --keepalive-s, at least 1).
+    #[arg(long)]
+    pub wave_interval_s: Option<f64>,
+}
+
 /// Hidden worker options; produced by the parent, not meant for humans.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
@@ -241,6 +266,15 @@ pub struct WorkerArgs {
     /// Connects in flight after a storm (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     pub storm_max_inflight: u32,
+    /// Longest heartbeat accepted from `$pulse/heartbeat` (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub heartbeat_max_s: u16,
+    /// Fresh devices connect in this many waves (1 = all at the ramp rate).
+    #[arg(long, default_value_t = 1)]
+    pub waves: u32,
+    /// Time between waves.
+    #[arg(long, default_value_t = 0)]
+    pub wave_interval_ms: u64,
 }
 
 /// Resolves HOST:PORT and enforces the loopback rule.
@@ -486,6 +520,76 @@ mod tests {
     }
 
     #[test]
+    fn overload_options() {
+        let base = [
+            "overload",
+            "--target",
+            "127.0.0.1:1883",
+            "--connections",
+            "10000",
+            "--keepalive-s",
+            "10",
+            "--duration-s",
+            "90",
+        ];
+        let Command::Overload(o) = parse(&base).unwrap().command else {
+            panic!("not overload")
+        };
+        assert_eq!(
+            (o.conn.connections, o.conn.keepalive_s, o.conn.duration_s),
+            (10_000, 10, 90.0)
+        );
+        assert_eq!(
+            o.conn.mqtt_version, 5,
+            "overload defaults to MQTT 5 for the reason codes"
+        );
+        assert_eq!(
+            (o.http, o.waves, o.wave_interval_s, o.conn.heartbeat_max_s),
+            (None, 10, None, 0)
+        );
+        let mut v = base.to_vec();
+        v.extend([
+            "--http",
+            "127.0.0.1:8080",
+            "--waves",
+            "4",
+            "--wave-interval-s",
+            "2.5",
+            "--heartbeat-max-s",
+            "40",
+            "--mqtt-version",
+            "4",
+            "--json",
+            "/tmp/o.json",
+        ]);
+        let Command::Overload(o) = parse(&v).unwrap().command else {
+            panic!("not overload")
+        };
+        assert_eq!(o.http.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!((o.waves, o.wave_interval_s, o.conn.heartbeat_max_s), (4, Some(2.5), 40));
+        assert_eq!(o.conn.mqtt_version, 4);
+        let mut bad = base.to_vec();
+        bad.extend(["--waves", "0"]);
+        assert!(parse(&bad).is_err());
+        // Other scenarios keep MQTT 3.1.1 as their default.
+        let Command::Hold(h) = parse(&[
+            "hold",
+            "--target",
+            "127.0.0.1:1",
+            "--connections",
+            "1",
+            "--duration-s",
+            "1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not hold")
+        };
+        assert_eq!(h.conn.mqtt_version, 4);
+    }
+
+    #[test]
     fn worker_is_parseable() {
         let cli = parse(&[
             "worker",
@@ -517,7 +621,8 @@ mod tests {
         .unwrap();
         assert!(
             matches!(cli.command, Command::Worker(ref w) if w.first_index == 18_000 && w.report_ms == 250
-            && w.storm_close == StormClose::Rst && w.storm_max_inflight == 0)
+            && w.storm_close == StormClose::Rst && w.storm_max_inflight == 0
+            && w.waves == 1 && w.wave_interval_ms == 0 && w.heartbeat_max_s == 0)
         );
     }
 

@@ -9,10 +9,12 @@ mod device;
 mod html;
 mod mqtt;
 mod net;
+mod overload;
 mod parent;
 mod procstat;
 mod push;
 mod report;
+mod scrape;
 mod srcip;
 mod timeline;
 mod worker;
@@ -26,6 +28,7 @@ fn main() {
         cli::Command::Push(p) => parent::run(&p.conn.clone(), parent::Scenario::Push(p)),
         cli::Command::Storm(s) => parent::run(&s.conn.clone(), parent::Scenario::Storm(s)),
         cli::Command::Rushhour(r) => parent::run(&r.conn.clone(), parent::Scenario::Rushhour(r)),
+        cli::Command::Overload(o) => parent::run(&o.conn.clone(), parent::Scenario::Overload(o)),
         cli::Command::Worker(w) => worker::run(w),
     };
     std::process::exit(code);

@@ -6,10 +6,10 @@
 //! Must never: open device sockets itself, signal any process but its own
 //! workers, or let a stuck worker outlive the run (it is killed after a grace).
 
-use crate::cli::{self, ConnArgs, PushArgs, RushhourArgs, StormArgs};
-use crate::report::{self, Progress, Report, RushhourReport, StormReport, WorkerMsg, WorkerStats};
+use crate::cli::{self, ConnArgs, OverloadArgs, PushArgs, RushhourArgs, StormArgs};
+use crate::report::{self, Progress, Report, RushhourReport, StormReport, WorkerMsg, WorkerOverload, WorkerStats};
 use crate::timeline::{self, Timeline};
-use crate::{html, net, procstat, push, srcip};
+use crate::{html, net, overload, procstat, push, scrape, srcip};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +49,7 @@ pub enum Scenario {
     Push(PushArgs),
     Storm(StormArgs),
     Rushhour(RushhourArgs),
+    Overload(OverloadArgs),
 }
 
 impl Scenario {
@@ -58,6 +59,7 @@ impl Scenario {
             Scenario::Push(_) => "push",
             Scenario::Storm(_) => "storm",
             Scenario::Rushhour(_) => "rushhour",
+            Scenario::Overload(_) => "overload",
         }
     }
 
@@ -65,6 +67,7 @@ impl Scenario {
         match self {
             Scenario::Push(p) => Some(&p.http),
             Scenario::Rushhour(r) => Some(&r.http),
+            Scenario::Overload(o) => o.http.as_deref(),
             _ => None,
         }
     }
@@ -133,6 +136,17 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
         }
     };
     let mut ramp_per_s = conn.ramp_per_s;
+    // Overload: fresh devices connect in waves (every worker opens its share of each).
+    let (waves, wave_interval_s) = match &scenario {
+        Scenario::Overload(o) => (
+            o.waves,
+            o.wave_interval_s.unwrap_or((conn.keepalive_s as f64 / 4.0).max(1.0)),
+        ),
+        _ => (1, 0.0),
+    };
+    if !(wave_interval_s.is_finite() && wave_interval_s >= 0.0) || (waves > 1 && wave_interval_s == 0.0) {
+        return fail("--wave-interval-s must be > 0".into());
+    }
     let mut storm_run = None;
     let mut rush_run = None;
     let mut storm_worker_args: Vec<String> = Vec::new();
@@ -248,7 +262,14 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
                 "--epoch-unix-ms",
                 &epoch_unix_ms.to_string(),
             ])
-            .args(["--subscribe-qos", &conn.subscribe_qos.to_string()]);
+            .args(["--subscribe-qos", &conn.subscribe_qos.to_string()])
+            .args(["--heartbeat-max-s", &conn.heartbeat_max_s.to_string()])
+            .args([
+                "--waves",
+                &waves.to_string(),
+                "--wave-interval-ms",
+                &((wave_interval_s * 1000.0) as u64).to_string(),
+            ]);
         if let Some(sub) = &conn.subscribe {
             cmd.args(["--subscribe", sub]);
         }
@@ -307,6 +328,10 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
     let mut rss_peak = rss_before;
     let mut next_rss_sample_s = 1.0;
     let mut pusher: Option<push::Pusher> = None;
+    let sampler = match (&scenario, http_addr) {
+        (Scenario::Overload(_), Some(addr)) => Some(scrape::Sampler::start(addr, start)),
+        _ => None,
+    };
 
     // Hold phase.
     loop {
@@ -397,6 +422,7 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
         }
     }
     let hold_end_s = start.elapsed().as_secs_f64();
+    let server_series = sampler.map(scrape::Sampler::stop);
     let mut push_report = pusher.map(|p| p.stop());
     if let Some(rh) = rush_run.as_mut() {
         if let Some(b) = rh.burst.take() {
@@ -475,6 +501,7 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
     let mut storm_rep = StormReport::default();
     let mut storm_reconnect = report::new_histogram();
     let mut storm_recovered_ms: Option<u64> = Some(0);
+    let mut overload_counts = WorkerOverload::default();
     for p in &procs {
         if let Some(e) = &p.error {
             r.worker_errors.push(e.clone());
@@ -486,6 +513,7 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
                 report::add_counts(&mut r.closed, &st.closed);
                 r.pubacks_sent += st.pubacks_sent;
                 r.control_messages += st.control_messages;
+                overload_counts.add(&st.overload);
                 pushes_delivered += st.pushes_delivered;
                 report::import(&mut rtt, &st.ping_rtt_us);
                 report::import(&mut push_lat, &st.push_latency_us);
@@ -604,6 +632,18 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
             keepalive_peak_to_mean_after: timeline::peak_to_mean(&after_v),
             keepalives_per_s_after: after_v,
         });
+    }
+
+    if let Scenario::Overload(_) = &scenario {
+        r.overload = Some(overload::OverloadReport::build(
+            waves,
+            wave_interval_s,
+            conn.heartbeat_max_s,
+            &r.timeline,
+            &r.failed,
+            &overload_counts,
+            server_series,
+        ));
     }
 
     print!("{}", r.human());

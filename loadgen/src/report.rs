@@ -85,12 +85,40 @@ pub struct WorkerStats {
     pub closed: BTreeMap<String, u64>,
     pub pubacks_sent: u64,
     pub control_messages: u64,
+    /// Heartbeat-load relief as the devices saw it (seeds/004).
+    #[serde(default)]
+    pub overload: WorkerOverload,
     pub pushes_delivered: u64,
     pub ping_rtt_us: Vec<(u64, u64)>,
     pub push_latency_us: Vec<(u64, u64)>,
     /// Present when this worker received "storm".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<WorkerStorm>,
+}
+
+/// What one worker's devices saw of heartbeat-load relief.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerOverload {
+    /// Devices that received at least one `$pulse/heartbeat`.
+    pub adjusted_devices: u64,
+    /// `$pulse/heartbeat` messages received.
+    pub heartbeat_adjustments: u64,
+    /// Connections ended by DISCONNECT 0x89 / 0x9C / 0x9D.
+    pub overload_disconnects: u64,
+    /// Overload disconnects of a device whose previous connection also ended that way.
+    pub disconnected_twice: u64,
+    /// `$pulse/...` messages whose topic or payload was not understood.
+    pub control_errors: u64,
+}
+
+impl WorkerOverload {
+    pub fn add(&mut self, o: &WorkerOverload) {
+        self.adjusted_devices += o.adjusted_devices;
+        self.heartbeat_adjustments += o.heartbeat_adjustments;
+        self.overload_disconnects += o.overload_disconnects;
+        self.disconnected_twice += o.disconnected_twice;
+        self.control_errors += o.control_errors;
+    }
 }
 
 /// What one worker saw of a storm.
@@ -245,6 +273,9 @@ pub struct Report {
     /// Rushhour fields, flattened into the top level.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub rushhour: Option<RushhourReport>,
+    /// Overload fields, flattened into the top level.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub overload: Option<crate::overload::OverloadReport>,
     /// For the HTML charts only.
     #[serde(skip)]
     pub latency_curves: Vec<LatencyCurve>,
@@ -477,6 +508,9 @@ impl Report {
         }
         for e in &self.worker_errors {
             line(format!("worker error       {e}"));
+        }
+        if let Some(o) = &self.overload {
+            s.push_str(&o.human(&self.timeline.connected));
         }
         s
     }

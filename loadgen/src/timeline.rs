@@ -28,6 +28,15 @@ pub struct SlotCounts {
     pub connected: u64,
     /// Fewest devices connected at any moment within the slot.
     pub connected_min: u64,
+    /// Heartbeat adjustments (`$pulse/heartbeat`) received.
+    #[serde(default)]
+    pub hb_adjusts: u64,
+    /// Connections ended by an overload DISCONNECT (0x89 / 0x9C / 0x9D).
+    #[serde(default)]
+    pub overload_disconnects: u64,
+    /// Connect attempts refused by CONNACK (any non-zero code).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl SlotCounts {
@@ -49,6 +58,9 @@ impl SlotCounts {
         self.publishes += o.publishes;
         self.connected += o.connected;
         self.connected_min += o.connected_min;
+        self.hb_adjusts += o.hb_adjusts;
+        self.overload_disconnects += o.overload_disconnects;
+        self.refused += o.refused;
     }
 }
 
@@ -131,6 +143,9 @@ impl Timeline {
             publishes: col(|s| s.publishes),
             connected: col(|s| s.connected),
             connected_min: col(|s| s.connected_min),
+            hb_adjusts: col(|s| s.hb_adjusts),
+            overload_disconnects: col(|s| s.overload_disconnects),
+            refused: col(|s| s.refused),
         }
     }
 }
@@ -146,6 +161,9 @@ pub struct Series {
     pub publishes: Vec<u64>,
     pub connected: Vec<u64>,
     pub connected_min: Vec<u64>,
+    pub hb_adjusts: Vec<u64>,
+    pub overload_disconnects: Vec<u64>,
+    pub refused: Vec<u64>,
 }
 
 /// Slots `[start, end)`, in seconds since the start of the run.

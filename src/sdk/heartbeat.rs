@@ -233,7 +233,11 @@ mod tests {
         let mut hb = Heartbeat::new(&POLICY);
         assert_eq!(hb.interval_s(), 60);
         assert!(hb.is_probing());
-        assert_eq!(hb.connect_keepalive_s(&POLICY), 600, "probing connects with the maximum");
+        assert_eq!(
+            hb.connect_keepalive_s(&POLICY),
+            600,
+            "probing connects with the maximum"
+        );
         let mut seen = vec![hb.interval_s()];
         while let Some(next) = hb.on_survived(&POLICY) {
             seen.push(next);

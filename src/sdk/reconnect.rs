@@ -105,22 +105,27 @@ impl Reconnector {
     }
 
     /// The connection (or attempt) to `current_server` ended as `ending`.
-    pub fn on_ended(&mut self, policy: &BackoffPolicy, current_server: &str, ending: Ending<'_>, random: u64) -> Reconnect {
+    pub fn on_ended(
+        &mut self,
+        policy: &BackoffPolicy,
+        current_server: &str,
+        ending: Ending<'_>,
+        random: u64,
+    ) -> Reconnect {
         let moved = matches!(ending.reason, Some(reason::USE_ANOTHER_SERVER | reason::SERVER_MOVED));
-        if moved && self.redirects < REDIRECTS_IN_A_ROW_MAX {
-            if let Some(target) = ending
-                .server_reference
-                .and_then(|r| reference_target(r, current_server))
-            {
-                self.redirects += 1;
-                return Reconnect {
-                    server: target,
-                    // Jitter within one base delay: a whole shed population must not
-                    // land on the new server in the same millisecond.
-                    delay_ms: random % (policy.base_ms + 1),
-                    redirected: true,
-                };
-            }
+        let target = ending
+            .server_reference
+            .filter(|_| moved && self.redirects < REDIRECTS_IN_A_ROW_MAX)
+            .and_then(|r| reference_target(r, current_server));
+        if let Some(target) = target {
+            self.redirects += 1;
+            return Reconnect {
+                server: target,
+                // Jitter within one base delay: a whole shed population must not land on
+                // the new server in the same millisecond.
+                delay_ms: random % (policy.base_ms + 1),
+                redirected: true,
+            };
         }
         let delay_ms = backoff_ms(policy, self.failures, random);
         self.failures = self.failures.saturating_add(1);
@@ -166,14 +171,21 @@ mod tests {
             server_reference: None,
         };
         let a = r.on_ended(&P, "10.0.0.1:1883", busy, 0);
-        assert_eq!((a.server.as_str(), a.delay_ms, a.redirected), ("10.0.0.1:1883", 50, false));
+        assert_eq!(
+            (a.server.as_str(), a.delay_ms, a.redirected),
+            ("10.0.0.1:1883", 50, false)
+        );
         let b = r.on_ended(&P, "10.0.0.1:1883", busy, 0);
         assert_eq!(b.delay_ms, 100);
         for _ in 0..20 {
             assert!(r.on_ended(&P, "10.0.0.1:1883", busy, u64::MAX).delay_ms <= P.max_ms);
         }
         r.on_connected();
-        assert_eq!(r.on_ended(&P, "10.0.0.1:1883", busy, 0).delay_ms, 50, "reset after success");
+        assert_eq!(
+            r.on_ended(&P, "10.0.0.1:1883", busy, 0).delay_ms,
+            50,
+            "reset after success"
+        );
         // 0x9C without a reference: nothing to follow, back off.
         let no_ref = Ending {
             reason: Some(reason::USE_ANOTHER_SERVER),
@@ -203,7 +215,10 @@ mod tests {
             reason: Some(reason::SERVER_MOVED),
             server_reference: Some("gw2.example"),
         };
-        assert_eq!(r.on_ended(&P, "gw1.example:8883", moved_perm, 0).server, "gw2.example:8883");
+        assert_eq!(
+            r.on_ended(&P, "gw1.example:8883", moved_perm, 0).server,
+            "gw2.example:8883"
+        );
     }
 
     #[test]

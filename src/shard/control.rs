@@ -83,6 +83,7 @@ impl Core {
     /// asked before (or already at `keepalive_max_s`) is disconnected instead.
     pub(super) fn relieve(&mut self, count: u32, keepalive_max_s: u16) {
         let mut left = count;
+        let mut adjusted = Vec::new();
         while left > 0 {
             let Some((key, generation)) = self.newest.pop_back() else {
                 break;
@@ -103,12 +104,16 @@ impl Core {
                 self.counters.keepalive_census(new_ka, 1);
                 bump(&self.counters.heartbeat_adjustments, 1);
                 self.send_control(key, HEARTBEAT_TOPIC, format!("{{\"keepalive_s\":{new_ka}}}"));
-                // Still the newest: if relief goes on, it is the next to be disconnected.
-                self.newest.push_front((key, generation));
+                adjusted.push((key, generation));
             } else {
                 bump(&self.counters.overload_disconnects, 1);
                 self.disconnect_overloaded(key);
             }
+        }
+        // Back at the newest end: if relief is still needed next round, the
+        // adjusted devices are the first to be disconnected.
+        for entry in adjusted.into_iter().rev() {
+            self.newest.push_back(entry);
         }
     }
 

@@ -8,8 +8,14 @@ use super::{bump, Worker, MAX_FRAME_BYTES, MAX_TX_TAIL_BYTES, TS_MARKER};
 use crate::device::Phase;
 use crate::mqtt::{self, Packet};
 use crate::{net, report};
+use pulsegate::sdk::control::{self, Control};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
+
+/// DISCONNECT reasons of load relief: server busy, use another server, server moved.
+pub fn is_overload_code(code: u8) -> bool {
+    matches!(code, 0x89 | 0x9C | 0x9D)
+}
 
 /// Finds "lgts=<digits>" in a payload and returns the number.
 pub fn find_timestamp_us(payload: &[u8]) -> Option<u64> {
@@ -34,6 +40,7 @@ impl Worker {
                 self.count_failure(idx, reason);
             }
             Phase::Connected => {
+                slot.dev.overload_closed = false;
                 self.progress.connected -= 1;
                 self.seconds.cur.closes += 1;
                 self.seconds.set_connected(self.progress.connected);
@@ -145,11 +152,13 @@ impl Worker {
         self.id_buf.clear();
         let _ = write!(self.id_buf, "{}{}", self.args.client_id_prefix, global);
         self.scratch.clear();
+        // The device's current heartbeat (kept across reconnects, as the SDK's stored state).
+        let keepalive_s = self.slots[idx as usize].dev.heartbeat_s();
         mqtt::encode_connect(
             &mut self.scratch,
             self.args.mqtt_version,
             self.id_buf.as_bytes(),
-            self.args.keepalive_s,
+            keepalive_s,
         );
         self.slots[idx as usize].dev.on_connect_sent();
         self.send_scratch(idx);
@@ -236,6 +245,7 @@ impl Worker {
                     .dev
                     .on_connack(now_ms, code, server_keepalive_s)
                 {
+                    self.seconds.cur.refused += 1;
                     self.close(idx, &format!("connack_0x{code:02x}"));
                     return false;
                 }
@@ -286,13 +296,29 @@ impl Worker {
             } => {
                 self.progress.publishes_received += 1;
                 self.seconds.cur.publishes += 1;
-                if topic.starts_with(b"$pulse/") {
+                let control = if control::is_control_topic(topic) {
                     self.control_messages += 1;
-                    let new_ka = std::str::from_utf8(payload)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u16>().ok());
-                    self.slots[idx as usize].dev.on_keepalive_config(now_ms, new_ka);
-                    self.arm(idx);
+                    control::parse(topic, payload).unwrap_or_else(|_| {
+                        self.overload.control_errors += 1;
+                        None
+                    })
+                } else {
+                    None
+                };
+                // A heartbeat adjustment changes the period before the PUBACK restarts
+                // the timer, so the new interval counts from now.
+                if let Some(Control::Heartbeat { keepalive_s }) = control {
+                    let cap_s = match self.args.heartbeat_max_s {
+                        0 => u16::MAX,
+                        cap => cap,
+                    };
+                    let dev = &mut self.slots[idx as usize].dev;
+                    if !dev.adjusted {
+                        self.overload.adjusted_devices += 1;
+                    }
+                    dev.on_heartbeat_adjust(keepalive_s, cap_s);
+                    self.overload.heartbeat_adjustments += 1;
+                    self.seconds.cur.hb_adjusts += 1;
                 }
                 if let Some(ts) = find_timestamp_us(payload) {
                     self.pushes_delivered += 1;
@@ -307,8 +333,14 @@ impl Worker {
                     }
                     self.pubacks_sent += 1;
                     self.slots[idx as usize].dev.on_packet_sent(now_ms);
-                    self.arm(idx);
                 }
+                // After the PUBACK's restart, so the re-initialization is what stays.
+                if let Some(Control::KeepAlive { keepalive_s, offset_ms }) = control {
+                    self.slots[idx as usize]
+                        .dev
+                        .on_keepalive_config(now_ms, keepalive_s, offset_ms);
+                }
+                self.arm(idx);
             }
             Packet::Pingresp => {
                 if let Some(rtt_us) = self.slots[idx as usize].dev.on_pingresp(now_us) {
@@ -318,7 +350,16 @@ impl Worker {
                 }
             }
             Packet::Disconnect { code } => {
+                let overload = is_overload_code(code);
+                if overload {
+                    self.overload.overload_disconnects += 1;
+                    self.seconds.cur.overload_disconnects += 1;
+                    if self.slots[idx as usize].dev.overload_closed {
+                        self.overload.disconnected_twice += 1;
+                    }
+                }
                 self.close(idx, &format!("disconnect_0x{code:02x}"));
+                self.slots[idx as usize].dev.overload_closed = overload;
                 return false;
             }
             Packet::Suback { .. } | Packet::Other(_) => {}

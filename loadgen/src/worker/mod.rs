@@ -15,7 +15,7 @@ use crate::cli::WorkerArgs;
 use crate::device::{Device, Phase, TimeoutKind, TimerAction, NEVER_MS};
 use crate::mqtt;
 use crate::net;
-use crate::report::{self, Progress, WorkerMsg, WorkerStats, WorkerStorm};
+use crate::report::{self, Progress, WorkerMsg, WorkerOverload, WorkerStats, WorkerStorm};
 use crate::srcip;
 use crate::timeline::SlotAcc;
 use hdrhistogram::Histogram;
@@ -85,6 +85,7 @@ struct Worker {
     closed: BTreeMap<String, u64>,
     pubacks_sent: u64,
     control_messages: u64,
+    overload: WorkerOverload,
     pushes_delivered: u64,
     ping_rtt: Histogram<u64>,
     push_latency: Histogram<u64>,
@@ -200,6 +201,7 @@ impl Worker {
             closed: BTreeMap::new(),
             pubacks_sent: 0,
             control_messages: 0,
+            overload: WorkerOverload::default(),
             pushes_delivered: 0,
             ping_rtt: report::new_histogram(),
             push_latency: report::new_histogram(),
@@ -242,7 +244,7 @@ impl Worker {
     }
 
     fn arm(&mut self, idx: u32) {
-        let d = self.slots[idx as usize].dev.deadline_ms;
+        let d = self.slots[idx as usize].dev.deadline_ms();
         if d != NEVER_MS {
             self.heap.push(Reverse((d, idx)));
         }
@@ -280,9 +282,12 @@ impl Worker {
             if let Some(Reverse((d, _))) = self.heap.peek() {
                 wait_us = wait_us.min((d * 1000).saturating_sub(now_us));
             }
-            if self.has_pending_connects() && self.inflight < self.args.max_inflight {
+            if self.has_pending_connects(now_us) && self.inflight < self.args.max_inflight {
                 let need = ((1.0 - self.tokens).max(0.0) / self.args.ramp_per_s * 1e6) as u64;
                 wait_us = wait_us.min(need);
+            }
+            if let Some(next_wave_us) = self.next_wave_us(now_us) {
+                wait_us = wait_us.min(next_wave_us - now_us);
             }
             let timeout = Duration::from_micros(wait_us.max(200));
             match self.poll.poll(&mut events, Some(timeout)) {
@@ -314,8 +319,29 @@ impl Worker {
         Ok(())
     }
 
-    fn has_pending_connects(&self) -> bool {
-        !self.ready.is_empty() || (self.next_fresh as usize) < self.slots.len()
+    fn has_pending_connects(&self, now_us: u64) -> bool {
+        !self.ready.is_empty() || (self.next_fresh as usize) < self.fresh_allowed(now_us)
+    }
+
+    /// Fresh devices allowed to connect by `now_us`: all of them, or with `--waves W`
+    /// one more W-th of the slice every `--wave-interval-ms`.
+    fn fresh_allowed(&self, now_us: u64) -> usize {
+        let n = self.slots.len();
+        let (waves, interval_ms) = (self.args.waves as u64, self.args.wave_interval_ms);
+        if waves <= 1 || interval_ms == 0 {
+            return n;
+        }
+        let wave = (1 + now_us / 1000 / interval_ms).min(waves);
+        ((n as u64 * wave).div_ceil(waves)) as usize
+    }
+
+    /// When the next wave opens (worker clock, µs), if one is still to come.
+    fn next_wave_us(&self, now_us: u64) -> Option<u64> {
+        let (waves, interval_ms) = (self.args.waves as u64, self.args.wave_interval_ms);
+        if waves <= 1 || interval_ms == 0 || self.fresh_allowed(now_us) >= self.slots.len() {
+            return None;
+        }
+        Some((now_us / 1000 / interval_ms + 1) * interval_ms * 1000)
     }
 
     fn pump_connects(&mut self, now_us: u64) {
@@ -327,7 +353,7 @@ impl Worker {
         while self.tokens >= 1.0 && self.inflight < self.args.max_inflight {
             let idx = if let Some(i) = self.ready.pop_front() {
                 i
-            } else if (self.next_fresh as usize) < self.slots.len() {
+            } else if (self.next_fresh as usize) < self.fresh_allowed(now_us) {
                 self.next_fresh += 1;
                 self.next_fresh - 1
             } else {
@@ -448,7 +474,7 @@ impl Worker {
                 break;
             }
             self.heap.pop();
-            if self.slots[idx as usize].dev.deadline_ms != deadline {
+            if self.slots[idx as usize].dev.deadline_ms() != deadline {
                 continue; // stale entry
             }
             let fresh_us = self.now_us().max(now_us);
@@ -485,8 +511,8 @@ impl Worker {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.dev.deadline_ms != NEVER_MS)
-            .map(|(i, s)| Reverse((s.dev.deadline_ms, i as u32)))
+            .filter(|(_, s)| s.dev.deadline_ms() != NEVER_MS)
+            .map(|(i, s)| Reverse((s.dev.deadline_ms(), i as u32)))
             .collect();
         self.heap = BinaryHeap::from(fresh);
     }
@@ -517,6 +543,7 @@ impl Worker {
             closed: std::mem::take(&mut self.closed),
             pubacks_sent: self.pubacks_sent,
             control_messages: self.control_messages,
+            overload: std::mem::take(&mut self.overload),
             pushes_delivered: self.pushes_delivered,
             ping_rtt_us: report::export(&self.ping_rtt),
             push_latency_us: report::export(&self.push_latency),
