@@ -135,11 +135,13 @@ impl Gateway for ApiFront {
         let service = self.service()?;
         let default_profile = self.by_name.get(&caller.sp).and_then(|s| s.default_profile.as_deref());
         let cfg = &self.shared.cfg;
-        let messages = submit::build(body, &caller.sp, default_profile, cfg, &self.shared.push_ids, unix_ms())
-            .map_err(|e| match e {
-                SubmitError::Bad(m) => ApiError::BadRequest(m),
-                SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
-            })?;
+        let submit::Submission { messages, multicast } =
+            submit::build(body, &caller.sp, default_profile, cfg, &self.shared.push_ids, unix_ms()).map_err(
+                |e| match e {
+                    SubmitError::Bad(m) => ApiError::BadRequest(m),
+                    SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
+                },
+            )?;
         // Held messages are evicted oldest-first to make room; in-flight ones are not.
         let in_flight = service.counters.pending.load(Ordering::Relaxed)
             - service
@@ -170,8 +172,6 @@ impl Gateway for ApiFront {
             .commit(ops)
             .map_err(|e| ApiError::Unavailable(format!("store: {e}")))?;
         let ids: Vec<String> = messages.iter().map(|m| format_id(m.id)).collect();
-        let multicast = messages.len() > 1
-            || serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("devices").is_some());
         // Durable already: if the service is gone, recovery at the next start resumes them.
         let _ = service.requests.send(Request::Submit(messages));
         Ok(if multicast {

@@ -49,6 +49,13 @@ struct Body {
     profile: Option<ProfileRef>,
 }
 
+/// The messages one request made.
+pub struct Submission {
+    pub messages: Vec<Message>,
+    /// The request named `devices` (answered with `ids`), not `device`.
+    pub multicast: bool,
+}
+
 /// Why a body was refused.
 #[derive(Debug, PartialEq)]
 pub enum SubmitError {
@@ -64,7 +71,7 @@ pub fn build(
     cfg: &Config,
     ids: &PushIds,
     now_unix_ms: u64,
-) -> Result<Vec<Message>, SubmitError> {
+) -> Result<Submission, SubmitError> {
     let bad = |m: String| Err(SubmitError::Bad(m));
     if body.trim_ascii_start().first() != Some(&b'{') {
         return bad("body must be a JSON object".into());
@@ -73,6 +80,7 @@ pub fn build(
         Ok(b) => b,
         Err(e) => return bad(format!("invalid JSON body: {e}")),
     };
+    let multicast = b.devices.is_some();
     let devices = match (b.device, b.devices) {
         (Some(d), None) => vec![d],
         (None, Some(list)) if !list.is_empty() => list,
@@ -157,7 +165,7 @@ pub fn build(
             attempts: vec![],
         })
         .collect();
-    Ok(messages)
+    Ok(Submission { messages, multicast })
 }
 
 #[cfg(test)]
@@ -173,7 +181,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        build(body.as_bytes(), "acme", None, &cfg, &PushIds::new(), 1_000)
+        build(body.as_bytes(), "acme", None, &cfg, &PushIds::new(), 1_000).map(|s| s.messages)
     }
 
     #[test]
