@@ -124,7 +124,10 @@ fn run(shared: &Shared, stop: &AtomicBool) {
                 uniform_equivalent,
                 cfg.dispersal_threshold_factor,
             );
-            if !hot.is_empty() {
+            // Wait for a burst to end before dispersing: its devices arrive over several
+            // seconds, and dispersing on the first hot second would catch only those.
+            let burst_ongoing = hot.last() == Some(&last) && hot.len() < (period_s as usize).div_ceil(2);
+            if !hot.is_empty() && !burst_ongoing {
                 for (i, _) in shared.shards().iter().enumerate() {
                     let _ = shared.post(
                         i as u16,
