@@ -275,7 +275,7 @@ impl Default for Config {
             pending_messages_max: 1_000_000,
             max_heartbeats_per_s: None,
             server_reference: None,
-            dispersal_threshold_factor: 3.0,
+            dispersal_threshold_factor: 1.5,
             dispersal: true,
             heartbeat_max_s: 1_800,
             sps: Vec::new(),
