@@ -48,6 +48,9 @@ pub struct UringShard {
     wake_armed: bool,
     stop_deadline_ms: Option<u64>,
     cqes: Vec<(u64, i32, u32)>,
+    /// Completions taken off a full CQ while submitting (handled next turn,
+    /// never from inside `push`: a handler must not recurse into handlers).
+    stashed: Vec<(u64, i32, u32)>,
     keys: Vec<u32>,
 }
 
@@ -76,6 +79,7 @@ impl UringShard {
             wake_armed: false,
             stop_deadline_ms: None,
             cqes: Vec::with_capacity(limits::COMPLETIONS_PER_TURN_MAX),
+            stashed: Vec::new(),
             keys: Vec::with_capacity(1024),
         })
     }
@@ -97,9 +101,12 @@ impl UringShard {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     eprintln!("shard {}: io_uring submit failed: {e}", self.core.shard_id);
                 }
-                // EBUSY: the CQ is full; drain it before submitting more.
-                self.drain_completions();
-                self.handle_completions();
+                // EBUSY: the CQ is full; move its entries aside (handled at the
+                // next drain, in order) so the kernel can take more submissions.
+                let mut cq = self.ring.completion();
+                cq.sync();
+                self.stashed
+                    .extend(cq.map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
             }
         }
     }
@@ -216,6 +223,8 @@ impl UringShard {
 
     fn drain_completions(&mut self) {
         self.cqes.clear();
+        // Completions stashed while submitting came first: handle them first.
+        self.cqes.append(&mut self.stashed);
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in cq.by_ref().take(limits::COMPLETIONS_PER_TURN_MAX) {
