@@ -174,19 +174,6 @@ impl Registry {
         self.stripe(client_id).online.get(client_id).copied()
     }
 
-    /// Appends `push` to the stored session of an offline persistent device.
-    /// Returns false if there is no such session (or it is full).
-    pub fn store_for_offline(&self, client_id: &str, push: Push, per_device_max: usize) -> bool {
-        let mut stripe = self.stripe(client_id);
-        match stripe.sessions.get_mut(client_id) {
-            Some(s) if s.pushes.len() < per_device_max => {
-                s.pushes.push(push);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Offline sessions currently stored.
     pub fn stored_sessions(&self) -> u32 {
         self.stored_sessions.load(std::sync::atomic::Ordering::Relaxed)
@@ -251,12 +238,10 @@ mod tests {
             }
         );
         assert!(r.lookup("dev-2").is_none());
-        assert!(r.store_for_offline("dev-2", push(3), 3));
-        assert!(!r.store_for_offline("dev-2", push(4), 3));
         let c = r.claim(&id, loc(1, 2, true), true, now);
         assert_eq!(
             c.resumed.map(|p| p.iter().map(|p| p.id).collect::<Vec<_>>()),
-            Some(vec![1, 2, 3])
+            Some(vec![1, 2])
         );
         assert_eq!(r.stored_sessions(), 0);
     }
