@@ -111,6 +111,23 @@ pub struct Flags {
     /// Longest heartbeat interval load relief may ask a device for (seconds).
     #[arg(long)]
     pub heartbeat_max_s: Option<u16>,
+    /// Cross-shard rebalancing: move connections when shards differ this much (max/min).
+    #[arg(long)]
+    pub rebalance_ratio: Option<f64>,
+    /// Shards must stay imbalanced this long before connections move, and a
+    /// moved connection stays put at least this long (seconds).
+    #[arg(long)]
+    pub rebalance_hold_s: Option<u32>,
+    /// Connections moved per rebalancing round, at most.
+    #[arg(long)]
+    pub rebalance_moves_per_round_max: Option<u32>,
+    /// Turn cross-shard rebalancing off.
+    #[arg(long)]
+    pub rebalance: Option<bool>,
+    /// Only the first N shards accept connections (the others get theirs by
+    /// rebalancing); default all. Mostly for demonstrating rebalancing.
+    #[arg(long)]
+    pub listen_shards: Option<usize>,
 }
 
 /// An application server allowed to push (`[[sps]]` in the config file).
@@ -158,6 +175,11 @@ struct FileConfig {
     dispersal_threshold_factor: Option<f64>,
     dispersal: Option<bool>,
     heartbeat_max_s: Option<u16>,
+    rebalance_ratio: Option<f64>,
+    rebalance_hold_s: Option<u32>,
+    rebalance_moves_per_round_max: Option<u32>,
+    rebalance: Option<bool>,
+    listen_shards: Option<usize>,
     #[serde(default)]
     sps: Vec<SpConfig>,
     #[serde(default)]
@@ -195,6 +217,13 @@ pub struct Config {
     pub dispersal_threshold_factor: f64,
     pub dispersal: bool,
     pub heartbeat_max_s: u16,
+    /// Rebalance when the busiest shard holds more than this multiple of the idlest.
+    pub rebalance_ratio: f64,
+    pub rebalance_hold_s: u32,
+    pub rebalance_moves_per_round_max: u32,
+    pub rebalance: bool,
+    /// Shards that accept connections (≤ shards).
+    pub listen_shards: usize,
     /// SPs and their API keys; empty = the API is open (a warning at start-up).
     pub sps: Vec<SpConfig>,
     pub profiles: std::collections::BTreeMap<String, crate::push::profile::Profile>,
@@ -278,6 +307,11 @@ impl Default for Config {
             dispersal_threshold_factor: 1.5,
             dispersal: true,
             heartbeat_max_s: 1_800,
+            rebalance_ratio: 1.25,
+            rebalance_hold_s: 10,
+            rebalance_moves_per_round_max: 10_000,
+            rebalance: true,
+            listen_shards: usize::MAX,
             sps: Vec::new(),
             profiles: Default::default(),
             mechanisms: Vec::new(),
@@ -368,6 +402,20 @@ impl Config {
                 .heartbeat_max_s
                 .or(file.heartbeat_max_s)
                 .unwrap_or(d.heartbeat_max_s),
+            rebalance_ratio: flags
+                .rebalance_ratio
+                .or(file.rebalance_ratio)
+                .unwrap_or(d.rebalance_ratio),
+            rebalance_hold_s: flags
+                .rebalance_hold_s
+                .or(file.rebalance_hold_s)
+                .unwrap_or(d.rebalance_hold_s),
+            rebalance_moves_per_round_max: flags
+                .rebalance_moves_per_round_max
+                .or(file.rebalance_moves_per_round_max)
+                .unwrap_or(d.rebalance_moves_per_round_max),
+            rebalance: flags.rebalance.or(file.rebalance).unwrap_or(d.rebalance),
+            listen_shards: flags.listen_shards.or(file.listen_shards).unwrap_or(d.listen_shards),
             sps: file.sps,
             profiles: file.profiles,
             mechanisms: file.mechanisms,
@@ -440,6 +488,19 @@ impl Config {
             return invalid("dispersal_threshold_factor".into(), "must be ≥ 1".into());
         }
         range("heartbeat_max_s", self.heartbeat_max_s as u64, 1, u16::MAX as u64)?;
+        if !(self.rebalance_ratio > 1.0 && self.rebalance_ratio.is_finite()) {
+            return invalid("rebalance_ratio".into(), "must be a number > 1".into());
+        }
+        range("rebalance_hold_s", self.rebalance_hold_s as u64, 1, 86_400)?;
+        range(
+            "rebalance_moves_per_round_max",
+            self.rebalance_moves_per_round_max as u64,
+            1,
+            limits::CONNECTIONS_PER_SHARD_MAX as u64,
+        )?;
+        if self.listen_shards == 0 {
+            return invalid("listen_shards".into(), "must be ≥ 1".into());
+        }
         for (name, p) in &self.profiles {
             if let Err(why) = crate::push::profile::validate(p) {
                 return invalid(format!("profiles.{name}"), why);

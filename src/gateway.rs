@@ -41,6 +41,9 @@ impl BackendInUse {
 pub struct ShardHandle {
     pub mailbox: MailboxSender,
     pub counters: Arc<ShardCounters>,
+    /// The shard's io_uring fd once its ring exists (-1 before, and for epoll):
+    /// other shards pass sockets to it with IORING_OP_MSG_RING.
+    pub ring_fd: std::sync::atomic::AtomicI32,
 }
 
 pub struct Shared {

@@ -274,6 +274,36 @@ pub fn render(shared: &Shared) -> String {
         "Devices disconnected to relieve heartbeat load.",
         |c| c.overload_disconnects.load(Relaxed),
     );
+    per_shard(
+        &mut out,
+        shared,
+        "pulsegate_connections_moved_in_total",
+        "counter",
+        "Connections adopted from another shard (rebalancing).",
+        |c| c.connections_moved_in.load(Relaxed),
+    );
+    per_shard(
+        &mut out,
+        shared,
+        "pulsegate_connections_moved_out_total",
+        "counter",
+        "Connections handed to another shard (rebalancing).",
+        |c| c.connections_moved_out.load(Relaxed),
+    );
+    total(
+        &mut out,
+        shared,
+        "pulsegate_move_failures_total",
+        "Moves abandoned; the connection stayed on its shard.",
+        |c| c.move_failures.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_rebalance_rounds_total Rebalancing rounds the coordinator started.\n# TYPE pulsegate_rebalance_rounds_total counter\npulsegate_rebalance_rounds_total {}\n\
+         # HELP pulsegate_rebalance_moves_requested_total Connections the coordinator asked shards to move.\n# TYPE pulsegate_rebalance_moves_requested_total counter\npulsegate_rebalance_moves_requested_total {}",
+        g.rebalance_rounds.load(Relaxed),
+        g.rebalance_moves_requested.load(Relaxed),
+    );
     total(
         &mut out,
         shared,

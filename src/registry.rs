@@ -169,6 +169,22 @@ impl Registry {
         }
     }
 
+    /// Points `client_id` at `to` if it is still registered at `from` (a
+    /// connection moved between shards); false if another connection claimed
+    /// it meanwhile (the mover then closes as taken over).
+    pub fn relocate(&self, client_id: &str, from: Location, to: Location) -> bool {
+        let mut stripe = self.stripe(client_id);
+        match stripe.online.get_mut(client_id) {
+            Some(current)
+                if (current.shard, current.key, current.generation) == (from.shard, from.key, from.generation) =>
+            {
+                *current = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The owner of `client_id`, if connected.
     pub fn lookup(&self, client_id: &str) -> Option<Location> {
         self.stripe(client_id).online.get(client_id).copied()
@@ -184,6 +200,22 @@ impl Registry {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn relocate_moves_only_the_connection_that_still_owns_the_id() {
+        let r = Registry::new(10);
+        let id: Arc<str> = Arc::from("dev-1");
+        let now = Instant::now();
+        r.claim(&id, loc(0, 5, false), false, now);
+        assert!(r.relocate(&id, loc(0, 5, false), loc(2, 9, false)));
+        assert_eq!(r.lookup(&id), Some(loc(2, 9, false)));
+        // A stale mover (the id moved on, or was claimed anew) changes nothing.
+        assert!(!r.relocate(&id, loc(0, 5, false), loc(3, 1, false)));
+        r.claim(&id, loc(1, 7, false), false, now);
+        assert!(!r.relocate(&id, loc(2, 9, false), loc(3, 1, false)));
+        assert_eq!(r.lookup(&id), Some(loc(1, 7, false)));
+        assert!(!r.relocate("nobody", loc(0, 5, false), loc(3, 1, false)));
+    }
 
     fn loc(shard: u16, key: u32, persistent: bool) -> Location {
         Location {

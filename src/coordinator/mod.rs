@@ -10,6 +10,7 @@
 
 pub mod dispersal;
 pub mod load;
+pub mod rebalance;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -30,6 +31,9 @@ pub struct CoordinatorGauges {
     pub period_s: AtomicU64,
     pub dispersals: AtomicU64,
     pub reliefs: AtomicU64,
+    /// Rebalancing rounds started, and connections asked to move.
+    pub rebalance_rounds: AtomicU64,
+    pub rebalance_moves_requested: AtomicU64,
 }
 
 /// One second's reading of every shard.
@@ -39,20 +43,23 @@ struct Census {
     expected_per_s: f64,
     /// The keep-alive most devices use.
     dominant_period_s: u32,
-    per_shard_connections: Vec<u64>,
+    per_shard: Vec<rebalance::ShardLoad>,
 }
 
 fn census(shared: &Shared) -> Census {
     let mut by_ka = vec![0u64; KEEPALIVE_TRACKED_MAX_S + 1];
-    let mut per_shard_connections = Vec::new();
+    let mut per_shard = Vec::new();
     for h in shared.shards() {
-        let mut n = 0;
+        let mut load = rebalance::ShardLoad::default();
         for (ka, c) in h.counters.connections_by_keepalive.iter().enumerate() {
             let v = c.load(Relaxed);
             by_ka[ka] += v;
-            n += v;
+            load.connections += v;
+            if ka > 0 {
+                load.keepalives_per_s += v as f64 / ka as f64;
+            }
         }
-        per_shard_connections.push(n);
+        per_shard.push(load);
     }
     let connections = by_ka.iter().skip(1).sum();
     let expected_per_s = by_ka
@@ -72,7 +79,7 @@ fn census(shared: &Shared) -> Census {
         connections,
         expected_per_s,
         dominant_period_s,
-        per_shard_connections,
+        per_shard,
     }
 }
 
@@ -95,6 +102,11 @@ fn run(shared: &Shared, stop: &AtomicBool) {
     let mut admission = cfg.max_heartbeats_per_s.map(load::Admission::new);
     let mut dispersal_hold_until_s = 0u32;
     let mut relief_hold_until_s = 0u32;
+    let mut rebalancer = rebalance::Rebalancer::new(
+        cfg.rebalance_ratio,
+        cfg.rebalance_hold_s,
+        cfg.rebalance_moves_per_round_max as u64,
+    );
     let gauges = &shared.coordinator;
     while !stop.load(Relaxed) {
         // Wake just after each shard second ends, so the slot is complete.
@@ -103,6 +115,22 @@ fn run(shared: &Shared, stop: &AtomicBool) {
         let now_s = (shared.started.elapsed().as_millis() / 1000) as u32;
         let Some(last) = now_s.checked_sub(1) else { continue };
         let c = census(shared);
+        if cfg.rebalance {
+            let moves = rebalancer.update(now_s, &c.per_shard);
+            if !moves.is_empty() {
+                gauges.rebalance_rounds.fetch_add(1, Relaxed);
+            }
+            for m in moves {
+                let command = Command::Move {
+                    to: m.to,
+                    count: m.count,
+                    hold_ms: cfg.rebalance_hold_s as u64 * 1000,
+                };
+                if shared.post(m.from, command).is_ok() {
+                    gauges.rebalance_moves_requested.fetch_add(m.count as u64, Relaxed);
+                }
+            }
+        }
         let period_s = c.dominant_period_s;
         gauges.period_s.store(period_s as u64, Relaxed);
         if period_s == 0 || period_s as usize * 2 >= KEEPALIVE_SLOTS {
@@ -152,8 +180,8 @@ fn run(shared: &Shared, stop: &AtomicBool) {
         if load > adm.high_per_s && now_s >= relief_hold_until_s && c.connections > 0 {
             // Doubling one device's interval removes 1/(2T) keep-alives per second.
             let wanted = ((load - adm.high_per_s) * 2.0 * period_s as f64).ceil() as u64;
-            for (i, &n) in c.per_shard_connections.iter().enumerate() {
-                let share = (wanted * n).div_ceil(c.connections) as u32;
+            for (i, shard) in c.per_shard.iter().enumerate() {
+                let share = (wanted * shard.connections).div_ceil(c.connections) as u32;
                 if share > 0 {
                     let command = Command::Relieve {
                         count: share,

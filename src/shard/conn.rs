@@ -37,6 +37,8 @@ pub const FLAG_REGISTERED: u8 = 1 << 4;
 pub const FLAG_DISPERSE: u8 = 1 << 5;
 /// Already asked to lengthen its heartbeat (load relief); next time: disconnect.
 pub const FLAG_HB_ADJUSTED: u8 = 1 << 6;
+/// Moved here from another shard within the rebalancing hold time: stays put.
+pub const FLAG_MOVED: u8 = 1 << 7;
 
 /// `Conn::io_flags`: backend operations outstanding on this connection.
 pub const IO_RECV_ARMED: u8 = 1 << 0;
@@ -45,6 +47,10 @@ pub const IO_CLOSE_SUBMITTED: u8 = 1 << 2;
 pub const IO_CLOSE_DONE: u8 = 1 << 3;
 /// epoll backend: registered for WRITABLE while an unsent tail waits.
 pub const IO_WANT_WRITE: u8 = 1 << 4;
+/// Chosen to move to another shard: no new recv or send is started.
+pub const IO_MOVING: u8 = 1 << 5;
+/// The multishot recv's cancellation was submitted (moving).
+pub const IO_CANCEL_SUBMITTED: u8 = 1 << 6;
 
 /// The slab entry: every connection has one, idle or not.
 pub struct Conn {

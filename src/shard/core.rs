@@ -36,6 +36,10 @@ pub struct Core {
     shutting_down: bool,
     /// (key, generation) of recent CONNECTs, newest last (load relief order).
     pub(super) newest: std::collections::VecDeque<(u32, u32)>,
+    /// Cross-shard moves in both directions.
+    pub(super) moves: super::migrate::Moves,
+    /// The hold time of the last Move command (carried by each connection moved).
+    pub(super) move_hold_ms: u64,
 }
 
 /// Result of handling one frame: keep reading, or stop (the connection closes).
@@ -64,6 +68,8 @@ impl Core {
             topic_scratch: String::with_capacity(256),
             shutting_down: false,
             newest: std::collections::VecDeque::new(),
+            moves: Default::default(),
+            move_hold_ms: 0,
         }
     }
 
@@ -104,13 +110,29 @@ impl Core {
             self.counters.close(CloseReason::ServerFull);
             return None;
         }
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let generation = self.next_generation();
         let key = self.conns.insert(Conn::new(io, generation, self.now_ms)) as u32;
         let deadline_ms = self.now_ms + self.shared.cfg.connect_timeout_s as u64 * 1000;
         self.wheel.insert(key, deadline_ms);
         bump(&self.counters.connections_open, 1);
         Some((key, generation))
+    }
+
+    /// A fresh slot generation (never 0).
+    pub(super) fn next_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        generation
+    }
+
+    /// Queues `key` for the backend's next send (once).
+    pub(super) fn mark_dirty(&mut self, key: u32) {
+        if let Some(conn) = self.conns.get_mut(key as usize)
+            && conn.flags & FLAG_DIRTY == 0
+        {
+            conn.flags |= FLAG_DIRTY;
+            self.dirty.push(key);
+        }
     }
 
     /// The connection behind (key, generation), if it is still that one.
@@ -248,10 +270,7 @@ impl Core {
             return;
         };
         encode(&mut conn.active().out);
-        if conn.flags & FLAG_DIRTY == 0 {
-            conn.flags |= FLAG_DIRTY;
-            self.dirty.push(key);
-        }
+        self.mark_dirty(key);
     }
 
     /// Starts closing: unregisters the client id (storing or forwarding its
@@ -460,6 +479,7 @@ impl Core {
 
     /// Fires due timers: connect timeouts, keep-alive expiry, close linger.
     pub fn run_timers(&mut self) {
+        self.expire_moves();
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         self.wheel
@@ -502,7 +522,7 @@ impl Core {
                     .is_some_and(|c| c.generation == generation && c.phase == Phase::Connected);
                 if live {
                     self.deliver(key, push);
-                } else {
+                } else if let Some(push) = self.forward_if_moved(key, generation, push) {
                     self.not_delivered(&push, "device_gone");
                 }
             }
@@ -519,6 +539,11 @@ impl Core {
             }
             Command::Disperse { hot_seconds } => self.disperse(&hot_seconds),
             Command::Relieve { count, keepalive_max_s } => self.relieve(count, keepalive_max_s),
+            Command::Move { to, count, hold_ms } => self.choose_moves(to, count, hold_ms),
+            Command::Adopt(moving) => {
+                self.adopt(moving, None);
+            }
+            Command::PushMoved { from, push } => self.push_moved(from, push),
             Command::Shutdown => self.shutdown(),
         }
     }

@@ -150,6 +150,11 @@ pub struct ShardCounters {
     pub heartbeat_adjustments: AtomicU64,
     pub overload_disconnects: AtomicU64,
     pub admissions_refused: AtomicU64,
+    /// Cross-shard rebalancing: connections handed to / adopted from another shard.
+    pub connections_moved_out: AtomicU64,
+    pub connections_moved_in: AtomicU64,
+    /// Moves abandoned (destination refused the socket); the connection stayed.
+    pub move_failures: AtomicU64,
 }
 
 impl Default for ShardCounters {
@@ -181,6 +186,9 @@ impl Default for ShardCounters {
             heartbeat_adjustments: AtomicU64::new(0),
             overload_disconnects: AtomicU64::new(0),
             admissions_refused: AtomicU64::new(0),
+            connections_moved_out: AtomicU64::new(0),
+            connections_moved_in: AtomicU64::new(0),
+            move_failures: AtomicU64::new(0),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! io_uring works unless the operator asks (`--backend epoll`).
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use super::conn::IO_WANT_WRITE;
 use super::core::Core;
 use super::counters::{CloseReason, bump};
 use super::mailbox::MailboxReceiver;
+use super::migrate::{MoveOut, MoveStep};
 use crate::limits;
 
 const LISTENER: Token = Token(0);
@@ -29,7 +30,8 @@ const SHUTDOWN_GRACE_MS: u64 = 3_000;
 
 pub struct EpollShard {
     poll: Poll,
-    listener: TcpListener,
+    /// None on a shard that gets connections only by rebalancing.
+    listener: Option<TcpListener>,
     mailbox: MailboxReceiver,
     core: Core,
     streams: Vec<Option<TcpStream>>,
@@ -42,12 +44,14 @@ pub struct EpollShard {
 impl EpollShard {
     pub fn new(
         poll: Poll,
-        listener: std::net::TcpListener,
+        listener: Option<std::net::TcpListener>,
         mailbox: MailboxReceiver,
         core: Core,
     ) -> std::io::Result<EpollShard> {
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut listener = listener.map(TcpListener::from_std);
+        if let Some(l) = listener.as_mut() {
+            poll.registry().register(l, LISTENER, Interest::READABLE)?;
+        }
         Ok(EpollShard {
             poll,
             listener,
@@ -62,27 +66,13 @@ impl EpollShard {
 
     fn accept_all(&mut self) {
         for _ in 0..ACCEPTS_PER_EVENT_MAX {
-            match self.listener.accept() {
-                Ok((mut stream, _)) => {
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((stream, _)) => {
                     let Some((key, _)) = self.core.accept(stream.as_raw_fd() as u32) else {
                         continue; // dropped: closed
                     };
-                    let token = Token(key as usize + FIRST_CONN_TOKEN);
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, token, Interest::READABLE)
-                        .is_err()
-                    {
-                        self.core.peer_closed(key, CloseReason::IoError);
-                        self.core.release(key);
-                        continue;
-                    }
-                    let i = key as usize;
-                    if self.streams.len() <= i {
-                        self.streams.resize_with(i + 1, || None);
-                    }
-                    self.streams[i] = Some(stream);
+                    self.take_up(key, stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -92,6 +82,68 @@ impl EpollShard {
                     return;
                 }
             }
+        }
+    }
+
+    /// Registers a connection's socket (accepted, or moved here) under its key.
+    fn take_up(&mut self, key: u32, mut stream: TcpStream) -> bool {
+        let token = Token(key as usize + FIRST_CONN_TOKEN);
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+            .is_err()
+        {
+            self.core.peer_closed(key, CloseReason::IoError);
+            self.core.release(key);
+            return false;
+        }
+        let i = key as usize;
+        if self.streams.len() <= i {
+            self.streams.resize_with(i + 1, || None);
+        }
+        self.streams[i] = Some(stream);
+        true
+    }
+
+    /// Takes up connections that moved here, and hands off those leaving
+    /// (epoll has nothing in flight, so a chosen connection leaves at once).
+    fn advance_moves(&mut self) {
+        for (key, fd) in self.core.take_arrivals() {
+            let Some(fd) = fd else { continue };
+            let stream = TcpStream::from(fd);
+            if let Some(c) = self.core.conn_mut(key) {
+                c.io = stream.as_raw_fd() as u32;
+            }
+            if self.take_up(key, stream) {
+                // Bytes may already wait in the socket: read them now.
+                self.read_again.push(key);
+            }
+        }
+        for m in self.core.take_moves() {
+            if self.core.move_step(&m) == MoveStep::Ready {
+                self.hand_off(m);
+            }
+        }
+        self.core.post_outbox();
+    }
+
+    fn hand_off(&mut self, m: MoveOut) {
+        let Some(mut stream) = self.streams.get_mut(m.key as usize).and_then(|s| s.take()) else {
+            self.core.abandon_move(&m);
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut stream);
+        self.set_want_write_flag_cleared(m.key);
+        let fd = OwnedFd::from(stream);
+        let moving = self.core.hand_off(&m, Some(fd));
+        self.core.send_moving(m.to, moving);
+    }
+
+    /// A socket leaving this poll forgets its WRITABLE registration.
+    fn set_want_write_flag_cleared(&mut self, key: u32) {
+        if let Some(c) = self.core.conn_mut(key) {
+            c.io_flags &= !IO_WANT_WRITE;
         }
     }
 
@@ -174,6 +226,7 @@ impl EpollShard {
     }
 
     fn flush(&mut self) {
+        self.advance_moves();
         let mut keys = std::mem::take(&mut self.keys);
         self.core.take_dirty(&mut keys);
         for &key in &keys {
@@ -195,7 +248,9 @@ impl EpollShard {
             self.core.tick();
             if stop.load(Ordering::Relaxed) && !self.core.is_shutting_down() {
                 self.core.shutdown();
-                let _ = self.poll.registry().deregister(&mut self.listener);
+                if let Some(l) = self.listener.as_mut() {
+                    let _ = self.poll.registry().deregister(l);
+                }
             }
             if self.core.is_shutting_down() {
                 let deadline = *stop_deadline_ms.get_or_insert(self.core.now_ms() + SHUTDOWN_GRACE_MS);

@@ -33,6 +33,14 @@ pub enum Command {
     /// to lengthen their heartbeat (up to `keepalive_max_s`); those already
     /// asked once are disconnected (0x89, or 0x9C with `server_reference`).
     Relieve { count: u32, keepalive_max_s: u16 },
+    /// Cross-shard rebalancing: move up to `count` connections to shard `to`
+    /// (socket and state together; none moved here within `hold_ms`).
+    Move { to: u16, count: u32, hold_ms: u64 },
+    /// A connection moved here from another shard: its state (its socket was
+    /// passed to this ring with MSG_RING, or travels inside as a plain fd).
+    Adopt(Box<super::migrate::Moving>),
+    /// A push addressed to a connection that has since moved here from `from`.
+    PushMoved { from: Location, push: Push },
     /// Stop: disconnect every device (0x8B) and exit the loop.
     Shutdown,
 }

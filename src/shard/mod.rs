@@ -11,6 +11,7 @@ pub mod counters;
 mod deliver;
 pub mod epoll_loop;
 pub mod mailbox;
+pub mod migrate;
 mod packets;
 // The ring's submission queue push is unsafe (the kernel reads the entry's
 // buffers later); each use carries its SAFETY note in that file.
@@ -92,12 +93,17 @@ pub fn start(
     let mut handles = Vec::new();
     let mut parts = Vec::new();
     for i in 0..cfg.shards {
-        let listener = sys::socket::reuseport_listener(addr, true).map_err(|error| StartError::Bind { addr, error })?;
-        if i == 0 {
-            addr = listener
-                .local_addr()
-                .map_err(|error| StartError::Bind { addr, error })?;
-        }
+        // A shard past `listen_shards` has no listener: it gets connections only
+        // by rebalancing (a bound but idle SO_REUSEPORT socket would strand some).
+        let listener = if i < cfg.listen_shards {
+            let l = sys::socket::reuseport_listener(addr, true).map_err(|error| StartError::Bind { addr, error })?;
+            if i == 0 {
+                addr = l.local_addr().map_err(|error| StartError::Bind { addr, error })?;
+            }
+            Some(l)
+        } else {
+            None
+        };
         let counters = Arc::new(counters::ShardCounters::default());
         let part = match backend {
             BackendInUse::Uring => {
@@ -109,6 +115,7 @@ pub fn start(
                 handles.push(ShardHandle {
                     mailbox: tx,
                     counters: counters.clone(),
+                    ring_fd: std::sync::atomic::AtomicI32::new(-1),
                 });
                 Part::Uring { waker, rx }
             }
@@ -125,6 +132,7 @@ pub fn start(
                 handles.push(ShardHandle {
                     mailbox: tx,
                     counters: counters.clone(),
+                    ring_fd: std::sync::atomic::AtomicI32::new(-1),
                 });
                 Part::Epoll { poll, rx }
             }
@@ -147,7 +155,7 @@ pub fn start(
                 if pin {
                     sys::affinity::pin_current_thread(i);
                 }
-                let core = core::Core::new(i as u16, shared, counters, capacity);
+                let core = core::Core::new(i as u16, shared.clone(), counters, capacity);
                 match part {
                     Part::Uring { waker, rx } => {
                         let table = capacity + FIXED_FILES_SPARE;
@@ -159,6 +167,9 @@ pub fn start(
                             });
                         match shard {
                             Ok(s) => {
+                                shared.shards()[i]
+                                    .ring_fd
+                                    .store(s.ring_fd(), std::sync::atomic::Ordering::Release);
                                 let _ = ready.send((i, Ok(())));
                                 s.run(&stop);
                             }

@@ -7,16 +7,17 @@
 //! and never block outside `io_uring_enter`.
 
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::conn::{IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, Phase};
+use super::conn::{IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_MOVING, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, Phase};
 use super::core::Core;
 use super::counters::{CloseReason, bump};
 use super::mailbox::MailboxReceiver;
+use super::migrate::{MoveOut, MoveStep};
 use crate::limits;
 use crate::sys::bufring::BufRing;
 use crate::sys::uring::ShardRing;
@@ -31,6 +32,9 @@ const BUFFER_GROUP: u16 = 1;
 const ACCEPT_RETRY_MS: u64 = 100;
 /// Longest a stopping shard waits for its devices to be disconnected.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
+/// IORING_MSG_RING_CQE_SKIP: post no completion in the destination ring (the
+/// connection's state follows by mailbox, carrying the fixed-file index).
+const MSG_RING_CQE_SKIP: u32 = 1;
 
 pub struct UringShard {
     // Field order is drop order: the ring goes first, so the kernel is done
@@ -39,7 +43,8 @@ pub struct UringShard {
     bufs: BufRing,
     wake_buf: Box<[u8; 8]>,
     waker: Arc<EventFdWaker>,
-    listener: TcpListener,
+    /// None on a shard that gets connections only by rebalancing.
+    listener: Option<TcpListener>,
     mailbox: MailboxReceiver,
     core: Core,
     fixed_files: bool,
@@ -58,7 +63,7 @@ impl UringShard {
     pub fn new(
         shard_ring: ShardRing,
         core: Core,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         mailbox: MailboxReceiver,
         waker: Arc<EventFdWaker>,
         recv_bufs: u16,
@@ -82,6 +87,11 @@ impl UringShard {
             stashed: Vec::new(),
             keys: Vec::with_capacity(1024),
         })
+    }
+
+    /// The ring's fd (other shards pass sockets to it with MSG_RING).
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.as_raw_fd()
     }
 
     /// Pushes one SQE, flushing the submission queue to the kernel when full.
@@ -112,7 +122,8 @@ impl UringShard {
     }
 
     fn arm_accept(&mut self) {
-        let fd = types::Fd(self.listener.as_raw_fd());
+        let Some(listener) = self.listener.as_ref() else { return };
+        let fd = types::Fd(listener.as_raw_fd());
         let entry = opcode::AcceptMulti::new(fd)
             .allocate_file_index(self.fixed_files)
             // A direct descriptor has no process fd, so no CLOEXEC (the kernel refuses it).
@@ -133,7 +144,7 @@ impl UringShard {
 
     fn arm_recv(&mut self, key: u32) {
         let Some(conn) = self.core.conn_mut(key) else { return };
-        if conn.phase == Phase::Closing || conn.io_flags & IO_RECV_ARMED != 0 {
+        if conn.phase == Phase::Closing || conn.io_flags & (IO_RECV_ARMED | IO_MOVING) != 0 {
             return;
         }
         conn.io_flags |= IO_RECV_ARMED;
@@ -149,7 +160,7 @@ impl UringShard {
 
     fn start_send(&mut self, key: u32) {
         let Some(conn) = self.core.conn_mut(key) else { return };
-        if conn.io_flags & (IO_SEND_IN_FLIGHT | IO_CLOSE_SUBMITTED) != 0 {
+        if conn.io_flags & (IO_SEND_IN_FLIGHT | IO_CLOSE_SUBMITTED | IO_MOVING) != 0 {
             return;
         }
         let (io, generation) = (conn.io, conn.generation);
@@ -249,6 +260,7 @@ impl UringShard {
                         self.try_release(key);
                     }
                 }
+                Op::MsgRing => self.on_msg_ring(key, gen24, res),
                 Op::Shutdown | Op::Cancel => {}
             }
         }
@@ -346,8 +358,108 @@ impl UringShard {
         self.try_release(key);
     }
 
+    /// The socket of a departing connection reached the other ring (res =
+    /// its fixed-file index there), or could not (it comes home).
+    fn on_msg_ring(&mut self, key: u32, gen24: u32, res: i32) {
+        if res >= 0 {
+            if let Some(old_io) = self.core.moving_passed(key, gen24, res as u32) {
+                // The other ring holds the file now; drop this table's reference.
+                self.close_orphan(old_io);
+            }
+        } else {
+            if self
+                .core
+                .counters()
+                .move_failures
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                eprintln!(
+                    "shard {}: passing a connection to another ring failed: {}",
+                    self.core.shard_id,
+                    std::io::Error::from_raw_os_error(-res)
+                );
+            }
+            self.core.move_failed(key, gen24);
+        }
+    }
+
+    /// Takes up connections that moved here, and advances those leaving.
+    fn advance_moves(&mut self) {
+        for (key, fd) in self.core.take_arrivals() {
+            if let Some(fd) = fd
+                && let Some(c) = self.core.conn_mut(key)
+            {
+                c.io = fd.into_raw_fd() as u32;
+            }
+            self.arm_recv(key);
+        }
+        let moves = self.core.take_moves();
+        let mut left = Vec::with_capacity(moves.len());
+        for m in moves {
+            match self.core.move_step(&m) {
+                MoveStep::Gone => {}
+                MoveStep::CancelRecv => {
+                    let recv = pack(Op::Recv, m.key, m.generation);
+                    self.push(
+                        opcode::AsyncCancel::new(recv)
+                            .build()
+                            .user_data(pack(Op::Cancel, m.key, m.generation)),
+                    );
+                    left.push(m);
+                }
+                MoveStep::Wait => left.push(m),
+                MoveStep::Ready => self.hand_off(m),
+            }
+        }
+        self.core.put_moves(left);
+        self.core.post_outbox();
+    }
+
+    /// Passes a quiet connection's socket to shard `m.to`: the direct
+    /// descriptor by MSG_RING (its state follows once the kernel has placed
+    /// it), or the plain fd inside the state.
+    fn hand_off(&mut self, m: MoveOut) {
+        let ring_fd = self
+            .core
+            .shared
+            .shards()
+            .get(m.to as usize)
+            .map_or(-1, |h| h.ring_fd.load(std::sync::atomic::Ordering::Acquire));
+        let Some(io) = self.core.conn(m.key, m.generation).map(|c| c.io) else {
+            return;
+        };
+        if ring_fd < 0 {
+            self.core.abandon_move(&m);
+            self.arm_recv(m.key);
+            return;
+        }
+        if self.fixed_files {
+            let moving = self.core.hand_off(&m, None);
+            self.core.park_moving(moving);
+            let entry = opcode::MsgRingSendFd::new(
+                types::Fd(ring_fd),
+                types::Fixed(io),
+                types::DestinationSlot::auto_target(),
+                0,
+            )
+            .opcode_flags(MSG_RING_CQE_SKIP)
+            .build()
+            .user_data(pack(Op::MsgRing, m.key, m.generation));
+            self.push(entry);
+        } else {
+            // SAFETY: the slot owned this fd and nothing else does; no operation
+            // is in flight on it (its recv was cancelled, no send outstanding),
+            // and `hand_off` frees the slot, so this shard never closes it again.
+            let fd = unsafe { OwnedFd::from_raw_fd(io as i32) };
+            let moving = self.core.hand_off(&m, Some(fd));
+            self.core.send_moving(m.to, moving);
+        }
+    }
+
     /// Sends what handlers queued and closes what is ready to close.
     fn flush(&mut self) {
+        self.advance_moves();
         let mut keys = std::mem::take(&mut self.keys);
         self.core.take_dirty(&mut keys);
         for &key in &keys {

@@ -14,6 +14,8 @@ pub enum Op {
     Wake = 5,
     Shutdown = 6,
     Cancel = 7,
+    /// IORING_OP_MSG_RING passing a connection's direct descriptor to another shard's ring.
+    MsgRing = 8,
 }
 
 const GENERATION_MASK: u32 = 0x00FF_FFFF;
@@ -33,6 +35,7 @@ pub fn unpack(user_data: u64) -> Option<(Op, u32, u32)> {
         5 => Op::Wake,
         6 => Op::Shutdown,
         7 => Op::Cancel,
+        8 => Op::MsgRing,
         _ => return None,
     };
     Some((op, user_data as u32, ((user_data >> 32) as u32) & GENERATION_MASK))
