@@ -124,10 +124,31 @@ pub struct Flags {
     /// Turn cross-shard rebalancing off.
     #[arg(long)]
     pub rebalance: Option<bool>,
+    /// Which devices load relief picks first: "newest" (connection), or
+    /// "match_degree" (lowest match of network and location to this host first).
+    #[arg(long)]
+    pub relief_rule: Option<ReliefRule>,
+    /// This host's home network, "MCC-MNC" (match degree, seeds/004).
+    #[arg(long)]
+    pub home_network: Option<String>,
+    /// This host's location area codes (match degree), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub home_areas: Option<Vec<u32>>,
     /// Only the first N shards accept connections (the others get theirs by
     /// rebalancing); default all. Mostly for demonstrating rebalancing.
     #[arg(long)]
     pub listen_shards: Option<usize>,
+}
+
+/// Which connections heartbeat-load relief picks first (seeds/004's preset rule).
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ReliefRule {
+    /// The most recent connections.
+    Newest,
+    /// The lowest match degree (network and location vs this host), newest among equals.
+    MatchDegree,
 }
 
 /// An application server allowed to push (`[[sps]]` in the config file).
@@ -143,6 +164,9 @@ pub struct SpConfig {
     /// Messages accepted per second (token bucket, burst = one second's worth).
     #[serde(default)]
     pub rate_per_s: Option<f64>,
+    /// May call the operator endpoints (`/v1/admin/...`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// The TOML file: same names as the flags, with underscores.
@@ -180,6 +204,9 @@ struct FileConfig {
     rebalance_moves_per_round_max: Option<u32>,
     rebalance: Option<bool>,
     listen_shards: Option<usize>,
+    relief_rule: Option<ReliefRule>,
+    home_network: Option<String>,
+    home_areas: Option<Vec<u32>>,
     #[serde(default)]
     sps: Vec<SpConfig>,
     #[serde(default)]
@@ -224,6 +251,10 @@ pub struct Config {
     pub rebalance: bool,
     /// Shards that accept connections (≤ shards).
     pub listen_shards: usize,
+    pub relief_rule: ReliefRule,
+    /// (MCC, MNC) of this host's network, for match degrees.
+    pub home_network: Option<(u16, u16)>,
+    pub home_areas: Vec<u32>,
     /// SPs and their API keys; empty = the API is open (a warning at start-up).
     pub sps: Vec<SpConfig>,
     pub profiles: std::collections::BTreeMap<String, crate::push::profile::Profile>,
@@ -312,6 +343,9 @@ impl Default for Config {
             rebalance_moves_per_round_max: 10_000,
             rebalance: true,
             listen_shards: usize::MAX,
+            relief_rule: ReliefRule::Newest,
+            home_network: None,
+            home_areas: Vec::new(),
             sps: Vec::new(),
             profiles: Default::default(),
             mechanisms: Vec::new(),
@@ -416,6 +450,17 @@ impl Config {
                 .unwrap_or(d.rebalance_moves_per_round_max),
             rebalance: flags.rebalance.or(file.rebalance).unwrap_or(d.rebalance),
             listen_shards: flags.listen_shards.or(file.listen_shards).unwrap_or(d.listen_shards),
+            relief_rule: flags.relief_rule.or(file.relief_rule).unwrap_or(d.relief_rule),
+            home_network: match flags.home_network.clone().or(file.home_network) {
+                None => None,
+                Some(s) => Some(crate::protocol::mqtt::NetworkReport::parse_network(&s).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        setting: "home_network".into(),
+                        why: format!("{s:?} is not MCC-MNC (e.g. 460-01)"),
+                    }
+                })?),
+            },
+            home_areas: flags.home_areas.clone().or(file.home_areas).unwrap_or_default(),
             sps: file.sps,
             profiles: file.profiles,
             mechanisms: file.mechanisms,

@@ -34,6 +34,8 @@ struct Sp {
     name: String,
     default_profile: Option<String>,
     rate_per_s: Option<f64>,
+    /// May call `/v1/admin/...`.
+    admin: bool,
     bucket: Mutex<Bucket>,
 }
 
@@ -53,6 +55,7 @@ impl ApiFront {
                 name: sp.name.clone(),
                 default_profile: sp.default_profile.clone(),
                 rate_per_s: sp.rate_per_s,
+                admin: sp.admin,
                 bucket: Mutex::new(Bucket {
                     tokens: sp.rate_per_s.unwrap_or(0.0),
                     at: Instant::now(),
@@ -206,6 +209,47 @@ impl Gateway for ApiFront {
         let id = Self::id(id)?;
         let sp = caller.sp.clone();
         self.ask(|reply| Request::Cancel { sp, id, reply })
+    }
+
+    fn heartbeat_limit(&self, caller: &Caller, update: Option<&[u8]>) -> Result<serde_json::Value, ApiError> {
+        let admin = self.is_open() || self.by_name.get(&caller.sp).is_some_and(|sp| sp.admin);
+        if !admin {
+            return Err(ApiError::Forbidden(
+                "operators only (an [[sps]] entry with admin = true)".into(),
+            ));
+        }
+        if let Some(body) = update {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Limit {
+                max_heartbeats_per_s: Option<f64>,
+            }
+            let limit: Limit =
+                serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
+            let milli = match limit.max_heartbeats_per_s {
+                None => 0,
+                Some(v) if (0.001..=1e12).contains(&v) => (v * 1000.0).round() as u64,
+                Some(v) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "max_heartbeats_per_s must be a positive number or null, got {v}"
+                    )));
+                }
+            };
+            self.shared.heartbeat_threshold_milli.store(milli, Ordering::Relaxed);
+            // No admission on the old budget: the coordinator recomputes it within a second.
+            self.shared.admission_budget.store(0, Ordering::Relaxed);
+            eprintln!(
+                "pulsegate: heartbeat-load threshold set to {} by {}",
+                limit.max_heartbeats_per_s.map_or("none".into(), |v| format!("{v}/s")),
+                caller.sp
+            );
+        }
+        let g = &self.shared.coordinator;
+        Ok(serde_json::json!({
+            "max_heartbeats_per_s": self.shared.heartbeat_threshold_per_s(),
+            "heartbeat_load_per_s": g.load_milli_per_s.load(Ordering::Relaxed) as f64 / 1000.0,
+            "admission_closed": self.shared.admission_closed.load(Ordering::Relaxed),
+        }))
     }
 
     fn mechanisms(&self, _caller: &Caller) -> Result<serde_json::Value, ApiError> {

@@ -65,6 +65,14 @@ pub struct Shared {
     pub service: OnceLock<ServiceHandle>,
     /// Set by the coordinator over the heartbeat-load threshold: CONNECTs are refused.
     pub admission_closed: std::sync::atomic::AtomicBool,
+    /// CONNECTs that may still be admitted before the coordinator's next reading
+    /// (seeds/004 admission: as many new devices as the heartbeat headroom holds).
+    pub admission_budget: std::sync::atomic::AtomicI64,
+    /// The host's heartbeat-load threshold x 1000 (0 = none); starts from the
+    /// config, changed at run time through the admin API.
+    pub heartbeat_threshold_milli: AtomicU64,
+    /// Devices whose last connection relief ended (never relieved that way twice in a row).
+    pub relieved: crate::registry::ReliefMemory,
     /// What the coordinator last measured.
     pub coordinator: crate::coordinator::CoordinatorGauges,
 }
@@ -76,12 +84,18 @@ pub struct ServiceHandle {
     pub counters: Arc<ServiceCounters>,
 }
 
+/// Client ids remembered as ended by relief, at most.
+pub const RELIEVED_IDS_MAX: usize = 1 << 20;
+
 /// Delivery events waiting for the push service, at most.
 pub const DELIVERY_EVENTS_MAX: usize = 262_144;
 
 impl Shared {
     pub fn new(cfg: Arc<Config>, auth: Box<dyn Authenticator>, backend: BackendInUse) -> Shared {
         let (delivery_tx, delivery_rx) = crossbeam_channel::bounded(DELIVERY_EVENTS_MAX);
+        let threshold_milli = cfg
+            .max_heartbeats_per_s
+            .map_or(0, |t| (t * 1000.0).round().max(1.0) as u64);
         Shared {
             registry: Registry::new(cfg.stored_sessions_max),
             cfg,
@@ -95,8 +109,30 @@ impl Shared {
             delivery_events_lost: AtomicU64::new(0),
             service: OnceLock::new(),
             admission_closed: std::sync::atomic::AtomicBool::new(false),
+            // An empty host's headroom is the whole threshold.
+            admission_budget: std::sync::atomic::AtomicI64::new(threshold_milli as i64),
+            heartbeat_threshold_milli: AtomicU64::new(threshold_milli),
+            relieved: crate::registry::ReliefMemory::new(RELIEVED_IDS_MAX),
             coordinator: Default::default(),
         }
+    }
+
+    /// The heartbeat-load threshold in force (keep-alives per second), if any.
+    pub fn heartbeat_threshold_per_s(&self) -> Option<f64> {
+        match self.heartbeat_threshold_milli.load(Ordering::Relaxed) {
+            0 => None,
+            milli => Some(milli as f64 / 1000.0),
+        }
+    }
+
+    /// Takes a CONNECT with keep-alive `keepalive_s` out of the admission
+    /// budget; false = refuse it (no heartbeat headroom left).
+    pub fn admit(&self, keepalive_s: u16) -> bool {
+        if self.heartbeat_threshold_milli.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        let cost = crate::coordinator::load::admission_cost_milli(keepalive_s);
+        self.admission_budget.fetch_sub(cost, Ordering::Relaxed) >= cost
     }
 
     /// A shard reports to the push service; never blocks.

@@ -60,6 +60,62 @@ struct Stripe {
     sessions: HashMap<Arc<str>, StoredSession>,
 }
 
+/// Client ids whose last connection was ended by load relief (seeds/004): such
+/// a device is never relieved by disconnection again on its next connection.
+/// An id is forgotten when a later connection of it ends for another reason.
+pub struct ReliefMemory {
+    ids: Mutex<std::collections::HashSet<Arc<str>>>,
+    len: std::sync::atomic::AtomicUsize,
+    ids_max: usize,
+}
+
+impl ReliefMemory {
+    pub fn new(ids_max: usize) -> ReliefMemory {
+        ReliefMemory {
+            ids: Mutex::new(Default::default()),
+            len: Default::default(),
+            ids_max,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashSet<Arc<str>>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a relief disconnection; false when the memory is full.
+    pub fn remember(&self, client_id: &Arc<str>) -> bool {
+        let mut ids = self.lock();
+        if ids.len() >= self.ids_max {
+            return false;
+        }
+        ids.insert(client_id.clone());
+        self.len.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.len.load(std::sync::atomic::Ordering::Relaxed) > 0 && self.lock().contains(client_id)
+    }
+
+    /// A connection of `client_id` ended for a reason other than relief.
+    pub fn forget(&self, client_id: &str) {
+        if self.len.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut ids = self.lock();
+        ids.remove(client_id);
+        self.len.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Number of mutex stripes (power of two).
 const STRIPES: usize = 64;
 
@@ -200,6 +256,20 @@ impl Registry {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn relief_memory_is_bounded_and_forgets_on_a_normal_end() {
+        let m = ReliefMemory::new(2);
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"), Arc::from("c"));
+        assert!(!m.contains("a"));
+        assert!(m.remember(&a) && m.remember(&b));
+        assert!(!m.remember(&c), "full: refused, not grown");
+        assert!(m.contains("a") && m.contains("b") && !m.contains("c"));
+        m.forget("a");
+        assert!(!m.contains("a"));
+        assert_eq!(m.len(), 1);
+        assert!(m.remember(&c));
+    }
 
     #[test]
     fn relocate_moves_only_the_connection_that_still_owns_the_id() {

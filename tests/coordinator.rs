@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{ConnectOpts, Gateway, V5, V311};
-use pulsegate::protocol::mqtt::{Packet, ProtocolVersion, PubAck, check_frame, decode_packet};
+use pulsegate::protocol::mqtt::{NetworkReport, Packet, ProtocolVersion, PubAck, check_frame, decode_packet};
 
 /// A device on a non-blocking socket, driven by the test's poll loop.
 struct Device {
@@ -21,13 +21,21 @@ struct Device {
     buf: Vec<u8>,
     last_sent: Instant,
     keepalive: Duration,
+    version: ProtocolVersion,
     control_messages: u32,
+    /// `$pulse/heartbeat` messages among them (load relief).
+    heartbeat_messages: u32,
+    /// Applies `$pulse/heartbeat` like the SDK (stock clients ignore it).
+    obeys_heartbeat: bool,
     closed: bool,
 }
 
 impl Device {
     fn send(&mut self, bytes: &[u8], now: Instant) {
-        self.stream.write_all(bytes).expect("device write");
+        if self.stream.write_all(bytes).is_err() {
+            // Closed by the gateway (relief): noticed at the next read.
+            self.closed = true;
+        }
         self.last_sent = now;
     }
 
@@ -54,24 +62,47 @@ impl Device {
                 break;
             }
             let frame: Vec<u8> = self.buf.drain(..total).collect();
-            if let Ok(Packet::Publish(p)) = decode_packet(&frame, ProtocolVersion::V311) {
-                if p.topic.starts_with("$pulse/") {
-                    self.control_messages += 1;
+            match decode_packet(&frame, self.version) {
+                Ok(Packet::Publish(p)) => {
+                    if p.topic.starts_with("$pulse/") {
+                        self.control_messages += 1;
+                    }
+                    if p.topic == "$pulse/heartbeat" {
+                        self.heartbeat_messages += 1;
+                        if self.obeys_heartbeat
+                            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(p.payload)
+                            && let Some(s) = v["keepalive_s"].as_u64()
+                        {
+                            self.keepalive = Duration::from_secs(s);
+                        }
+                    }
+                    if let Some(packet_id) = p.packet_id {
+                        let mut out = Vec::new();
+                        PubAck { packet_id, reason: 0 }.encode(self.version, &mut out);
+                        self.send(&out, now);
+                    }
                 }
-                if let Some(packet_id) = p.packet_id {
-                    let mut out = Vec::new();
-                    PubAck { packet_id, reason: 0 }.encode(ProtocolVersion::V311, &mut out);
-                    self.send(&out, now);
-                }
+                Ok(Packet::Disconnect(_)) => self.closed = true,
+                _ => {}
             }
         }
     }
 }
 
 fn connect_devices(gw: &Gateway, n: usize, keepalive_s: u16) -> Vec<Device> {
+    connect_devices_with(gw, n, |i| {
+        ConnectOpts::new(V311, &format!("sync-{i}")).keepalive(keepalive_s)
+    })
+}
+
+fn connect_devices_with(gw: &Gateway, n: usize, opts: impl Fn(usize) -> ConnectOpts) -> Vec<Device> {
     (0..n)
         .map(|i| {
-            let (client, _) = gw.connect(&ConnectOpts::new(V311, &format!("sync-{i}")).keepalive(keepalive_s));
+            let opts = opts(i);
+            let (client, ack) = gw.connect(&opts);
+            assert_eq!(ack.reason, 0, "device {i} admitted");
+            let keepalive_s = opts.keepalive_s;
+            let version = opts.version;
             let stream = client.stream;
             stream.set_nonblocking(true).expect("nonblocking");
             Device {
@@ -79,7 +110,10 @@ fn connect_devices(gw: &Gateway, n: usize, keepalive_s: u16) -> Vec<Device> {
                 buf: Vec::new(),
                 last_sent: Instant::now(),
                 keepalive: Duration::from_secs(keepalive_s as u64),
+                version,
                 control_messages: 0,
+                heartbeat_messages: 0,
+                obeys_heartbeat: false,
                 closed: false,
             }
         })
@@ -151,16 +185,22 @@ fn synchronized_keepalives_are_dispersed_without_expiries() {
     );
 }
 
+/// Sets the heartbeat-load threshold at run time (the operator API).
+fn set_threshold(gw: &Gateway, per_s: f64) {
+    let body = format!("{{\"max_heartbeats_per_s\": {per_s}}}");
+    let (status, reply) = gw.http_conn().request("PUT", "/v1/admin/heartbeat-limit", Some(&body));
+    assert_eq!(status, 200, "{reply}");
+}
+
 #[test]
 fn heartbeat_load_over_threshold_refuses_and_relieves() {
     common::raise_nofile();
-    // 200 devices pinging every 2 s offer ~100 keep-alives/s against a threshold of 40.
-    let gw = Gateway::start(
-        "uring",
-        &["--max-heartbeats-per-s", "40", "--server-reference", "10.1.2.3:1883"],
-    );
+    let gw = Gateway::start("uring", &["--server-reference", "10.1.2.3:1883"]);
+    // 200 devices pinging every 2 s offer ~100 keep-alives/s; then the operator
+    // lowers the host's threshold to 40 (offered load 2.5 x the threshold).
     let mut devices = connect_devices(&gw, 200, 2);
-    run_devices(&mut devices, Duration::from_secs(4));
+    run_devices(&mut devices, Duration::from_secs(2));
+    set_threshold(&gw, 40.0);
     // Admission is closed: MQTT 5 gets 0x9C with the Server Reference, 3.1.1 return code 3.
     let deadline = Instant::now() + Duration::from_secs(10);
     while gauge(&gw, "pulsegate_admission_closed ") < 1.0 && Instant::now() < deadline {
@@ -180,16 +220,70 @@ fn heartbeat_load_over_threshold_refuses_and_relieves() {
         ack.reason, 0x88,
         "3.1.1 return code 3 (server unavailable) decodes as 0x88: {ack:?}"
     );
-    // Relief: the newest devices are asked to lengthen their heartbeat first.
-    run_devices(&mut devices, Duration::from_secs(3));
+    // Relief: these devices ignore $pulse/heartbeat (stock clients), so after the
+    // adjustment round the load stays high and adjusted devices are disconnected.
+    run_devices(&mut devices, Duration::from_secs(8));
     let m = gw.metrics();
     assert!(
         common::metric_sum(&m, "pulsegate_heartbeat_adjustments_total") > 0,
         "{m}"
     );
     assert!(common::metric_sum(&m, "pulsegate_admissions_refused_total") >= 2);
+    let closed: Vec<&Device> = devices.iter().filter(|d| d.closed).collect();
     assert!(
-        devices.iter().any(|d| d.control_messages > 0),
-        "some device got $pulse/heartbeat"
+        !closed.is_empty(),
+        "load still over: adjusted devices were disconnected"
+    );
+    assert!(
+        closed.iter().all(|d| d.heartbeat_messages > 0),
+        "every disconnected device was asked to lengthen its heartbeat first"
+    );
+    assert_eq!(
+        common::metric_sum(&m, "pulsegate_overload_disconnects_total"),
+        closed.len() as u64
+    );
+}
+
+#[test]
+fn relief_by_match_degree_picks_foreign_devices_first() {
+    common::raise_nofile();
+    let gw = Gateway::start(
+        "uring",
+        &[
+            "--relief-rule",
+            "match_degree",
+            "--home-network",
+            "460-01",
+            "--home-areas",
+            "100,101",
+        ],
+    );
+    // 100 home devices (degree 3) connect first, 100 roaming ones (degree 0) last.
+    let mut devices = connect_devices_with(&gw, 200, |i| {
+        let (mcc, mnc, area) = if i < 100 { (460, 1, Some(100)) } else { (310, 410, None) };
+        let mut o = ConnectOpts::new(V5, &format!("net-{i}")).keepalive(2);
+        o.props.network = Some(NetworkReport { mcc, mnc, area });
+        o
+    });
+    for d in &mut devices {
+        d.obeys_heartbeat = true;
+    }
+    run_devices(&mut devices, Duration::from_secs(2));
+    // ~100/s offered, threshold 90: shed to the low mark (81/s), about 19/s:
+    // 76 of the roaming devices adjusted from 2 s to 4 s, no home device touched.
+    set_threshold(&gw, 90.0);
+    run_devices(&mut devices, Duration::from_secs(3));
+    let adjusted_home = devices[..100].iter().filter(|d| d.heartbeat_messages > 0).count();
+    let adjusted_roaming = devices[100..].iter().filter(|d| d.heartbeat_messages > 0).count();
+    assert!(adjusted_roaming >= 50, "roaming devices relieved: {adjusted_roaming}");
+    assert_eq!(
+        adjusted_home,
+        0,
+        "home devices are relieved last ({adjusted_roaming} roaming adjusted); {}",
+        gw.metrics()
+            .lines()
+            .filter(|l| l.contains("relief") || l.contains("heartbeat") || l.contains("dispers"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

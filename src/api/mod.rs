@@ -27,6 +27,8 @@ pub enum ApiError {
     Unauthorized(String),
     /// 400 `bad_request`.
     BadRequest(String),
+    /// 403 `forbidden` (an SP calling an operator-only endpoint).
+    Forbidden(String),
     /// 404 `not_found`.
     NotFound(String),
     /// 404 `device_offline` (a non-queueing profile and the device is not connected).
@@ -59,6 +61,9 @@ pub trait Gateway: Send + Sync + 'static {
     fn cancel(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError>;
     /// `GET /v1/mechanisms`.
     fn mechanisms(&self, caller: &Caller) -> Result<serde_json::Value, ApiError>;
+    /// `GET` (None) or `PUT` (Some(body)) `/v1/admin/heartbeat-limit`: the
+    /// host's heartbeat-load threshold, operators only.
+    fn heartbeat_limit(&self, caller: &Caller, update: Option<&[u8]>) -> Result<serde_json::Value, ApiError>;
     /// Prometheus text exposition (version 0.0.4) of all metrics.
     fn metrics_text(&self) -> String;
 }

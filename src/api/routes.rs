@@ -31,6 +31,8 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
         Route::Messages
     } else if path == "/v1/mechanisms" {
         Route::Mechanisms
+    } else if path == "/v1/admin/heartbeat-limit" {
+        Route::HeartbeatLimit
     } else if let Some(id) = path
         .strip_prefix("/v1/messages/")
         .filter(|id| !id.is_empty() && !id.contains('/'))
@@ -43,6 +45,7 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
     let allowed = match route {
         Route::Messages => "POST",
         Route::Mechanisms => "GET",
+        Route::HeartbeatLimit => "GET, PUT",
         Route::Message(_) => "GET, PATCH, DELETE",
     };
     if !allowed.split(", ").any(|m| m == method) {
@@ -64,6 +67,8 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
             };
         }
         (Route::Mechanisms, _) => gateway.mechanisms(&caller),
+        (Route::HeartbeatLimit, "GET") => gateway.heartbeat_limit(&caller, None),
+        (Route::HeartbeatLimit, _) => gateway.heartbeat_limit(&caller, Some(body)),
         (Route::Message(id), "GET") => gateway.status(&caller, id),
         (Route::Message(id), "PATCH") => gateway.update(&caller, id, body),
         (Route::Message(id), _) => gateway.cancel(&caller, id),
@@ -78,6 +83,7 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
 enum Route<'a> {
     Messages,
     Mechanisms,
+    HeartbeatLimit,
     Message(&'a str),
 }
 
@@ -97,6 +103,7 @@ fn api_error(err: ApiError) -> Response {
             Response::error(401, "unauthorized", m).with_header("WWW-Authenticate", "Bearer realm=\"pulsegate\"")
         }
         ApiError::BadRequest(m) => Response::error(400, "bad_request", m),
+        ApiError::Forbidden(m) => Response::error(403, "forbidden", m),
         ApiError::NotFound(m) => Response::error(404, "not_found", m),
         ApiError::DeviceOffline(device) => {
             Response::error(404, "device_offline", format!("device {device} is not connected"))

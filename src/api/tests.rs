@@ -138,6 +138,13 @@ impl Gateway for FakeGateway {
         self.answer("mechanisms", caller, None, b"")
     }
 
+    fn heartbeat_limit(&self, caller: &Caller, update: Option<&[u8]>) -> Result<Value, ApiError> {
+        match update {
+            None => self.answer("heartbeat_limit_get", caller, None, b""),
+            Some(body) => self.answer("heartbeat_limit_put", caller, None, body),
+        }
+    }
+
     fn metrics_text(&self) -> String {
         self.metrics_calls.fetch_add(1, Ordering::SeqCst);
         "# TYPE pulsegate_pushes_total counter\npulsegate_pushes_total 3\n".into()
@@ -478,6 +485,30 @@ fn mechanisms_route_calls_mechanisms() {
     assert_eq!(resp.json(), reply);
     assert_eq!(gw.calls(), vec![call("mechanisms", "acme", None, b"")]);
     assert_eq!(gw.auth_headers(), vec![Some(KEY.to_owned())]);
+    server.shutdown();
+}
+
+#[test]
+fn heartbeat_limit_route_gets_and_puts_and_maps_forbidden() {
+    let (server, gw) = start(config());
+    let addr = server.local_addr();
+    let resp = roundtrip(addr, request("GET", "/v1/admin/heartbeat-limit", None));
+    assert_eq!(resp.status, 200);
+    let body = br#"{"max_heartbeats_per_s": 500}"#;
+    let resp = roundtrip(addr, request("PUT", "/v1/admin/heartbeat-limit", Some(body)));
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        gw.calls(),
+        vec![
+            call("heartbeat_limit_get", "acme", None, b""),
+            call("heartbeat_limit_put", "acme", None, body)
+        ]
+    );
+    let resp = roundtrip(addr, request("DELETE", "/v1/admin/heartbeat-limit", None));
+    assert_eq!(resp.status, 405);
+    gw.set_reply(Reply::Fail(ApiError::Forbidden("operators only".into())));
+    let resp = roundtrip(addr, request("PUT", "/v1/admin/heartbeat-limit", Some(body)));
+    assert_eq!(resp.status, 403);
     server.shutdown();
 }
 

@@ -46,6 +46,30 @@ impl Admission {
     }
 }
 
+/// Keep-alives per second (x 1000) new devices may add before the next
+/// reading: up to the high mark while admission is open, up to the low mark
+/// once it has closed (hysteresis), never negative. A CONNECT with keep-alive
+/// `k` seconds takes 1000 / k of it.
+pub fn admission_budget_milli(admission: &Admission, steady_per_s: f64) -> i64 {
+    let target_per_s = if admission.closed {
+        admission.low_per_s
+    } else {
+        admission.high_per_s
+    };
+    ((target_per_s - steady_per_s) * 1000.0).max(0.0) as i64
+}
+
+/// What one CONNECT with keep-alive `keepalive_s` costs the admission budget
+/// (a device without keep-alive, or one beyond an hour, costs the minimum).
+pub fn admission_cost_milli(keepalive_s: u16) -> i64 {
+    let period_s = if keepalive_s == 0 {
+        3_600
+    } else {
+        keepalive_s.min(3_600)
+    };
+    (1000 / period_s as i64).max(1)
+}
+
 /// Admission reopens below this fraction of the threshold.
 pub const LOW_WATERMARK_FRACTION: f64 = 0.9;
 
@@ -60,6 +84,22 @@ mod tests {
         // A synchronized burst in the past half raises the estimate.
         assert_eq!(heartbeat_load_per_s(9_000, 100.0, 60), 200.0);
         assert_eq!(heartbeat_load_per_s(1, 1.0, 0), 0.0);
+    }
+
+    #[test]
+    fn budget_fills_to_the_high_mark_then_only_to_the_low_one() {
+        let mut a = Admission::new(500.0);
+        a.update(300.0);
+        assert_eq!(admission_budget_milli(&a, 300.0), 200_000);
+        // 200/s of headroom at T = 10 s: 2,000 new devices, not one more.
+        assert_eq!(200_000 / admission_cost_milli(10), 2_000);
+        a.update(520.0);
+        assert!(a.closed);
+        assert_eq!(admission_budget_milli(&a, 520.0), 0);
+        assert_eq!(admission_budget_milli(&a, 460.0), 0, "closed: only below the low mark");
+        assert_eq!(admission_budget_milli(&a, 400.0), 50_000);
+        assert_eq!(admission_cost_milli(0), 1, "no keep-alive: the minimum");
+        assert_eq!(admission_cost_milli(1), 1_000);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod dispersal;
 pub mod load;
 pub mod rebalance;
+pub mod relief;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -38,7 +39,6 @@ pub struct CoordinatorGauges {
 
 /// One second's reading of every shard.
 struct Census {
-    connections: u64,
     /// Σ connections_T / T: keep-alives expected per second.
     expected_per_s: f64,
     /// The keep-alive most devices use.
@@ -61,7 +61,6 @@ fn census(shared: &Shared) -> Census {
         }
         per_shard.push(load);
     }
-    let connections = by_ka.iter().skip(1).sum();
     let expected_per_s = by_ka
         .iter()
         .enumerate()
@@ -76,7 +75,6 @@ fn census(shared: &Shared) -> Census {
         .filter(|(_, n)| **n > 0)
         .map_or(0, |(ka, _)| ka as u32);
     Census {
-        connections,
         expected_per_s,
         dominant_period_s,
         per_shard,
@@ -90,6 +88,78 @@ fn keepalive_counts(shared: &Shared, first: u32, last: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Admission and relief state between readings.
+#[derive(Default)]
+struct HeartbeatControl {
+    admission: Option<load::Admission>,
+    relief_hold_until_s: u32,
+}
+
+/// One second's heartbeat-load figures.
+struct LoadReading {
+    /// seeds/004's estimate: (HB1 + HB2) / T.
+    estimate_per_s: f64,
+    /// Keep-alives received over the last period, per second.
+    measured_per_s: f64,
+}
+
+/// seeds/004, once a second: admission budget with hysteresis, and relief
+/// rounds (a full period apart). Relief starts when the seed's estimate is
+/// over the threshold and the steady load (what the census expects, or what
+/// arrived over a whole period, whichever is more) is too: a burst inside one
+/// period is dispersal's work, not a reason to send devices away.
+fn heartbeat_control(
+    shared: &Shared,
+    state: &mut HeartbeatControl,
+    c: &Census,
+    reading: LoadReading,
+    now_s: u32,
+    period_s: u32,
+) {
+    let load_per_s = reading.estimate_per_s;
+    let gauges = &shared.coordinator;
+    gauges.load_milli_per_s.store((load_per_s * 1000.0) as u64, Relaxed);
+    let Some(threshold_per_s) = shared.heartbeat_threshold_per_s() else {
+        state.admission = None;
+        shared.admission_closed.store(false, Relaxed);
+        return;
+    };
+    // The threshold may change at run time (admin API): keep the state, move the marks.
+    let adm = state
+        .admission
+        .get_or_insert_with(|| load::Admission::new(threshold_per_s));
+    if adm.high_per_s != threshold_per_s {
+        *adm = load::Admission {
+            closed: adm.closed,
+            ..load::Admission::new(threshold_per_s)
+        };
+    }
+    let steady_per_s = reading.measured_per_s.max(c.expected_per_s);
+    let closed = adm.update(steady_per_s);
+    shared.admission_closed.store(closed, Relaxed);
+    let budget_milli = load::admission_budget_milli(adm, steady_per_s);
+    shared.admission_budget.store(budget_milli, Relaxed);
+    let over = load_per_s > adm.high_per_s && steady_per_s > adm.high_per_s;
+    if over && now_s >= state.relief_hold_until_s && c.expected_per_s > 0.0 {
+        // Shed down to the low watermark, each shard its share of the keep-alives.
+        let shed_per_s = steady_per_s - adm.low_per_s;
+        let cfg = &shared.cfg;
+        for (i, shard) in c.per_shard.iter().enumerate() {
+            let share = shed_per_s * shard.keepalives_per_s / c.expected_per_s;
+            if share > 0.0 {
+                let command = Command::Relieve {
+                    shed_milli_per_s: (share * 1000.0).ceil() as u64,
+                    keepalive_max_s: cfg.heartbeat_max_s,
+                };
+                let _ = shared.post(i as u16, command);
+            }
+        }
+        gauges.reliefs.fetch_add(1, Relaxed);
+        // A full period: every relieved device's next keep-alive shows in HB1 first.
+        state.relief_hold_until_s = now_s + period_s.max(1);
+    }
+}
+
 /// Starts the coordinator thread; it exits when `stop` is set.
 pub fn spawn(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -99,9 +169,8 @@ pub fn spawn(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::io::Result<std:
 
 fn run(shared: &Shared, stop: &AtomicBool) {
     let cfg = shared.cfg.clone();
-    let mut admission = cfg.max_heartbeats_per_s.map(load::Admission::new);
+    let mut heartbeat = HeartbeatControl::default();
     let mut dispersal_hold_until_s = 0u32;
-    let mut relief_hold_until_s = 0u32;
     let mut rebalancer = rebalance::Rebalancer::new(
         cfg.rebalance_ratio,
         cfg.rebalance_hold_s,
@@ -134,6 +203,12 @@ fn run(shared: &Shared, stop: &AtomicBool) {
         let period_s = c.dominant_period_s;
         gauges.period_s.store(period_s as u64, Relaxed);
         if period_s == 0 || period_s as usize * 2 >= KEEPALIVE_SLOTS {
+            // Nobody connected (or periods too long to count): no load but the census.
+            let reading = LoadReading {
+                estimate_per_s: c.expected_per_s,
+                measured_per_s: 0.0,
+            };
+            heartbeat_control(shared, &mut heartbeat, &c, reading, now_s, period_s);
             continue;
         }
         let first = last.saturating_sub(period_s - 1);
@@ -173,25 +248,12 @@ fn run(shared: &Shared, stop: &AtomicBool) {
         let half = (period_s / 2).max(1);
         let hb1: u64 = counts.iter().rev().take(half as usize).map(|&n| n as u64).sum();
         let load = load::heartbeat_load_per_s(hb1, c.expected_per_s, period_s);
-        gauges.load_milli_per_s.store((load * 1000.0) as u64, Relaxed);
-        let Some(adm) = admission.as_mut() else { continue };
-        let closed = adm.update(load);
-        shared.admission_closed.store(closed, Relaxed);
-        if load > adm.high_per_s && now_s >= relief_hold_until_s && c.connections > 0 {
-            // Doubling one device's interval removes 1/(2T) keep-alives per second.
-            let wanted = ((load - adm.high_per_s) * 2.0 * period_s as f64).ceil() as u64;
-            for (i, shard) in c.per_shard.iter().enumerate() {
-                let share = (wanted * shard.connections).div_ceil(c.connections) as u32;
-                if share > 0 {
-                    let command = Command::Relieve {
-                        count: share,
-                        keepalive_max_s: cfg.heartbeat_max_s,
-                    };
-                    let _ = shared.post(i as u16, command);
-                }
-            }
-            gauges.reliefs.fetch_add(1, Relaxed);
-            relief_hold_until_s = now_s + period_s;
-        }
+        // Arrivals over the whole period: a burst inside it averages out.
+        let measured_per_s = counts.iter().map(|&n| n as f64).sum::<f64>() / period_s as f64;
+        let reading = LoadReading {
+            estimate_per_s: load,
+            measured_per_s,
+        };
+        heartbeat_control(shared, &mut heartbeat, &c, reading, now_s, period_s);
     }
 }

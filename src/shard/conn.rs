@@ -68,6 +68,9 @@ pub struct Conn {
     pub client_max_packet_bytes: u32,
     /// Session expiry the device asked for (MQTT 5), seconds.
     pub session_expiry_s: u32,
+    /// The device's network as MCC x 1000 + MNC (0 = not reported): its
+    /// dispersal zone.
+    pub zone: u32,
     /// Effective keep-alive (0 = none).
     pub keepalive_s: u16,
     /// Server -> device QoS 1 window: min(config max_inflight, device Receive Maximum).
@@ -77,6 +80,8 @@ pub struct Conn {
     pub phase: Phase,
     pub flags: u8,
     pub io_flags: u8,
+    /// How well the device's network and location match this host (0-3).
+    pub match_degree: u8,
 }
 
 /// A QoS 1 push sent and not yet acknowledged.
@@ -128,12 +133,14 @@ impl Conn {
             generation,
             client_max_packet_bytes: 268_435_455,
             session_expiry_s: 0,
+            zone: 0,
             keepalive_s: 0,
             window: 1,
             next_packet_id: 1,
             phase: Phase::AwaitConnect,
             flags: 0,
             io_flags: 0,
+            match_degree: 0,
         }
     }
 

@@ -8,10 +8,11 @@
 
 use bytes::Bytes;
 
-use super::conn::{FLAG_DISPERSE, FLAG_HB_ADJUSTED, Phase};
+use super::conn::{FLAG_DISPERSE, FLAG_HB_ADJUSTED, IO_MOVING, Phase};
 use super::core::Core;
 use super::counters::{CloseReason, bump};
 use crate::coordinator::dispersal::send_offset_ms;
+use crate::coordinator::relief;
 use crate::protocol::mqtt::{self, Disconnect, ProtocolVersion};
 use crate::push::Push;
 
@@ -22,11 +23,13 @@ pub const HEARTBEAT_TOPIC: &str = "$pulse/heartbeat";
 
 impl Core {
     /// Marks every connected device whose last keep-alive fell in a hot second
-    /// and arms its timer at its place in the uniform schedule.
+    /// and arms its timer at its place in the uniform schedule, zone by zone:
+    /// devices that report their network (MCC/MNC) are spread within it, the
+    /// others within the shard.
     pub(super) fn disperse(&mut self, hot_seconds: &[u32]) {
         let mut hot = hot_seconds.to_vec();
         hot.sort_unstable();
-        let chosen: Vec<u32> = self
+        let mut chosen: Vec<(u32, u32)> = self
             .conns
             .iter()
             .filter(|(_, c)| {
@@ -35,21 +38,25 @@ impl Core {
                     && c.flags & FLAG_DISPERSE == 0
                     && hot.binary_search(&((c.last_activity_ms / 1000) as u32)).is_ok()
             })
-            .map(|(k, _)| k as u32)
+            .map(|(k, c)| (c.zone, k as u32))
             .collect();
-        let n = chosen.len();
-        if n == 0 {
+        if chosen.is_empty() {
             return;
         }
         bump(&self.counters.dispersal_rounds, 1);
-        for (i, &key) in chosen.iter().enumerate() {
-            let conn = &mut self.conns[key as usize];
-            let period_ms = conn.keepalive_s as u64 * 1000;
-            conn.flags |= FLAG_DISPERSE;
-            // Never later than the keep-alive deadline: the device must not expire.
-            let deadline_ms = conn.last_activity_ms + conn.keepalive_s as u64 * 1500;
-            let at_ms = (self.now_ms + send_offset_ms(i, n, period_ms)).min(deadline_ms.saturating_sub(1));
-            self.wheel.insert(key, at_ms.max(self.now_ms));
+        // Stable: within a zone, slab order.
+        chosen.sort_by_key(|&(zone, _)| zone);
+        for zone_devices in chosen.chunk_by(|a, b| a.0 == b.0) {
+            let n = zone_devices.len();
+            for (i, &(_, key)) in zone_devices.iter().enumerate() {
+                let conn = &mut self.conns[key as usize];
+                let period_ms = conn.keepalive_s as u64 * 1000;
+                conn.flags |= FLAG_DISPERSE;
+                // Never later than the keep-alive deadline: the device must not expire.
+                let deadline_ms = conn.last_activity_ms + conn.keepalive_s as u64 * 1500;
+                let at_ms = (self.now_ms + send_offset_ms(i, n, period_ms)).min(deadline_ms.saturating_sub(1));
+                self.wheel.insert(key, at_ms.max(self.now_ms));
+            }
         }
     }
 
@@ -79,41 +86,55 @@ impl Core {
         self.deliver(key, push);
     }
 
-    /// Asks the `count` newest devices to lengthen their heartbeat; a device
-    /// asked before (or already at `keepalive_max_s`) is disconnected instead.
-    pub(super) fn relieve(&mut self, count: u32, keepalive_max_s: u16) {
-        let mut left = count;
-        let mut adjusted = Vec::new();
-        while left > 0 {
-            let Some((key, generation)) = self.newest.pop_back() else {
-                break;
-            };
-            let Some(conn) = self.conns.get_mut(key as usize) else {
-                continue;
-            };
-            if conn.generation != generation || conn.phase != Phase::Connected {
+    /// Relieves `shed_per_s` keep-alives per second (seeds/004): candidates in
+    /// the configured rule's order are first asked to lengthen their
+    /// heartbeat; only devices adjusted in an earlier round (or at
+    /// `keepalive_max_s`) are disconnected, and never one whose previous
+    /// connection relief ended.
+    pub(super) fn relieve(&mut self, shed_per_s: f64, keepalive_max_s: u16) {
+        let mut keys = Vec::new();
+        let mut candidates = Vec::new();
+        for (key, c) in self.conns.iter() {
+            if c.phase != Phase::Connected || c.keepalive_s == 0 || c.io_flags & IO_MOVING != 0 {
                 continue;
             }
-            left -= 1;
-            let ka = conn.keepalive_s;
-            if conn.flags & FLAG_HB_ADJUSTED == 0 && ka > 0 && ka < keepalive_max_s {
-                let new_ka = ka.saturating_mul(2).min(keepalive_max_s);
-                conn.flags |= FLAG_HB_ADJUSTED;
-                conn.keepalive_s = new_ka;
-                self.counters.keepalive_census(ka, -1);
-                self.counters.keepalive_census(new_ka, 1);
-                bump(&self.counters.heartbeat_adjustments, 1);
-                self.send_control(key, HEARTBEAT_TOPIC, format!("{{\"keepalive_s\":{new_ka}}}"));
-                adjusted.push((key, generation));
-            } else {
-                bump(&self.counters.overload_disconnects, 1);
-                self.disconnect_overloaded(key);
-            }
+            let adjusted = c.flags & FLAG_HB_ADJUSTED != 0;
+            let spent = adjusted || c.keepalive_s >= keepalive_max_s;
+            let relieved_before = spent
+                && c.client_id
+                    .as_deref()
+                    .is_some_and(|id| self.shared.relieved.contains(id));
+            keys.push(key as u32);
+            candidates.push(relief::Candidate {
+                keepalive_s: c.keepalive_s,
+                adjusted,
+                relieved_before,
+                match_degree: c.match_degree,
+                order: c.generation,
+            });
         }
-        // Back at the newest end: if relief is still needed next round, the
-        // adjusted devices are the first to be disconnected.
-        for entry in adjusted.into_iter().rev() {
-            self.newest.push_back(entry);
+        let order = relief::order(&candidates, self.shared.cfg.relief_rule);
+        for (i, action) in relief::plan(&candidates, &order, shed_per_s, keepalive_max_s) {
+            let key = keys[i];
+            match action {
+                relief::Action::Adjust { keepalive_s } => {
+                    let conn = &mut self.conns[key as usize];
+                    let old_s = conn.keepalive_s;
+                    conn.flags |= FLAG_HB_ADJUSTED;
+                    conn.keepalive_s = keepalive_s;
+                    self.counters.keepalive_census(old_s, -1);
+                    self.counters.keepalive_census(keepalive_s, 1);
+                    bump(&self.counters.heartbeat_adjustments, 1);
+                    self.send_control(key, HEARTBEAT_TOPIC, format!("{{\"keepalive_s\":{keepalive_s}}}"));
+                }
+                relief::Action::Disconnect => {
+                    bump(&self.counters.overload_disconnects, 1);
+                    if let Some(id) = self.conns[key as usize].client_id.clone() {
+                        self.shared.relieved.remember(&id);
+                    }
+                    self.disconnect_overloaded(key);
+                }
+            }
         }
     }
 

@@ -34,8 +34,6 @@ pub struct Core {
     expired: Vec<u32>,
     pub(super) topic_scratch: String,
     shutting_down: bool,
-    /// (key, generation) of recent CONNECTs, newest last (load relief order).
-    pub(super) newest: std::collections::VecDeque<(u32, u32)>,
     /// Cross-shard moves in both directions.
     pub(super) moves: super::migrate::Moves,
     /// The hold time of the last Move command (carried by each connection moved).
@@ -67,7 +65,6 @@ impl Core {
             expired: Vec::with_capacity(limits::EXPIRED_PER_TURN_MAX),
             topic_scratch: String::with_capacity(256),
             shutting_down: false,
-            newest: std::collections::VecDeque::new(),
             moves: Default::default(),
             move_hold_ms: 0,
         }
@@ -286,6 +283,12 @@ impl Core {
         let was_connected = conn.phase == Phase::Connected;
         conn.phase = Phase::Closing;
         self.counters.close(reason);
+        if reason != CloseReason::Overload
+            && let Some(id) = conn.client_id.as_deref()
+        {
+            // Ended for another reason: relief may disconnect this device next time.
+            self.shared.relieved.forget(id);
+        }
         if was_connected {
             self.counters.keepalive_census(conn.keepalive_s, -1);
         }
@@ -538,7 +541,10 @@ impl Core {
                 }
             }
             Command::Disperse { hot_seconds } => self.disperse(&hot_seconds),
-            Command::Relieve { count, keepalive_max_s } => self.relieve(count, keepalive_max_s),
+            Command::Relieve {
+                shed_milli_per_s,
+                keepalive_max_s,
+            } => self.relieve(shed_milli_per_s as f64 / 1000.0, keepalive_max_s),
             Command::Move { to, count, hold_ms } => self.choose_moves(to, count, hold_ms),
             Command::Adopt(moving) => {
                 self.adopt(moving, None);

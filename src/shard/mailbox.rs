@@ -29,10 +29,14 @@ pub enum Command {
     /// one of these shard seconds get a `$pulse/keepalive` message, spread
     /// uniformly over their period starting now.
     Disperse { hot_seconds: Vec<u32> },
-    /// Heartbeat load relief (seeds/004): the `count` newest devices are asked
-    /// to lengthen their heartbeat (up to `keepalive_max_s`); those already
-    /// asked once are disconnected (0x89, or 0x9C with `server_reference`).
-    Relieve { count: u32, keepalive_max_s: u16 },
+    /// Heartbeat load relief (seeds/004): shed this many keep-alives per
+    /// second (x 1000): devices in the relief rule's order are asked to
+    /// lengthen their heartbeat (up to `keepalive_max_s`); those asked in an
+    /// earlier round are disconnected (0x89, or 0x9C with `server_reference`).
+    Relieve {
+        shed_milli_per_s: u64,
+        keepalive_max_s: u16,
+    },
     /// Cross-shard rebalancing: move up to `count` connections to shard `to`
     /// (socket and state together; none moved here within `hold_ms`).
     Move { to: u16, count: u32, hold_ms: u64 },

@@ -22,9 +22,6 @@ use crate::registry::Location;
 /// Longest client id accepted, in bytes (MQTT allows 65,535; devices use < 64).
 pub const CLIENT_ID_BYTES_MAX: usize = 256;
 
-/// Recent connections remembered for load relief ("newest first").
-pub const NEWEST_TRACKED_MAX: usize = 4_096;
-
 /// The protocol's largest packet (remaining length 268,435,455 + 5 header bytes).
 const MQTT_PACKET_BYTES_MAX: u32 = 268_435_460;
 
@@ -136,8 +133,12 @@ impl Core {
                 CloseReason::ServerShutdown,
             );
         }
-        if self.shared.admission_closed.load(std::sync::atomic::Ordering::Relaxed) {
-            // seeds/004 admission: over the heartbeat-load threshold, send the device elsewhere.
+        let keepalive_s = match (version, cfg.server_keepalive_s) {
+            (ProtocolVersion::V5, Some(server_s)) => server_s,
+            _ => c.keepalive_s,
+        };
+        if !self.shared.admit(keepalive_s) {
+            // seeds/004 admission: no heartbeat headroom left, send the device elsewhere.
             bump(&self.counters.admissions_refused, 1);
             let server_reference = self.shared.cfg.server_reference.clone();
             let code = if server_reference.is_some() {
@@ -188,10 +189,6 @@ impl Core {
         }
 
         let props = c.properties;
-        let keepalive_s = match (version, cfg.server_keepalive_s) {
-            (ProtocolVersion::V5, Some(server_s)) => server_s,
-            _ => c.keepalive_s,
-        };
         let (persistent, resume, expiry_s) = match version {
             ProtocolVersion::V5 => {
                 let e = props.session_expiry_interval_s.unwrap_or(0);
@@ -218,9 +215,11 @@ impl Core {
             }
         }
         self.counters.keepalive_census(keepalive_s, 1);
-        self.newest.push_back((key, generation));
-        if self.newest.len() > NEWEST_TRACKED_MAX {
-            self.newest.pop_front();
+        let network = props.network.map(|n| (n.mcc, n.mnc, n.area));
+        {
+            let conn = &mut self.conns[key as usize];
+            conn.zone = network.map_or(0, |(mcc, mnc, _)| mcc as u32 * 1000 + mnc as u32);
+            conn.match_degree = crate::coordinator::relief::match_degree(network, cfg.home_network, &cfg.home_areas);
         }
         if keepalive_s > 0 {
             self.wheel.insert(key, now_ms + keepalive_s as u64 * 1500);

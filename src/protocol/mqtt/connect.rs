@@ -5,7 +5,7 @@
 //! credentials or keep alive are acceptable (gateway policy), or reply to the client.
 
 use super::fixed_header::write_frame;
-use super::properties::{self as p, read_properties, write_empty, write_properties};
+use super::properties::{self as p, PropValue, read_properties, write_empty, write_properties};
 use super::wire::{Reader, has_wildcard, write_binary, write_u16, write_utf8};
 use super::{DecodeError, MalformedKind, ProtocolVersion};
 
@@ -43,6 +43,36 @@ pub struct ConnectProperties {
     pub request_response_information: Option<u8>,
     pub request_problem_information: Option<u8>,
     pub has_authentication_method: bool,
+    /// Where the device is (pulsegate user properties `pulse-network` =
+    /// "MCC-MNC" and `pulse-area` = location/tracking area code); other user
+    /// properties are skipped, and a malformed report is ignored.
+    pub network: Option<NetworkReport>,
+}
+
+/// A device's network and location, as it reports them in CONNECT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkReport {
+    pub mcc: u16,
+    pub mnc: u16,
+    /// Location area / tracking area code, when reported.
+    pub area: Option<u32>,
+}
+
+/// User property naming the device's network: "MCC-MNC", e.g. "460-01".
+pub const NETWORK_PROPERTY: &str = "pulse-network";
+/// User property naming the device's location area code (decimal).
+pub const AREA_PROPERTY: &str = "pulse-area";
+
+impl NetworkReport {
+    /// Parses "MCC-MNC" (3 digits, then 2 or 3).
+    pub fn parse_network(s: &str) -> Option<(u16, u16)> {
+        let (mcc, mnc) = s.split_once('-')?;
+        let digits = |t: &str, lens: &[usize]| lens.contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(mcc, &[3]) || !digits(mnc, &[2, 3]) {
+            return None;
+        }
+        Some((mcc.parse().ok()?, mnc.parse().ok()?))
+    }
 }
 
 const ALLOWED: &[u8] = &[
@@ -110,6 +140,8 @@ pub fn decode(body: &[u8]) -> Result<Connect<'_>, DecodeError> {
     let mut properties = ConnectProperties::default();
     if v5 {
         let mut has_auth_data = false;
+        let mut network: Option<(u16, u16)> = None;
+        let mut area: Option<u32> = None;
         read_properties(&mut r, ALLOWED, &[], |id, v| {
             let n = v.num();
             match id {
@@ -121,10 +153,16 @@ pub fn decode(body: &[u8]) -> Result<Connect<'_>, DecodeError> {
                 p::REQUEST_PROBLEM_INFORMATION => properties.request_problem_information = Some(n as u8),
                 p::AUTHENTICATION_METHOD => properties.has_authentication_method = true,
                 p::AUTHENTICATION_DATA => has_auth_data = true,
+                p::USER_PROPERTY => match v {
+                    PropValue::Pair(NETWORK_PROPERTY, value) => network = NetworkReport::parse_network(value),
+                    PropValue::Pair(AREA_PROPERTY, value) => area = value.parse().ok(),
+                    _ => {}
+                },
                 _ => {}
             }
             Ok(())
         })?;
+        properties.network = network.map(|(mcc, mnc)| NetworkReport { mcc, mnc, area });
         // Authentication Data without Authentication Method is a protocol error.
         if has_auth_data && !properties.has_authentication_method {
             return Err(malformed(MalformedKind::BadProperty));
@@ -208,6 +246,17 @@ impl Connect<'_> {
                     p::put_u16(o, p::TOPIC_ALIAS_MAXIMUM, pr.topic_alias_maximum);
                     p::put_byte(o, p::REQUEST_RESPONSE_INFORMATION, pr.request_response_information);
                     p::put_byte(o, p::REQUEST_PROBLEM_INFORMATION, pr.request_problem_information);
+                    if let Some(n) = pr.network {
+                        p::put_pair(
+                            o,
+                            p::USER_PROPERTY,
+                            NETWORK_PROPERTY,
+                            &format!("{:03}-{:02}", n.mcc, n.mnc),
+                        );
+                        if let Some(area) = n.area {
+                            p::put_pair(o, p::USER_PROPERTY, AREA_PROPERTY, &area.to_string());
+                        }
+                    }
                 });
             }
             write_utf8(o, self.client_id);
@@ -263,6 +312,32 @@ mod tests {
     }
 
     #[test]
+    fn network_report_is_parsed_and_a_bad_one_ignored() {
+        assert_eq!(NetworkReport::parse_network("460-01"), Some((460, 1)));
+        assert_eq!(NetworkReport::parse_network("310-410"), Some((310, 410)));
+        for bad in ["46-01", "460-1", "460-0001", "460_01", "abc-de", "", "460-"] {
+            assert_eq!(NetworkReport::parse_network(bad), None, "{bad}");
+        }
+        // CONNECT v5 with user properties: another key, a bad network, a bad area.
+        let mut props = Vec::new();
+        p::put_pair(&mut props, p::USER_PROPERTY, "colour", "blue");
+        p::put_pair(&mut props, p::USER_PROPERTY, NETWORK_PROPERTY, "46x-01");
+        p::put_pair(&mut props, p::USER_PROPERTY, AREA_PROPERTY, "12");
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, props.len() as u8];
+        body.extend_from_slice(&props);
+        body.extend_from_slice(&[0, 1, b'c']);
+        let mut frame = vec![0x10, body.len() as u8];
+        frame.extend_from_slice(&body);
+        let Ok(super::super::Packet::Connect(c)) = super::super::decode_packet(&frame, V5) else {
+            panic!("CONNECT with user properties decodes");
+        };
+        assert_eq!(
+            c.properties.network, None,
+            "an area without a valid network is no report"
+        );
+    }
+
+    #[test]
     fn round_trips() {
         round_trip(&sample(V311, ConnectProperties::default()), V311);
         round_trip(&sample(V5, ConnectProperties::default()), V5);
@@ -274,8 +349,22 @@ mod tests {
             request_response_information: Some(1),
             request_problem_information: Some(0),
             has_authentication_method: false,
+            network: Some(NetworkReport {
+                mcc: 460,
+                mnc: 1,
+                area: Some(4_321),
+            }),
         };
         round_trip(&sample(V5, props), V5);
+        let no_area = ConnectProperties {
+            network: Some(NetworkReport {
+                mcc: 310,
+                mnc: 410,
+                area: None,
+            }),
+            ..props
+        };
+        round_trip(&sample(V5, no_area), V5);
         let bare = Connect {
             client_id: "",
             username: None,

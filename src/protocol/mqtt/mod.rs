@@ -21,7 +21,7 @@ mod unsubscribe;
 mod wire;
 
 pub use connack::{ConnAck, ConnAckProperties};
-pub use connect::{Connect, ConnectProperties, Will};
+pub use connect::{AREA_PROPERTY, Connect, ConnectProperties, NETWORK_PROPERTY, NetworkReport, Will};
 pub use disconnect::Disconnect;
 pub use fixed_header::{FrameHeader, MAX_VARINT, VarintError, check_frame, read_varint, varint_len, write_varint};
 pub use puback::PubAck;
