@@ -21,7 +21,8 @@
 //!   posted on the ring, or mio's waker). The API and other shards post
 //!   `Command`s; a shard never waits on anyone.
 //! - `shard::counters`: relaxed single-writer atomics per shard, read by
-//!   `metrics` (Prometheus) and, later, the coordinator.
+//!   `metrics` (Prometheus) and the coordinator (dispersal, heartbeat load,
+//!   cross-shard rebalancing).
 //! - `api`: HTTP/1.1 (httparse + serde_json): `POST /v1/messages`, `GET /metrics`.
 //! - `protocol::mqtt`: the sans-IO codec, one file per packet type.
 //!

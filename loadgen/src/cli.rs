@@ -219,6 +219,17 @@ pub struct OverloadArgs {
     /// Seconds between waves (default: a quarter of --keepalive-s, at least 1).
     #[arg(long)]
     pub wave_interval_s: Option<f64>,
+    /// The operator step: at --threshold-at-s, set the gateway's heartbeat-load
+    /// threshold to this (PUT /v1/admin/heartbeat-limit on --http), e.g. half the
+    /// load the connected devices offer.
+    #[arg(long, requires = "http")]
+    pub threshold_per_s: Option<f64>,
+    /// When to apply --threshold-per-s, seconds from start (default: a third of the run).
+    #[arg(long, requires = "threshold_per_s")]
+    pub threshold_at_s: Option<f64>,
+    /// Bearer API key for the admin call (an [[sps]] entry with admin = true).
+    #[arg(long)]
+    pub admin_api_key: Option<String>,
 }
 
 /// Hidden worker options; produced by the parent, not meant for humans.

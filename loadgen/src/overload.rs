@@ -43,12 +43,77 @@ pub struct OverloadReport {
     pub disconnected_twice_count: u64,
     /// `$pulse/...` messages not understood.
     pub control_errors: u64,
+    /// The operator step (`--threshold-per-s`): the threshold, when it was set,
+    /// and when the offered load (PINGREQ/s, averaged over one keep-alive
+    /// period) went under it for good, in seconds and in periods after the step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<ThresholdStep>,
     /// The gateway's /metrics, sampled once per second (with `--http`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerSeries>,
 }
 
+/// The operator lowered the threshold during the run.
+#[derive(Serialize, Debug, Clone, Default, PartialEq)]
+pub struct ThresholdStep {
+    pub threshold_per_s: f64,
+    pub set_at_s: f64,
+    /// Seconds each load figure averages (the longest heartbeat interval in play).
+    pub window_s: u16,
+    /// Offered load (PINGREQ/s over one period) just before the step.
+    pub load_before_per_s: f64,
+    /// Seconds after the step from which the period-averaged load stayed under the
+    /// threshold until the end of the run (None: it never settled).
+    pub settled_after_s: Option<f64>,
+    pub settled_within_periods: Option<f64>,
+    /// Highest period-averaged load from settling to the end.
+    pub load_max_after_settling_per_s: Option<f64>,
+}
+
+/// Mean of `v[i + 1 - width ..= i]` (fewer at the start).
+fn trailing_mean(v: &[u64], i: usize, width: usize) -> f64 {
+    let from = (i + 1).saturating_sub(width.max(1));
+    v[from..=i].iter().sum::<u64>() as f64 / (i + 1 - from) as f64
+}
+
 impl OverloadReport {
+    /// Fills `threshold`: when the offered load settled under `per_s` after the step
+    /// at `at_s`, judged on averages over `window_s` seconds (the longest heartbeat
+    /// interval in play, e.g. 2 x keep-alive once relief doubled it); periods are
+    /// counted in `keepalive_s`.
+    pub fn settle(&mut self, per_s: f64, at_s: f64, keepalive_s: u16, window_s: u16) {
+        let load = &self.heartbeat_load_per_s;
+        let width = window_s.max(1) as usize;
+        let period_s = keepalive_s.max(1) as f64;
+        let step = at_s.floor() as usize;
+        // The last whole second is still being counted: leave it out.
+        let last = load.len().saturating_sub(2);
+        let before = if step > 0 && step <= last + 1 {
+            trailing_mean(load, step - 1, width)
+        } else {
+            0.0
+        };
+        let mut settled: Option<usize> = None;
+        for i in step..=last {
+            if trailing_mean(load, i, width) <= per_s {
+                settled.get_or_insert(i);
+            } else {
+                settled = None;
+            }
+        }
+        let max_after = settled.map(|from| (from..=last).map(|i| trailing_mean(load, i, width)).fold(0.0, f64::max));
+        let settled_after_s = settled.map(|i| (i + 1) as f64 - at_s);
+        self.threshold = Some(ThresholdStep {
+            window_s,
+            threshold_per_s: per_s,
+            set_at_s: at_s,
+            load_before_per_s: before,
+            settled_after_s,
+            settled_within_periods: settled_after_s.map(|s| s / period_s),
+            load_max_after_settling_per_s: max_after,
+        });
+    }
+
     /// Builds the report from the merged per-second series, the `failed` counts (keys
     /// "connack_0x.."), the workers' overload counters and the sampled metrics.
     pub fn build(
@@ -79,6 +144,7 @@ impl OverloadReport {
             disconnected_twice: w.disconnected_twice > 0,
             disconnected_twice_count: w.disconnected_twice,
             control_errors: w.control_errors,
+            threshold: None,
             server,
         }
     }
@@ -102,6 +168,18 @@ impl OverloadReport {
             if self.disconnected_twice { "yes" } else { "no" },
             self.disconnected_twice_count
         );
+        if let Some(t) = &self.threshold {
+            let _ = writeln!(
+                s,
+                "threshold step     {:.0}/s at {:.1} s (offered {:.0}/s before); settled under it after {} ({} periods), max {}/s after",
+                t.threshold_per_s,
+                t.set_at_s,
+                t.load_before_per_s,
+                t.settled_after_s.map_or("never".into(), |v| format!("{v:.1} s")),
+                t.settled_within_periods.map_or("-".into(), |v| format!("{v:.2}")),
+                t.load_max_after_settling_per_s.map_or("-".into(), |v| format!("{v:.0}"))
+            );
+        }
         let _ = writeln!(
             s,
             "  t (s)    connected  PINGREQ/s  adjusted  disconnected  refused | server load/s  admission closed  adjustments  disconnects  refusals"
@@ -157,6 +235,26 @@ impl OverloadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settling_is_judged_on_period_averages_after_the_step() {
+        // Period 2 s; threshold 500/s set at 3.2 s; the last second is partial.
+        let tl = Series {
+            pingreqs: vec![1000, 1000, 1000, 1000, 900, 400, 500, 450, 520, 300, 999],
+            ..Default::default()
+        };
+        let mut r = OverloadReport::build(1, 1.0, 0, &tl, &BTreeMap::new(), &WorkerOverload::default(), None);
+        r.settle(500.0, 3.2, 2, 2);
+        let t = r.threshold.clone().expect("filled");
+        assert_eq!(t.load_before_per_s, 1000.0);
+        // Two-second means from second 3: 1000, 950, 650, 450, 475, 485, 410 -> under from second 6.
+        assert_eq!(t.settled_after_s.map(|s| (s * 10.0).round() / 10.0), Some(3.8));
+        assert_eq!(t.settled_within_periods.map(|p| (p * 10.0).round() / 10.0), Some(1.9));
+        assert_eq!(t.load_max_after_settling_per_s, Some(485.0));
+        // Never under: None.
+        r.settle(100.0, 3.2, 2, 2);
+        assert_eq!(r.threshold.expect("filled").settled_after_s, None);
+    }
 
     #[test]
     fn builds_from_series_and_counts() {

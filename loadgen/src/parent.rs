@@ -333,6 +333,16 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
         _ => None,
     };
 
+    // Overload's operator step: lower the threshold under the offered load.
+    let mut threshold_step = match (&scenario, http_addr) {
+        (Scenario::Overload(o), Some(addr)) => o.threshold_per_s.map(|per_s| {
+            let at_s = o.threshold_at_s.unwrap_or(conn.duration_s / 3.0);
+            (addr, per_s, at_s, o.admin_api_key.clone())
+        }),
+        _ => None,
+    };
+    let mut threshold_set_at_s: Option<f64> = None;
+
     // Hold phase.
     loop {
         let t = start.elapsed().as_secs_f64();
@@ -359,6 +369,18 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
             cpu_at_established = pid.and_then(procstat::cpu_s);
         }
         let t = start.elapsed().as_secs_f64();
+        let step_due = threshold_step.as_ref().is_some_and(|step| t >= step.2);
+        if let (true, Some((addr, per_s, _, key))) = (step_due, threshold_step.as_ref()) {
+            match scrape::set_heartbeat_limit(addr, *per_s, key.as_deref()) {
+                Ok(200) => {
+                    eprintln!("pulsegate-loadgen: heartbeat-load threshold set to {per_s}/s at {t:.1} s");
+                    threshold_set_at_s = Some(t);
+                }
+                Ok(code) => eprintln!("pulsegate-loadgen: setting the threshold answered HTTP {code}"),
+                Err(e) => eprintln!("pulsegate-loadgen: setting the threshold failed: {e}"),
+            }
+            threshold_step = None;
+        }
         if all_connected_s.is_none() && sum.connected >= conn.connections {
             all_connected_s = Some(t);
         }
@@ -634,8 +656,8 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
         });
     }
 
-    if let Scenario::Overload(_) = &scenario {
-        r.overload = Some(overload::OverloadReport::build(
+    if let Scenario::Overload(o) = &scenario {
+        let mut report = overload::OverloadReport::build(
             waves,
             wave_interval_s,
             conn.heartbeat_max_s,
@@ -643,7 +665,17 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
             &r.failed,
             &overload_counts,
             server_series,
-        ));
+        );
+        if let (Some(per_s), Some(at_s)) = (o.threshold_per_s, threshold_set_at_s) {
+            // Relief doubles intervals: judge on the doubled period once anyone was adjusted.
+            let window_s = if report.adjusted > 0 {
+                conn.keepalive_s.saturating_mul(2)
+            } else {
+                conn.keepalive_s
+            };
+            report.settle(per_s, at_s, conn.keepalive_s, window_s);
+        }
+        r.overload = Some(report);
     }
 
     print!("{}", r.human());

@@ -95,6 +95,30 @@ fn get_metrics(addr: &SocketAddr) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
+/// PUT /v1/admin/heartbeat-limit: sets the gateway's heartbeat-load threshold.
+/// Returns the HTTP status line's code, or the error.
+pub fn set_heartbeat_limit(addr: &SocketAddr, per_s: f64, api_key: Option<&str>) -> Result<u16, String> {
+    let mut s = TcpStream::connect_timeout(addr, TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    let body = format!("{{\"max_heartbeats_per_s\": {per_s}}}");
+    let auth = api_key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let request = format!(
+        "PUT /v1/admin/heartbeat-limit HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    s.take(RESPONSE_BYTES_MAX as u64)
+        .read_to_end(&mut reply)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {:?}", text.chars().take(80).collect::<String>()))
+}
+
 /// The sampling thread.
 pub struct Sampler {
     stop: Arc<AtomicBool>,

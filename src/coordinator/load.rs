@@ -47,14 +47,15 @@ impl Admission {
 }
 
 /// Keep-alives per second (x 1000) new devices may add before the next
-/// reading: up to the high mark while admission is open, up to the low mark
-/// once it has closed (hysteresis), never negative. A CONNECT with keep-alive
-/// `k` seconds takes 1000 / k of it.
+/// reading: up to halfway between the marks while admission is open (so
+/// arrival noise around a full host does not cross the high mark and trigger
+/// relief), up to the low mark once it has closed (hysteresis), never
+/// negative. A CONNECT with keep-alive `k` seconds takes 1000 / k of it.
 pub fn admission_budget_milli(admission: &Admission, steady_per_s: f64) -> i64 {
     let target_per_s = if admission.closed {
         admission.low_per_s
     } else {
-        admission.high_per_s
+        (admission.low_per_s + admission.high_per_s) / 2.0
     };
     ((target_per_s - steady_per_s) * 1000.0).max(0.0) as i64
 }
@@ -87,12 +88,13 @@ mod tests {
     }
 
     #[test]
-    fn budget_fills_to_the_high_mark_then_only_to_the_low_one() {
+    fn budget_fills_below_the_high_mark_then_only_to_the_low_one() {
         let mut a = Admission::new(500.0);
         a.update(300.0);
-        assert_eq!(admission_budget_milli(&a, 300.0), 200_000);
-        // 200/s of headroom at T = 10 s: 2,000 new devices, not one more.
-        assert_eq!(200_000 / admission_cost_milli(10), 2_000);
+        // Open: fills to halfway between the marks (475/s).
+        assert_eq!(admission_budget_milli(&a, 300.0), 175_000);
+        // 175/s of headroom at T = 10 s: 1,750 new devices, not one more.
+        assert_eq!(175_000 / admission_cost_milli(10), 1_750);
         a.update(520.0);
         assert!(a.closed);
         assert_eq!(admission_budget_milli(&a, 520.0), 0);

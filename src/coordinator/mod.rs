@@ -1,11 +1,12 @@
 //! The coordinator thread: once a second it reads every shard's lock-free
 //! counters (keep-alives per second, connections by keep-alive), detects
 //! synchronized keep-alives and posts dispersal commands, estimates the
-//! heartbeat load (HB1 + HB2) and opens or closes admission with hysteresis,
-//! and asks shards to relieve load when it stays over the threshold.
+//! heartbeat load (HB1 + HB2), sets the admission budget with hysteresis,
+//! asks shards to relieve load when it stays over the threshold, and moves
+//! connections between shards when their loads drift apart.
 //!
 //! Owns those decisions (the policies themselves are pure functions in
-//! `dispersal` and `load`). Must never touch a connection, and never make a
+//! `dispersal`, `load`, `relief` and `rebalance`). Must never touch a connection, and never make a
 //! shard wait: it only reads atomics and posts to mailboxes.
 
 pub mod dispersal;
@@ -93,6 +94,9 @@ fn keepalive_counts(shared: &Shared, first: u32, last: u32) -> Vec<u32> {
 struct HeartbeatControl {
     admission: Option<load::Admission>,
     relief_hold_until_s: u32,
+    /// Arrivals before this second still include devices a relief round has
+    /// not yet reached (its messages go out spread over one period).
+    relief_settled_from_s: u32,
 }
 
 /// One second's heartbeat-load figures.
@@ -101,6 +105,8 @@ struct LoadReading {
     estimate_per_s: f64,
     /// Keep-alives received over the last period, per second.
     measured_per_s: f64,
+    /// The first second of that period.
+    measured_from_s: u32,
 }
 
 /// seeds/004, once a second: admission budget with hysteresis, and relief
@@ -134,12 +140,17 @@ fn heartbeat_control(
             ..load::Admission::new(threshold_per_s)
         };
     }
-    let steady_per_s = reading.measured_per_s.max(c.expected_per_s);
+    // The census is exact at once; arrivals count only over a window that no
+    // relief round was still reaching (they reveal devices ignoring adjustments).
+    let measured_valid = reading.measured_from_s >= state.relief_settled_from_s;
+    let measured_per_s = if measured_valid { reading.measured_per_s } else { 0.0 };
+    let steady_per_s = measured_per_s.max(c.expected_per_s);
     let closed = adm.update(steady_per_s);
     shared.admission_closed.store(closed, Relaxed);
     let budget_milli = load::admission_budget_milli(adm, steady_per_s);
     shared.admission_budget.store(budget_milli, Relaxed);
-    let over = load_per_s > adm.high_per_s && steady_per_s > adm.high_per_s;
+    // Over: the steady load is, and either the seed's estimate or the census agrees.
+    let over = steady_per_s > adm.high_per_s && (load_per_s > adm.high_per_s || c.expected_per_s > adm.high_per_s);
     if over && now_s >= state.relief_hold_until_s && c.expected_per_s > 0.0 {
         // Shed down to the low watermark, each shard its share of the keep-alives.
         let shed_per_s = steady_per_s - adm.low_per_s;
@@ -157,6 +168,8 @@ fn heartbeat_control(
         gauges.reliefs.fetch_add(1, Relaxed);
         // A full period: every relieved device's next keep-alive shows in HB1 first.
         state.relief_hold_until_s = now_s + period_s.max(1);
+        // Adjustments go out over the doubled period.
+        state.relief_settled_from_s = now_s + 2 * period_s.max(1);
     }
 }
 
@@ -207,6 +220,7 @@ fn run(shared: &Shared, stop: &AtomicBool) {
             let reading = LoadReading {
                 estimate_per_s: c.expected_per_s,
                 measured_per_s: 0.0,
+                measured_from_s: now_s,
             };
             heartbeat_control(shared, &mut heartbeat, &c, reading, now_s, period_s);
             continue;
@@ -253,6 +267,7 @@ fn run(shared: &Shared, stop: &AtomicBool) {
         let reading = LoadReading {
             estimate_per_s: load,
             measured_per_s,
+            measured_from_s: first,
         };
         heartbeat_control(shared, &mut heartbeat, &c, reading, now_s, period_s);
     }

@@ -33,7 +33,7 @@ pub const FLAG_DIRTY: u8 = 1 << 2;
 pub const FLAG_FORCE_CLOSE: u8 = 1 << 3;
 /// Was registered in the registry (its client id is claimed).
 pub const FLAG_REGISTERED: u8 = 1 << 4;
-/// A keep-alive configuration message (dispersal) is due when the timer fires.
+/// A control message is due when the timer fires (which: `Conn::control_due`).
 pub const FLAG_DISPERSE: u8 = 1 << 5;
 /// Already asked to lengthen its heartbeat (load relief); next time: disconnect.
 pub const FLAG_HB_ADJUSTED: u8 = 1 << 6;
@@ -82,6 +82,18 @@ pub struct Conn {
     pub io_flags: u8,
     /// How well the device's network and location match this host (0-3).
     pub match_degree: u8,
+    /// Which control message the timer sends under FLAG_DISPERSE.
+    pub control_due: ControlDue,
+}
+
+/// A control message scheduled on the connection's timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ControlDue {
+    /// `$pulse/keepalive` (dispersal, seeds/000).
+    Keepalive,
+    /// `$pulse/heartbeat` with the already-adjusted interval (relief, seeds/004).
+    Heartbeat,
 }
 
 /// A QoS 1 push sent and not yet acknowledged.
@@ -141,6 +153,7 @@ impl Conn {
             flags: 0,
             io_flags: 0,
             match_degree: 0,
+            control_due: ControlDue::Keepalive,
         }
     }
 

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::conn::{FLAG_DISPERSE, FLAG_HB_ADJUSTED, IO_MOVING, Phase};
+use super::conn::{ControlDue, FLAG_DISPERSE, FLAG_HB_ADJUSTED, IO_MOVING, Phase};
 use super::core::Core;
 use super::counters::{CloseReason, bump};
 use crate::coordinator::dispersal::send_offset_ms;
@@ -52,6 +52,7 @@ impl Core {
                 let conn = &mut self.conns[key as usize];
                 let period_ms = conn.keepalive_s as u64 * 1000;
                 conn.flags |= FLAG_DISPERSE;
+                conn.control_due = ControlDue::Keepalive;
                 // Never later than the keep-alive deadline: the device must not expire.
                 let deadline_ms = conn.last_activity_ms + conn.keepalive_s as u64 * 1500;
                 let at_ms = (self.now_ms + send_offset_ms(i, n, period_ms)).min(deadline_ms.saturating_sub(1));
@@ -60,15 +61,24 @@ impl Core {
         }
     }
 
-    /// The dispersal timer of `key` fired: send its keep-alive configuration.
-    pub(super) fn send_keepalive_configuration(&mut self, key: u32) {
+    /// The control timer of `key` fired: send its keep-alive configuration
+    /// (dispersal) or its heartbeat adjustment (relief).
+    pub(super) fn send_due_control(&mut self, key: u32) {
         let conn = &mut self.conns[key as usize];
         conn.flags &= !FLAG_DISPERSE;
         let keepalive_s = conn.keepalive_s;
         let deadline_ms = conn.last_activity_ms + keepalive_s as u64 * 1500;
         self.wheel.insert(key, deadline_ms);
-        let payload = format!("{{\"keepalive_s\":{keepalive_s},\"offset_ms\":0}}");
-        self.send_control(key, KEEPALIVE_TOPIC, payload);
+        match conn.control_due {
+            ControlDue::Keepalive => {
+                let payload = format!("{{\"keepalive_s\":{keepalive_s},\"offset_ms\":0}}");
+                self.send_control(key, KEEPALIVE_TOPIC, payload);
+            }
+            ControlDue::Heartbeat => {
+                conn.control_due = ControlDue::Keepalive;
+                self.send_control(key, HEARTBEAT_TOPIC, format!("{{\"keepalive_s\":{keepalive_s}}}"));
+            }
+        }
     }
 
     /// QoS 1 control message: libmosquitto-based devices restart their
@@ -95,7 +105,9 @@ impl Core {
         let mut keys = Vec::new();
         let mut candidates = Vec::new();
         for (key, c) in self.conns.iter() {
-            if c.phase != Phase::Connected || c.keepalive_s == 0 || c.io_flags & IO_MOVING != 0 {
+            // A device with a control message due (dispersal) is not touched until it is sent.
+            let busy = c.io_flags & IO_MOVING != 0 || c.flags & FLAG_DISPERSE != 0;
+            if c.phase != Phase::Connected || c.keepalive_s == 0 || busy {
                 continue;
             }
             let adjusted = c.flags & FLAG_HB_ADJUSTED != 0;
@@ -114,18 +126,34 @@ impl Core {
             });
         }
         let order = relief::order(&candidates, self.shared.cfg.relief_rule);
-        for (i, action) in relief::plan(&candidates, &order, shed_per_s, keepalive_max_s) {
+        let plan = relief::plan(&candidates, &order, shed_per_s, keepalive_max_s);
+        let adjustments = plan
+            .iter()
+            .filter(|(_, a)| matches!(a, relief::Action::Adjust { .. }))
+            .count();
+        let mut adjusted = 0;
+        for (i, action) in plan {
             let key = keys[i];
             match action {
                 relief::Action::Adjust { keepalive_s } => {
+                    // Sent spread over the new period, like dispersal: each device
+                    // restarts its timer when it acknowledges, so sending them all at
+                    // once would synchronize everyone's next keep-alive. Until its
+                    // message comes the device keeps its old interval (no expiry risk:
+                    // the deadline already follows the new one).
                     let conn = &mut self.conns[key as usize];
                     let old_s = conn.keepalive_s;
-                    conn.flags |= FLAG_HB_ADJUSTED;
+                    let deadline_ms = conn.last_activity_ms + keepalive_s as u64 * 1500;
+                    let offset_ms = send_offset_ms(adjusted, adjustments, keepalive_s as u64 * 1000);
+                    let at_ms = (self.now_ms + offset_ms).min(deadline_ms.saturating_sub(1));
+                    conn.flags |= FLAG_HB_ADJUSTED | FLAG_DISPERSE;
+                    conn.control_due = ControlDue::Heartbeat;
                     conn.keepalive_s = keepalive_s;
                     self.counters.keepalive_census(old_s, -1);
                     self.counters.keepalive_census(keepalive_s, 1);
                     bump(&self.counters.heartbeat_adjustments, 1);
-                    self.send_control(key, HEARTBEAT_TOPIC, format!("{{\"keepalive_s\":{keepalive_s}}}"));
+                    self.wheel.insert(key, at_ms.max(self.now_ms));
+                    adjusted += 1;
                 }
                 relief::Action::Disconnect => {
                     bump(&self.counters.overload_disconnects, 1);

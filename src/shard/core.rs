@@ -501,7 +501,7 @@ impl Core {
                     if self.now_ms >= deadline_ms {
                         self.disconnect(key, mqtt::reason::KEEP_ALIVE_TIMEOUT, CloseReason::KeepAliveTimeout);
                     } else if conn.flags & super::conn::FLAG_DISPERSE != 0 {
-                        self.send_keepalive_configuration(key);
+                        self.send_due_control(key);
                     } else {
                         self.wheel.insert(key, deadline_ms);
                     }
