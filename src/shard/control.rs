@@ -105,8 +105,11 @@ impl Core {
         let mut keys = Vec::new();
         let mut candidates = Vec::new();
         for (key, c) in self.conns.iter() {
-            // A device with a control message due (dispersal) is not touched until it is sent.
-            let busy = c.io_flags & IO_MOVING != 0 || c.flags & FLAG_DISPERSE != 0;
+            // A device whose heartbeat adjustment is still to be sent is left alone
+            // until it is; a pending keep-alive configuration is replaced by the
+            // adjustment (which restarts the device's timer just the same).
+            let adjust_pending = c.flags & FLAG_DISPERSE != 0 && c.control_due == ControlDue::Heartbeat;
+            let busy = c.io_flags & IO_MOVING != 0 || adjust_pending;
             if c.phase != Phase::Connected || c.keepalive_s == 0 || busy {
                 continue;
             }
