@@ -402,17 +402,25 @@ impl Core {
 
     /// The backend closed the socket and no operation is outstanding: free the slot.
     pub fn release(&mut self, key: u32) {
-        if self.conns.contains(key as usize) {
-            self.wheel.cancel(key);
-            self.conns.remove(key as usize);
-            let open = self
-                .counters
-                .connections_open
-                .load(std::sync::atomic::Ordering::Relaxed);
-            self.counters
-                .connections_open
-                .store(open.saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
+        self.free_slot(key);
+    }
+
+    /// Takes the connection out of its slot: its timer cancelled, the open
+    /// gauge lowered. None if the slot is empty.
+    pub(super) fn free_slot(&mut self, key: u32) -> Option<Conn> {
+        if !self.conns.contains(key as usize) {
+            return None;
         }
+        self.wheel.cancel(key);
+        let conn = self.conns.remove(key as usize);
+        let open = self
+            .counters
+            .connections_open
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .connections_open
+            .store(open.saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
+        Some(conn)
     }
 
     /// Keys that gained output since the last call (each once).

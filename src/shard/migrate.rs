@@ -200,8 +200,9 @@ impl Core {
             .get(key as usize)
             .filter(|c| c.flags & FLAG_DISPERSE != 0)
             .and_then(|_| self.wheel.deadline_ms(key));
-        self.wheel.cancel(key);
-        let mut conn = self.conns.remove(key as usize);
+        // Invariant, asserted in release too: the backend hands off only what
+        // `move_step` just found live and Ready.
+        let mut conn = self.free_slot(key).expect("hand_off of a live connection");
         conn.flags &= !FLAG_DIRTY;
         conn.io_flags = 0;
         let from = Location {
@@ -211,13 +212,6 @@ impl Core {
             persistent: conn.flags & super::conn::FLAG_PERSISTENT != 0,
         };
         self.counters.keepalive_census(conn.keepalive_s, -1);
-        let open = self
-            .counters
-            .connections_open
-            .load(std::sync::atomic::Ordering::Relaxed);
-        self.counters
-            .connections_open
-            .store(open.saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
         let id = (key, g24(conn.generation));
         self.moves.departed.insert(id, Departed { to: m.to, parked: None });
         self.moves
@@ -430,11 +424,6 @@ impl Core {
                 None => {}
             }
         }
-    }
-
-    /// Moves still being worked on (chosen, parked, or queued for posting).
-    pub fn moves_pending(&self) -> usize {
-        self.moves.outgoing.len() + self.moves.outbox.len()
     }
 }
 
