@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{ConnectOpts, Gateway, V5, V311};
-use pulsegate::protocol::mqtt::{NetworkReport, Packet, ProtocolVersion, PubAck, check_frame, decode_packet};
+use pulsegate::protocol::mqtt::{NetworkReport, Packet, ProtocolVersion, PubAck, decode_packet};
 
 /// A device on a non-blocking socket, driven by the test's poll loop.
 struct Device {
@@ -40,28 +40,11 @@ impl Device {
 
     /// Reads what arrived; answers QoS 1 PUBLISH with PUBACK (restarting the timer).
     fn poll(&mut self, now: Instant) {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut chunk) {
-                // Closed: still handle what arrived before the close.
-                Ok(0) => {
-                    self.closed = true;
-                    break;
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.closed = true;
-                    break;
-                }
-            }
+        // Closed: still handle what arrived before the close.
+        if common::read_available(&mut self.stream, &mut self.buf) {
+            self.closed = true;
         }
-        while let Ok(h) = check_frame(&self.buf, 1 << 20) {
-            let total = h.total_len();
-            if self.buf.len() < total {
-                break;
-            }
-            let frame: Vec<u8> = self.buf.drain(..total).collect();
+        while let Some(frame) = common::take_frame(&mut self.buf) {
             match decode_packet(&frame, self.version) {
                 Ok(Packet::Publish(p)) => {
                     if p.topic.starts_with("$pulse/") {

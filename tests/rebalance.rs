@@ -7,12 +7,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{ConnectOpts, Gateway, V5, V311, accepted};
-use pulsegate::protocol::mqtt::{Packet, ProtocolVersion, PubAck, check_frame, decode_packet};
+use pulsegate::protocol::mqtt::{Packet, ProtocolVersion, PubAck, decode_packet};
 
 const DEVICES: usize = 160;
 const ROUNDS: usize = 24;
@@ -30,28 +30,10 @@ struct Device {
 
 impl Device {
     fn poll(&mut self) {
-        let mut chunk = [0u8; 8192];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    self.closed = true;
-                    return;
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.closed = true;
-                    return;
-                }
-            }
+        if common::read_available(&mut self.stream, &mut self.buf) {
+            self.closed = true;
         }
-        while let Ok(h) = check_frame(&self.buf, 1 << 20) {
-            let total = h.total_len();
-            if self.buf.len() < total {
-                break;
-            }
-            let frame: Vec<u8> = self.buf.drain(..total).collect();
+        while let Some(frame) = common::take_frame(&mut self.buf) {
             match decode_packet(&frame, self.version) {
                 Ok(Packet::Publish(p)) if p.topic.starts_with("push/") => {
                     let n: usize = String::from_utf8_lossy(p.payload).parse().expect("numbered payload");

@@ -906,6 +906,27 @@ impl Rng {
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+/// Appends what a non-blocking socket has to `buf`; true once the peer closed
+/// (or the socket failed). Frames already buffered stay there for `take_frame`.
+pub fn read_available(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The next whole MQTT frame at the front of `buf`, removed from it.
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let total = check_frame(buf, 1 << 20).ok()?.total_len();
+    (buf.len() >= total).then(|| buf.drain(..total).collect())
+}
+
 pub fn raise_nofile() -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let cur = getrlimit(Resource::Nofile);
