@@ -321,5 +321,11 @@ pub fn render(shared: &Shared) -> String {
         "# HELP pulsegate_stored_sessions Offline persistent sessions held.\n# TYPE pulsegate_stored_sessions gauge\npulsegate_stored_sessions {}",
         shared.registry.stored_sessions()
     );
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_relieved_devices Devices whose last connection load relief ended (never relieved so twice in a row; at most {}).\n# TYPE pulsegate_relieved_devices gauge\npulsegate_relieved_devices {}",
+        crate::gateway::RELIEVED_IDS_MAX,
+        shared.relieved.len()
+    );
     out
 }
