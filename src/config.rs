@@ -105,6 +105,10 @@ pub struct Flags {
     /// Keep-alive dispersal: a second is hot above this multiple of the uniform rate.
     #[arg(long)]
     pub dispersal_threshold_factor: Option<f64>,
+    /// Keep-alive dispersal: once seconds are hot, a second whose count plus the spread
+    /// devices' share would stand above this multiple of the uniform rate is spread too.
+    #[arg(long)]
+    pub dispersal_select_factor: Option<f64>,
     /// Turn keep-alive dispersal off.
     #[arg(long)]
     pub dispersal: Option<bool>,
@@ -197,6 +201,7 @@ struct FileConfig {
     max_heartbeats_per_s: Option<f64>,
     server_reference: Option<String>,
     dispersal_threshold_factor: Option<f64>,
+    dispersal_select_factor: Option<f64>,
     dispersal: Option<bool>,
     heartbeat_max_s: Option<u16>,
     rebalance_ratio: Option<f64>,
@@ -242,6 +247,8 @@ pub struct Config {
     pub max_heartbeats_per_s: Option<f64>,
     pub server_reference: Option<String>,
     pub dispersal_threshold_factor: f64,
+    /// A burst's shoulders join a dispersal round above this multiple of the uniform rate.
+    pub dispersal_select_factor: f64,
     pub dispersal: bool,
     pub heartbeat_max_s: u16,
     /// Rebalance when the busiest shard holds more than this multiple of the idlest.
@@ -336,6 +343,7 @@ impl Default for Config {
             max_heartbeats_per_s: None,
             server_reference: None,
             dispersal_threshold_factor: 1.5,
+            dispersal_select_factor: 1.2,
             dispersal: true,
             heartbeat_max_s: 1_800,
             rebalance_ratio: 1.25,
@@ -431,6 +439,10 @@ impl Config {
                 .dispersal_threshold_factor
                 .or(file.dispersal_threshold_factor)
                 .unwrap_or(d.dispersal_threshold_factor),
+            dispersal_select_factor: flags
+                .dispersal_select_factor
+                .or(file.dispersal_select_factor)
+                .unwrap_or(d.dispersal_select_factor),
             dispersal: flags.dispersal.or(file.dispersal).unwrap_or(d.dispersal),
             heartbeat_max_s: flags
                 .heartbeat_max_s
@@ -531,6 +543,12 @@ impl Config {
         }
         if !(self.dispersal_threshold_factor >= 1.0 && self.dispersal_threshold_factor.is_finite()) {
             return invalid("dispersal_threshold_factor".into(), "must be ≥ 1".into());
+        }
+        if !(self.dispersal_select_factor >= 1.0 && self.dispersal_select_factor <= self.dispersal_threshold_factor) {
+            return invalid(
+                "dispersal_select_factor".into(),
+                "must be ≥ 1 and at most dispersal_threshold_factor".into(),
+            );
         }
         range("heartbeat_max_s", self.heartbeat_max_s as u64, 1, u16::MAX as u64)?;
         if !(self.rebalance_ratio > 1.0 && self.rebalance_ratio.is_finite()) {

@@ -29,6 +29,58 @@ pub fn hot_seconds(
         .collect()
 }
 
+/// The seconds whose devices a dispersal round spreads: the `hot` ones, plus
+/// every other second of the window that would still stand above
+/// `select_factor` x the uniform rate once the spread devices' share (their
+/// count / T per second) lands on it; repeated until nothing more joins.
+/// This takes in a burst's shoulders (its first and last seconds are often
+/// below the detection threshold but would stay a peak over the new uniform
+/// floor), and leaves an already uniform remainder alone.
+pub fn spread_seconds(
+    counts: &[u32],
+    first_second: u32,
+    period_s: u32,
+    connections: u64,
+    hot: &[u32],
+    select_factor: f64,
+) -> Vec<u32> {
+    if period_s == 0 || connections == 0 || counts.is_empty() || hot.is_empty() {
+        return hot.to_vec();
+    }
+    let expected_per_s = connections as f64 / period_s as f64;
+    let limit = expected_per_s * select_factor;
+    let window = counts.len().min(period_s as usize);
+    let start = counts.len() - window;
+    let mut selected = vec![false; counts.len()];
+    let mut spread: u64 = 0;
+    for &s in hot {
+        if let Some(i) = s.checked_sub(first_second).map(|i| i as usize)
+            && i < counts.len()
+            && !selected[i]
+        {
+            selected[i] = true;
+            spread += counts[i] as u64;
+        }
+    }
+    loop {
+        let share_per_s = spread as f64 / period_s as f64;
+        let joining: Vec<usize> = (start..counts.len())
+            .filter(|&i| !selected[i] && counts[i] > 0 && counts[i] as f64 + share_per_s > limit)
+            .collect();
+        if joining.is_empty() {
+            break;
+        }
+        for i in joining {
+            selected[i] = true;
+            spread += counts[i] as u64;
+        }
+    }
+    (0..counts.len())
+        .filter(|&i| selected[i])
+        .map(|i| first_second + i as u32)
+        .collect()
+}
+
 /// A slot is never hot below this many keep-alives per second.
 pub const MIN_HOT_COUNT: u32 = 20;
 
@@ -79,6 +131,35 @@ mod tests {
         assert!(hot_seconds(&counts, 0, 60, 6_000, 2.0).is_empty());
         let few = vec![0, 0, 15, 0];
         assert!(hot_seconds(&few, 0, 4, 4, 2.0).is_empty());
+    }
+
+    #[test]
+    fn a_bursts_shoulders_join_the_spread_and_a_uniform_remainder_does_not() {
+        // 100,000 devices, T = 30 s, all synchronized by a burst over 15 s: the
+        // last second holds only the tail (1,230), below the uniform rate.
+        let mut counts = vec![0u32; 30];
+        for c in counts.iter_mut().take(29).skip(15) {
+            *c = 7_000;
+        }
+        counts[29] = 1_230;
+        let total: u32 = counts.iter().sum();
+        let hot = hot_seconds(&counts, 100, 30, total as u64, 1.5);
+        assert_eq!(hot, (115..129).collect::<Vec<_>>());
+        let spread = spread_seconds(&counts, 100, 30, total as u64, &hot, 1.2);
+        assert_eq!(spread, (115..130).collect::<Vec<_>>(), "the tail second joins");
+        // Left out, the tail would stand at 1,230 + 98,000/30 = 4,497/s over a
+        // uniform 3,308/s: peak/mean 1.36 for ever, never hot again.
+
+        // A small storm over a uniform population: only the storm is spread.
+        let mut counts = vec![3_333u32; 30];
+        counts[7] = 20_000;
+        counts[12] = 3_500; // noise
+        let total: u64 = counts.iter().map(|&c| c as u64).sum();
+        let hot = hot_seconds(&counts, 0, 30, total, 1.5);
+        assert_eq!(hot, vec![7]);
+        assert_eq!(spread_seconds(&counts, 0, 30, total, &hot, 1.2), vec![7]);
+        // Nothing hot: nothing spread.
+        assert!(spread_seconds(&counts, 0, 30, total, &[], 1.2).is_empty());
     }
 
     #[test]

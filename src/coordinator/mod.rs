@@ -241,15 +241,23 @@ fn run(shared: &Shared, stop: &AtomicBool) {
                 uniform_equivalent,
                 cfg.dispersal_threshold_factor,
             );
+            let spread = dispersal::spread_seconds(
+                &counts,
+                first,
+                period_s,
+                uniform_equivalent,
+                &hot,
+                cfg.dispersal_select_factor,
+            );
             // Wait for a burst to end before dispersing: its devices arrive over several
             // seconds, and dispersing on the first hot second would catch only those.
-            let burst_ongoing = hot.last() == Some(&last) && hot.len() < (period_s as usize).div_ceil(2);
-            if !hot.is_empty() && !burst_ongoing {
+            let burst_ongoing = spread.last() == Some(&last) && spread.len() < (period_s as usize).div_ceil(2);
+            if !spread.is_empty() && !burst_ongoing {
                 for (i, _) in shared.shards().iter().enumerate() {
                     let _ = shared.post(
                         i as u16,
                         Command::Disperse {
-                            hot_seconds: hot.clone(),
+                            hot_seconds: spread.clone(),
                         },
                     );
                 }
