@@ -166,6 +166,13 @@ impl Device {
         interval_s
     }
 
+    /// `$pulse/heartbeat`'s offset: the adjusted interval's first period starts
+    /// `offset_ms` from now (call after the PUBACK's restart).
+    pub fn on_heartbeat_offset(&mut self, now_ms: u64, offset_ms: u64) {
+        let period_s = self.ka.period_s();
+        self.ka.reinitialize(now_ms, period_s, offset_ms);
+    }
+
     /// PINGRESP arrived; returns the round trip in µs if a ping was outstanding.
     pub fn on_pingresp(&mut self, now_us: u64) -> Option<u64> {
         if !self.ka.on_pingresp() {
@@ -353,6 +360,8 @@ mod tests {
         assert!(d.adjusted);
         d.on_packet_sent(5_000); // its PUBACK: the new interval counts from here
         assert_eq!(d.deadline_ms(), 25_000);
+        d.on_heartbeat_offset(5_000, 3_000); // with an offset, from 3 s later
+        assert_eq!(d.deadline_ms(), 28_000);
         assert_eq!(d.on_heartbeat_adjust(40, 30), 30, "capped");
         d.on_closed(6_000, 0);
         assert_eq!(d.heartbeat_s(), 30, "the next CONNECT carries the adjusted interval");

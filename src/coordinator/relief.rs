@@ -50,6 +50,36 @@ pub enum Action {
     Disconnect,
 }
 
+/// How long one relief round's `$pulse/heartbeat` messages to devices moving to
+/// `keepalive_s` are spread over: half the new interval plus a margin (1 s, or a
+/// tenth of the interval if shorter). Shorter than spreading over the whole new
+/// interval, so the load falls sooner; the offsets below still land the devices'
+/// first new keep-alives uniformly over one new interval.
+pub fn adjust_send_spread_ms(keepalive_s: u16) -> u64 {
+    let interval_ms = keepalive_s as u64 * 1000;
+    interval_ms / 2 + (interval_ms / 10).min(1_000)
+}
+
+/// The `offset_ms` for the device at `place_255` (its place in the round, in
+/// 255ths) of a round spread by `adjust_send_spread_ms`: sent at place x spread
+/// after the round starts, its first new keep-alive comes at place x interval
+/// after the round's first one. Never more than half the interval minus the
+/// margin, so that keep-alive (offset + interval after the message) comes before
+/// the gateway's 1.5 x interval deadline.
+pub fn adjust_offset_ms(keepalive_s: u16, place_255: u8) -> u64 {
+    let interval_ms = keepalive_s as u64 * 1000;
+    let slack_ms = interval_ms.saturating_sub(adjust_send_spread_ms(keepalive_s));
+    slack_ms * place_255 as u64 / 255
+}
+
+/// The place (in 255ths) of device `n` of `devices` in a round: (n + 1) / N.
+pub fn place_255(n: usize, devices: usize) -> u8 {
+    if devices == 0 {
+        return 255;
+    }
+    (((n as u64 + 1) * 255) / devices as u64).min(255) as u8
+}
+
 /// Sorts candidate indices by the rule: the first is relieved first.
 pub fn order(candidates: &[Candidate], rule: ReliefRule) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..candidates.len()).collect();
@@ -111,6 +141,38 @@ pub fn plan(candidates: &[Candidate], order: &[usize], shed_per_s: f64, keepaliv
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adjustments_sent_over_half_an_interval_land_over_a_whole_one_before_the_deadline() {
+        use crate::coordinator::dispersal::send_offset_ms;
+        for keepalive_s in [2u16, 10, 20, 60, 1_800] {
+            let interval_ms = keepalive_s as u64 * 1000;
+            let spread_ms = adjust_send_spread_ms(keepalive_s);
+            assert!(spread_ms > interval_ms / 2 && spread_ms < interval_ms);
+            let n = 1_000;
+            let mut lands = Vec::new();
+            for i in 0..n {
+                let sent_ms = send_offset_ms(i, n, spread_ms);
+                let offset_ms = adjust_offset_ms(keepalive_s, place_255(i, n));
+                // The device's first new keep-alive: offset + interval after the message.
+                let first_ms = sent_ms + offset_ms + interval_ms;
+                assert!(
+                    first_ms - sent_ms < interval_ms * 3 / 2,
+                    "{keepalive_s} s: device {i} would miss the deadline"
+                );
+                lands.push(first_ms - interval_ms);
+            }
+            // Uniform over one interval: every tenth of it gets a tenth of the devices.
+            let mut tenths = [0u32; 10];
+            for l in &lands {
+                tenths[((l * 10 / interval_ms) as usize).min(9)] += 1;
+            }
+            assert!(
+                tenths.iter().all(|&t| (90..=110).contains(&t)),
+                "{keepalive_s} s: {tenths:?}"
+            );
+        }
+    }
 
     fn cand(keepalive_s: u16, adjusted: bool, degree: u8, order: u32) -> Candidate {
         Candidate {

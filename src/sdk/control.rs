@@ -3,8 +3,9 @@
 //! Owns: the control topics and their payloads. `$pulse/keepalive` with
 //! `{"keepalive_s":T,"offset_ms":O}` = re-initialize the keep-alive timer now with period T
 //! (its first period starting O ms from now; the gateway sends 0), seeds/000.
-//! `$pulse/heartbeat` with `{"keepalive_s":N}` = lengthen the heartbeat interval to N,
-//! seeds/004. Both arrive as QoS 1 PUBLISH and are acknowledged like any push.
+//! `$pulse/heartbeat` with `{"keepalive_s":N,"offset_ms":O}` = lengthen the heartbeat
+//! interval to N, its first period starting O ms from now (the gateway spreads a relief
+//! round's devices over one new interval this way; O defaults to 0), seeds/004. Both arrive as QoS 1 PUBLISH and are acknowledged like any push.
 //!
 //! Must never: act on a message (the session and the load generator do), allocate for a
 //! well-formed message, or accept a payload larger than `CONTROL_PAYLOAD_BYTES_MAX`.
@@ -25,8 +26,9 @@ pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 512;
 pub enum Control {
     /// Re-initialize the keep-alive timer with period `keepalive_s`, `offset_ms` from now.
     KeepAlive { keepalive_s: u16, offset_ms: u64 },
-    /// Lengthen the heartbeat interval to `keepalive_s`.
-    Heartbeat { keepalive_s: u16 },
+    /// Lengthen the heartbeat interval to `keepalive_s`, its first period `offset_ms`
+    /// from now.
+    Heartbeat { keepalive_s: u16, offset_ms: u64 },
 }
 
 /// Why a control message was not understood.
@@ -68,6 +70,8 @@ struct KeepAliveBody {
 #[derive(Deserialize)]
 struct HeartbeatBody {
     keepalive_s: u16,
+    #[serde(default)]
+    offset_ms: u64,
 }
 
 /// Whether `topic` is a control topic (a push never is).
@@ -99,6 +103,7 @@ pub fn parse(topic: &[u8], payload: &[u8]) -> Result<Option<Control>, ControlErr
         let b: HeartbeatBody = serde_json::from_slice(payload).map_err(|_| ControlError::BadPayload)?;
         Control::Heartbeat {
             keepalive_s: b.keepalive_s,
+            offset_ms: b.offset_ms,
         }
     };
     Ok(Some(control))
@@ -126,7 +131,17 @@ mod tests {
         );
         assert_eq!(
             parse(b"$pulse/heartbeat", br#" {"keepalive_s":120} "#),
-            Ok(Some(Control::Heartbeat { keepalive_s: 120 }))
+            Ok(Some(Control::Heartbeat {
+                keepalive_s: 120,
+                offset_ms: 0
+            }))
+        );
+        assert_eq!(
+            parse(b"$pulse/heartbeat", br#"{"keepalive_s":20,"offset_ms":4500}"#),
+            Ok(Some(Control::Heartbeat {
+                keepalive_s: 20,
+                offset_ms: 4_500
+            }))
         );
     }
 

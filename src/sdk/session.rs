@@ -378,7 +378,7 @@ impl Session {
         let parsed = control::parse(topic, p.payload);
         // A heartbeat adjustment changes the period before the PUBACK restarts the timer,
         // so the new interval counts from now.
-        if let Ok(Some(Control::Heartbeat { keepalive_s })) = parsed {
+        if let Ok(Some(Control::Heartbeat { keepalive_s, .. })) = parsed {
             let interval_s = self.hb.on_adjust(&self.cfg.heartbeat, keepalive_s);
             self.ka
                 .set_period(self.hb.connection_interval_s(self.server_keepalive_s));
@@ -403,7 +403,11 @@ impl Session {
                 self.events
                     .push_back(Event::KeepAliveConfigured { period_s, offset_ms });
             }
-            Ok(Some(Control::Heartbeat { .. })) => {}
+            // The new interval's first period starts `offset_ms` from now.
+            Ok(Some(Control::Heartbeat { offset_ms, .. })) => {
+                let period_s = self.ka.period_s();
+                self.ka.reinitialize(now_ms, period_s, offset_ms);
+            }
             Ok(None) => self.events.push_back(Event::Push {
                 topic: p.topic.to_string(),
                 payload: p.payload.to_vec(),

@@ -268,6 +268,14 @@ fn heartbeat_adjustment_is_capped_at_the_optimal_value() {
         interval_s: 30
     }));
     assert_eq!(s.next_deadline_ms(), 32_000, "the new interval counts from the PUBACK");
+    // With an offset, its first period starts that long after the message.
+    let mut s = connected(policy, 0);
+    s.on_bytes(
+        2_000,
+        &publish("$pulse/heartbeat", Some(2), br#"{"keepalive_s":30,"offset_ms":4500}"#),
+    );
+    assert_eq!(written(&mut s), [Out::PubAck(2)]);
+    assert_eq!(s.next_deadline_ms(), 36_500, "PUBACK at 2 s + 4.5 s offset + 30 s");
 }
 
 #[test]

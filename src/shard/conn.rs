@@ -88,12 +88,12 @@ pub struct Conn {
 
 /// A control message scheduled on the connection's timer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum ControlDue {
     /// `$pulse/keepalive` (dispersal, seeds/000).
     Keepalive,
-    /// `$pulse/heartbeat` with the already-adjusted interval (relief, seeds/004).
-    Heartbeat,
+    /// `$pulse/heartbeat` with the already-adjusted interval (relief, seeds/004),
+    /// and the device's place in its round (255ths), which sets its offset.
+    Heartbeat { place_255: u8 },
 }
 
 /// A QoS 1 push sent and not yet acknowledged.

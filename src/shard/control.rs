@@ -25,11 +25,15 @@ impl Core {
     /// Marks every connected device whose last keep-alive fell in a hot second
     /// and arms its timer at its place in the uniform schedule, zone by zone:
     /// devices that report their network (MCC/MNC) are spread within it, the
-    /// others within the shard.
+    /// others within the shard. Within a zone, places go in the order of the
+    /// devices' last keep-alive: each is told about when its own next one was
+    /// due, so none is pushed past its deadline (a slot after the deadline would
+    /// be pulled in to it, and such devices would pile up there) and few ping in
+    /// between.
     pub(super) fn disperse(&mut self, hot_seconds: &[u32]) {
         let mut hot = hot_seconds.to_vec();
         hot.sort_unstable();
-        let mut chosen: Vec<(u32, u32)> = self
+        let mut chosen: Vec<(u32, u64, u32)> = self
             .conns
             .iter()
             .filter(|(_, c)| {
@@ -38,17 +42,17 @@ impl Core {
                     && c.flags & FLAG_DISPERSE == 0
                     && hot.binary_search(&((c.last_activity_ms / 1000) as u32)).is_ok()
             })
-            .map(|(k, c)| (c.zone, k as u32))
+            .map(|(k, c)| (c.zone, c.last_activity_ms, k as u32))
             .collect();
         if chosen.is_empty() {
             return;
         }
         bump(&self.counters.dispersal_rounds, 1);
-        // Stable: within a zone, slab order.
-        chosen.sort_by_key(|&(zone, _)| zone);
+        // Stable: ties in slab order.
+        chosen.sort_by_key(|&(zone, last_activity_ms, _)| (zone, last_activity_ms));
         for zone_devices in chosen.chunk_by(|a, b| a.0 == b.0) {
             let n = zone_devices.len();
-            for (i, &(_, key)) in zone_devices.iter().enumerate() {
+            for (i, &(_, _, key)) in zone_devices.iter().enumerate() {
                 let conn = &mut self.conns[key as usize];
                 let period_ms = conn.keepalive_s as u64 * 1000;
                 conn.flags |= FLAG_DISPERSE;
@@ -74,9 +78,11 @@ impl Core {
                 let payload = format!("{{\"keepalive_s\":{keepalive_s},\"offset_ms\":0}}");
                 self.send_control(key, KEEPALIVE_TOPIC, payload);
             }
-            ControlDue::Heartbeat => {
+            ControlDue::Heartbeat { place_255 } => {
                 conn.control_due = ControlDue::Keepalive;
-                self.send_control(key, HEARTBEAT_TOPIC, format!("{{\"keepalive_s\":{keepalive_s}}}"));
+                let offset_ms = relief::adjust_offset_ms(keepalive_s, place_255);
+                let payload = format!("{{\"keepalive_s\":{keepalive_s},\"offset_ms\":{offset_ms}}}");
+                self.send_control(key, HEARTBEAT_TOPIC, payload);
             }
         }
     }
@@ -108,7 +114,7 @@ impl Core {
             // A device whose heartbeat adjustment is still to be sent is left alone
             // until it is; a pending keep-alive configuration is replaced by the
             // adjustment (which restarts the device's timer just the same).
-            let adjust_pending = c.flags & FLAG_DISPERSE != 0 && c.control_due == ControlDue::Heartbeat;
+            let adjust_pending = c.flags & FLAG_DISPERSE != 0 && matches!(c.control_due, ControlDue::Heartbeat { .. });
             let busy = c.io_flags & IO_MOVING != 0 || adjust_pending;
             if c.phase != Phase::Connected || c.keepalive_s == 0 || busy {
                 continue;
@@ -139,18 +145,23 @@ impl Core {
             let key = keys[i];
             match action {
                 relief::Action::Adjust { keepalive_s } => {
-                    // Sent spread over the new period, like dispersal: each device
-                    // restarts its timer when it acknowledges, so sending them all at
-                    // once would synchronize everyone's next keep-alive. Until its
+                    // Sent spread over half the new interval (plus a margin), each with
+                    // an offset that lands the devices' first new keep-alives uniformly
+                    // over a whole one: sending them all at once would synchronize
+                    // everyone's next keep-alive, spreading them over the whole new
+                    // interval would keep the old load that much longer. Until its
                     // message comes the device keeps its old interval (no expiry risk:
                     // the deadline already follows the new one).
                     let conn = &mut self.conns[key as usize];
                     let old_s = conn.keepalive_s;
                     let deadline_ms = conn.last_activity_ms + keepalive_s as u64 * 1500;
-                    let offset_ms = send_offset_ms(adjusted, adjustments, keepalive_s as u64 * 1000);
+                    let spread_ms = relief::adjust_send_spread_ms(keepalive_s);
+                    let offset_ms = send_offset_ms(adjusted, adjustments, spread_ms);
                     let at_ms = (self.now_ms + offset_ms).min(deadline_ms.saturating_sub(1));
                     conn.flags |= FLAG_HB_ADJUSTED | FLAG_DISPERSE;
-                    conn.control_due = ControlDue::Heartbeat;
+                    conn.control_due = ControlDue::Heartbeat {
+                        place_255: relief::place_255(adjusted, adjustments),
+                    };
                     conn.keepalive_s = keepalive_s;
                     self.counters.keepalive_census(old_s, -1);
                     self.counters.keepalive_census(keepalive_s, 1);

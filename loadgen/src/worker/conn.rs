@@ -307,7 +307,7 @@ impl Worker {
                 };
                 // A heartbeat adjustment changes the period before the PUBACK restarts
                 // the timer, so the new interval counts from now.
-                if let Some(Control::Heartbeat { keepalive_s }) = control {
+                if let Some(Control::Heartbeat { keepalive_s, .. }) = control {
                     let cap_s = match self.args.heartbeat_max_s {
                         0 => u16::MAX,
                         cap => cap,
@@ -335,10 +335,14 @@ impl Worker {
                     self.slots[idx as usize].dev.on_packet_sent(now_ms);
                 }
                 // After the PUBACK's restart, so the re-initialization is what stays.
-                if let Some(Control::KeepAlive { keepalive_s, offset_ms }) = control {
-                    self.slots[idx as usize]
+                match control {
+                    Some(Control::KeepAlive { keepalive_s, offset_ms }) => self.slots[idx as usize]
                         .dev
-                        .on_keepalive_config(now_ms, keepalive_s, offset_ms);
+                        .on_keepalive_config(now_ms, keepalive_s, offset_ms),
+                    Some(Control::Heartbeat { offset_ms, .. }) => {
+                        self.slots[idx as usize].dev.on_heartbeat_offset(now_ms, offset_ms)
+                    }
+                    None => {}
                 }
                 self.arm(idx);
             }
