@@ -639,6 +639,16 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
             .and_then(|d| timeline::periods_window(d, hold_end_s, k, max_periods));
         let per_s = |w: Option<timeline::Window>| w.map(|w| tl.pingreqs_in(w)).unwrap_or_default();
         let (before_v, after_v) = (per_s(before), per_s(after));
+        let from_burst = rh
+            .started_s
+            .map(|b| timeline::period_windows(b, hold_end_s, k))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| report::PeriodPeakToMean {
+                window_s: w,
+                peak_to_mean: timeline::peak_to_mean(&tl.pingreqs_in(w)),
+            })
+            .collect();
         r.rushhour = Some(RushhourReport {
             spread_s: rh.spread_s,
             all_connected_s,
@@ -653,6 +663,7 @@ pub fn run(conn: &ConnArgs, scenario: Scenario) -> i32 {
             keepalive_window_after_s: after,
             keepalive_peak_to_mean_after: timeline::peak_to_mean(&after_v),
             keepalives_per_s_after: after_v,
+            keepalive_periods_from_burst: from_burst,
         });
     }
 

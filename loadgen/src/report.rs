@@ -324,6 +324,16 @@ pub struct RushhourReport {
     pub keepalive_window_after_s: Option<Window>,
     pub keepalives_per_s_after: Vec<u64>,
     pub keepalive_peak_to_mean_after: Option<f64>,
+    /// Every whole keep-alive period from the burst's start to the end of the hold,
+    /// with its keep-alive peak/mean: the synchronized period, then each one after.
+    pub keepalive_periods_from_burst: Vec<PeriodPeakToMean>,
+}
+
+/// One keep-alive period's keep-alive peak/mean.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct PeriodPeakToMean {
+    pub window_s: Window,
+    pub peak_to_mean: Option<f64>,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]
@@ -505,6 +515,14 @@ impl Report {
                 fmt_window(rh.keepalive_window_after_s),
                 fmt_peak_mean(&rh.keepalives_per_s_after)
             ));
+            if !rh.keepalive_periods_from_burst.is_empty() {
+                let periods: Vec<String> = rh
+                    .keepalive_periods_from_burst
+                    .iter()
+                    .map(|p| format!("{} {}", fmt_window(Some(p.window_s)), fmt_ptm(p.peak_to_mean)))
+                    .collect();
+                line(format!("keepalive periods  peak/mean {}", periods.join("  ")));
+            }
         }
         for e in &self.worker_errors {
             line(format!("worker error       {e}"));

@@ -209,6 +209,23 @@ pub fn tail_window(end_s: f64, keepalive_s: u16) -> Option<Window> {
     })
 }
 
+/// Consecutive whole keep-alive periods from `from_s` (rounded up to a second)
+/// to `to_s`: where a synchronized burst shows, and each period after it.
+pub fn period_windows(from_s: f64, to_s: f64, keepalive_s: u16) -> Vec<Window> {
+    let k = keepalive_s as u64;
+    if k == 0 || !from_s.is_finite() || !to_s.is_finite() {
+        return Vec::new();
+    }
+    let mut start = from_s.max(0.0).ceil() as u64;
+    let end = to_s.max(0.0).floor() as u64;
+    let mut windows = Vec::new();
+    while start + k <= end {
+        windows.push(Window { start, end: start + k });
+        start += k;
+    }
+    windows
+}
+
 /// The latest window of whole keep-alive periods that starts at or after
 /// `from_s` and ends at or before `to_s`, at most `max_periods` long (at least
 /// one). None when not even one whole period fits, or keep-alive is 0.
@@ -283,6 +300,16 @@ mod tests {
         assert_eq!(t.pingreqs_in(Window { start: 2, end: 6 }), vec![0, 7, 0, 0]);
         t.truncate(2);
         assert_eq!(t.slots.len(), 2);
+    }
+
+    #[test]
+    fn whole_periods_from_a_point() {
+        let w = period_windows(90.4, 250.0, 30);
+        assert_eq!(w.len(), 5);
+        assert_eq!((w[0].start, w[0].end), (91, 121));
+        assert_eq!((w[4].start, w[4].end), (211, 241));
+        assert!(period_windows(90.0, 100.0, 30).is_empty());
+        assert!(period_windows(0.0, 100.0, 0).is_empty());
     }
 
     #[test]
