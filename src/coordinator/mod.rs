@@ -251,7 +251,8 @@ fn run(shared: &Shared, stop: &AtomicBool) {
             );
             // Wait for a burst to end before dispersing: its devices arrive over several
             // seconds, and dispersing on the first hot second would catch only those.
-            let burst_ongoing = spread.last() == Some(&last) && spread.len() < (period_s as usize).div_ceil(2);
+            // Only a burst filling the whole period is dispersed while it lasts.
+            let burst_ongoing = spread.last() == Some(&last) && spread.len() < period_s as usize;
             if !spread.is_empty() && !burst_ongoing {
                 for (i, _) in shared.shards().iter().enumerate() {
                     let _ = shared.post(

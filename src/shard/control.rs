@@ -27,9 +27,11 @@ impl Core {
     /// devices that report their network (MCC/MNC) are spread within it, the
     /// others within the shard. Within a zone, places go in the order of the
     /// devices' last keep-alive: each is told about when its own next one was
-    /// due, so none is pushed past its deadline (a slot after the deadline would
-    /// be pulled in to it, and such devices would pile up there) and few ping in
-    /// between.
+    /// due, so few ping in between. A slot is never pulled in to the device's
+    /// keep-alive deadline (devices sharing a phase would pile up there and
+    /// stay synchronized): a live device pings before it anyway, and when the
+    /// timer fires an expired device is closed first, so a dead one is found at
+    /// most one period late.
     pub(super) fn disperse(&mut self, hot_seconds: &[u32]) {
         let mut hot = hot_seconds.to_vec();
         hot.sort_unstable();
@@ -57,10 +59,7 @@ impl Core {
                 let period_ms = conn.keepalive_s as u64 * 1000;
                 conn.flags |= FLAG_DISPERSE;
                 conn.control_due = ControlDue::Keepalive;
-                // Never later than the keep-alive deadline: the device must not expire.
-                let deadline_ms = conn.last_activity_ms + conn.keepalive_s as u64 * 1500;
-                let at_ms = (self.now_ms + send_offset_ms(i, n, period_ms)).min(deadline_ms.saturating_sub(1));
-                self.wheel.insert(key, at_ms.max(self.now_ms));
+                self.wheel.insert(key, self.now_ms + send_offset_ms(i, n, period_ms));
             }
         }
     }
