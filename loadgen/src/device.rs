@@ -169,8 +169,7 @@ impl Device {
     /// `$pulse/heartbeat`'s offset: the adjusted interval's first period starts
     /// `offset_ms` from now (call after the PUBACK's restart).
     pub fn on_heartbeat_offset(&mut self, now_ms: u64, offset_ms: u64) {
-        let period_s = self.ka.period_s();
-        self.ka.reinitialize(now_ms, period_s, offset_ms);
+        self.ka.restart_in(now_ms, offset_ms);
     }
 
     /// PINGRESP arrived; returns the round trip in µs if a ping was outstanding.

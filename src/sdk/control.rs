@@ -5,7 +5,8 @@
 //! (its first period starting O ms from now; the gateway sends 0), seeds/000.
 //! `$pulse/heartbeat` with `{"keepalive_s":N,"offset_ms":O}` = lengthen the heartbeat
 //! interval to N, its first period starting O ms from now (the gateway spreads a relief
-//! round's devices over one new interval this way; O defaults to 0), seeds/004. Both arrive as QoS 1 PUBLISH and are acknowledged like any push.
+//! round's devices over one new interval this way; O defaults to 0), seeds/004.
+//! Both arrive as QoS 1 PUBLISH and are acknowledged like any push.
 //!
 //! Must never: act on a message (the session and the load generator do), allocate for a
 //! well-formed message, or accept a payload larger than `CONTROL_PAYLOAD_BYTES_MAX`.

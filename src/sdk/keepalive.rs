@@ -92,6 +92,12 @@ impl KeepAlive {
     /// No effect when stopped (the message arrived on a dead connection).
     pub fn reinitialize(&mut self, now_ms: u64, period_s: u16, offset_ms: u64) {
         self.period_s = period_s;
+        self.restart_in(now_ms, offset_ms);
+    }
+
+    /// Restarts the timer with its current period, the period starting `offset_ms`
+    /// from now (a heartbeat adjustment's offset). No effect when stopped.
+    pub fn restart_in(&mut self, now_ms: u64, offset_ms: u64) {
         if self.is_running() {
             self.restart(now_ms.saturating_add(offset_ms.min(OFFSET_MS_MAX)));
         }

@@ -404,10 +404,7 @@ impl Session {
                     .push_back(Event::KeepAliveConfigured { period_s, offset_ms });
             }
             // The new interval's first period starts `offset_ms` from now.
-            Ok(Some(Control::Heartbeat { offset_ms, .. })) => {
-                let period_s = self.ka.period_s();
-                self.ka.reinitialize(now_ms, period_s, offset_ms);
-            }
+            Ok(Some(Control::Heartbeat { offset_ms, .. })) => self.ka.restart_in(now_ms, offset_ms),
             Ok(None) => self.events.push_back(Event::Push {
                 topic: p.topic.to_string(),
                 payload: p.payload.to_vec(),
