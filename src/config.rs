@@ -31,6 +31,10 @@ pub struct Flags {
     /// TOML configuration file (flags win over it).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Once listening, write the bound addresses here as JSON (`pid`,
+    /// `backend`, `shards`, `capacity`, `mqtt`, `http`), atomically (write, rename).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
     /// MQTT listen address (every shard binds it with SO_REUSEPORT).
     #[arg(long)]
     pub mqtt_listen: Option<SocketAddr>,

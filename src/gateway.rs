@@ -13,9 +13,11 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::delivery::Location;
+use crate::delivery::{DeliveryEvent, Push};
+use crate::push::PushIds;
 use crate::push::service::{Request, ServiceCounters};
-use crate::push::{DeliveryEvent, Push, PushIds};
-use crate::registry::{Location, Registry};
+use crate::registry::Registry;
 use crate::shard::counters::{ShardCounters, bump};
 use crate::shard::mailbox::{Command, MailboxSender, PostError};
 use crate::store::GroupCommitter;
@@ -131,7 +133,7 @@ impl Shared {
         if self.heartbeat_threshold_milli.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        let cost = crate::coordinator::load::admission_cost_milli(keepalive_s);
+        let cost = crate::policy::load::admission_cost_milli(keepalive_s);
         self.admission_budget.fetch_sub(cost, Ordering::Relaxed) >= cost
     }
 

@@ -26,18 +26,44 @@
 //! - `api`: HTTP/1.1 (httparse + serde_json): `POST /v1/messages`, `GET /metrics`.
 //! - `protocol::mqtt`: the sans-IO codec, one file per packet type.
 //!
-//! Dependencies point one way: main -> {api, shard} -> {protocol, sys, config, limits}.
+//! - `coordinator`: its own thread; reads counters, runs the pure policies of
+//!   `policy` (dispersal, admission, relief, rebalancing), posts commands.
+//! - `push`: the SP-facing service (tracking, retries, mechanisms, callbacks),
+//!   durable through `store`; webhooks and callbacks go out through `outbound`.
+//! - `delivery`: the plain values that cross those boundaries (`Push`,
+//!   `Location`, `DeliveryEvent`).
+//! - `sdk`: the device side, used by the `pulsegate-device` example and loadgen.
+//!
+//! ## Layers
+//! Dependencies point down, never up or sideways: a module may name only
+//! modules in layers below its own (`tests/architecture.rs` enforces it).
+//! ```text
+//! layers:begin
+//! gateway: wiring; builds every owner and starts the threads
+//! front: the API's Gateway implementation over push, shards and metrics
+//! metrics: Prometheus text from every owner's counters
+//! coordinator push: decide (heartbeat load, rebalancing) / track SP messages
+//! shard: per-core event loops, connections, sessions, timers, mailboxes
+//! registry auth policy: client id map / device credentials / pure decisions
+//! config: runtime settings, parsed and validated once
+//! delivery: values crossing boundaries
+//! api outbound store sdk: HTTP server / HTTP client / durable storage / device side
+//! protocol sys limits: sans-IO codecs / the only unsafe code / compile-time limits
+//! layers:end
+//! ```
 #![deny(unsafe_code)]
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod coordinator;
+pub mod delivery;
 pub mod front;
 pub mod gateway;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod protocol;
 pub mod push;
 pub mod registry;

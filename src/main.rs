@@ -132,6 +132,20 @@ fn main() {
         shards.mqtt_addr,
         http.local_addr()
     );
+    if let Some(path) = &flags.ready_file {
+        let ready = serde_json::json!({
+            "pid": std::process::id(),
+            "backend": backend.label(),
+            "shards": cfg.shards,
+            "capacity": total,
+            "mqtt": shards.mqtt_addr.to_string(),
+            "http": http.local_addr().to_string(),
+        });
+        if let Err(e) = write_ready_file(path, &ready.to_string()) {
+            eprintln!("pulsegate: cannot write --ready-file {}: {e}", path.display());
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
 
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -149,6 +163,15 @@ fn main() {
         }
     }
     eprintln!("pulsegate: stopped");
+}
+
+/// Writes `text` to `path` so a reader never sees it half-written (write a
+/// sibling, then rename over).
+fn write_ready_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Opens the store, recovers pending messages and starts the push service thread.

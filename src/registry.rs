@@ -10,17 +10,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::push::Push;
-
-/// Where a connected device lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Location {
-    pub shard: u16,
-    pub key: u32,
-    pub generation: u32,
-    /// The connection asked for a persistent session (clean start false).
-    pub persistent: bool,
-}
+use crate::delivery::{Location, Push};
 
 /// What `claim` found.
 #[derive(Debug, Default)]

@@ -5,20 +5,16 @@
 //! asks shards to relieve load when it stays over the threshold, and moves
 //! connections between shards when their loads drift apart.
 //!
-//! Owns those decisions (the policies themselves are pure functions in
-//! `dispersal`, `load`, `relief` and `rebalance`). Must never touch a connection, and never make a
-//! shard wait: it only reads atomics and posts to mailboxes.
-
-pub mod dispersal;
-pub mod load;
-pub mod rebalance;
-pub mod relief;
+//! Owns when those decisions are taken (the policies themselves are pure
+//! functions in `crate::policy`). Must never touch a connection, and never
+//! make a shard wait: it only reads atomics and posts to mailboxes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::gateway::Shared;
+use crate::policy::{dispersal, load, rebalance};
 use crate::shard::counters::{KEEPALIVE_SLOTS, KEEPALIVE_TRACKED_MAX_S};
 use crate::shard::mailbox::Command;
 

@@ -1,7 +1,7 @@
 //! The SP-facing push service (seeds/003): tracked, durable messages with
 //! delivery profiles, policies, mechanisms, retries, failover and callbacks.
-//! Also the unit of delivery (`Push`) that travels through shard mailboxes to
-//! a device, and the events shards report back (`DeliveryEvent`).
+//! The unit of delivery (`Push`) and the events shards report back
+//! (`DeliveryEvent`) live in `crate::delivery`, below both.
 //!
 //! Owns message tracking. Must never touch sockets or shard state: shards
 //! deliver, the service decides what to deliver and tracks the outcome.
@@ -15,42 +15,7 @@ pub mod submit;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-
-/// One push to one device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Push {
-    /// Gateway-unique id, returned to the SP.
-    pub id: u64,
-    /// MQTT QoS of the delivery: 0 or 1.
-    pub qos: u8,
-    /// Application payload, shared (not copied) between retries and shards.
-    pub payload: Bytes,
-    /// Tracked by the push service: the shard reports PUBACK or loss back to it
-    /// instead of keeping the push in an MQTT session.
-    pub tracked: bool,
-    /// A pulsegate control topic (`$pulse/keepalive`, `$pulse/heartbeat`)
-    /// instead of the device's `push/{client_id}`.
-    pub control_topic: Option<&'static str>,
-    /// Set when this push was sent before on a session that is now resumed:
-    /// the packet id it had, so redelivery reuses it with DUP=1 (MQTT-4.4.0-1).
-    pub sent_as: Option<u16>,
-}
-
-/// What shards tell the push service about tracked pushes and devices.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryEvent {
-    /// The device sent PUBACK for this push.
-    Acked { push_id: u64 },
-    /// The push did not reach the device (connection closed, too large, queue full).
-    NotDelivered { push_id: u64, reason: &'static str },
-    /// A device completed CONNECT (store-and-forward may now deliver).
-    DeviceOnline { client_id: std::sync::Arc<str> },
-}
-
-/// `NotDelivered` reason for a tracked push kept in a stored MQTT session: the
-/// shard redelivers it when the device resumes the session.
-pub const HELD_IN_SESSION: &str = "held_in_session";
+pub use crate::delivery::{DeliveryEvent, HELD_IN_SESSION, Push};
 
 /// Parses the text form of a push id.
 pub fn parse_id(text: &str) -> Option<u64> {

@@ -8,8 +8,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::delivery::Push;
 use crate::protocol::mqtt::ProtocolVersion;
-use crate::push::Push;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

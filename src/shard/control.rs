@@ -11,10 +11,10 @@ use bytes::Bytes;
 use super::conn::{ControlDue, FLAG_DISPERSE, FLAG_HB_ADJUSTED, IO_MOVING, Phase};
 use super::core::Core;
 use super::counters::{CloseReason, bump};
-use crate::coordinator::dispersal::send_offset_ms;
-use crate::coordinator::relief;
+use crate::delivery::Push;
+use crate::policy::dispersal::send_offset_ms;
+use crate::policy::relief;
 use crate::protocol::mqtt::{self, Disconnect, ProtocolVersion};
-use crate::push::Push;
 
 /// Topic of the keep-alive configuration message.
 pub const KEEPALIVE_TOPIC: &str = "$pulse/keepalive";

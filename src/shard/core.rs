@@ -13,11 +13,12 @@ use super::conn::{Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, FLAG_PERSISTENT, FLAG_REGI
 use super::counters::{CloseReason, ProtocolErrorKind, ShardCounters, bump};
 use super::mailbox::Command;
 use super::wheel::TimerWheel;
+use crate::delivery::Location;
+use crate::delivery::Push;
 use crate::gateway::Shared;
 use crate::limits;
 use crate::protocol::mqtt::{self, DecodeError, Disconnect};
-use crate::push::Push;
-use crate::registry::{Location, Release};
+use crate::registry::Release;
 
 pub struct Core {
     pub shard_id: u16,
@@ -333,9 +334,9 @@ impl Core {
                 // Kept in the MQTT session: redelivered with DUP and the same packet id
                 // when the device resumes it; the push service waits for that PUBACK.
                 for push in pending.iter().filter(|p| p.tracked) {
-                    self.shared.report(crate::push::DeliveryEvent::NotDelivered {
+                    self.shared.report(crate::delivery::DeliveryEvent::NotDelivered {
                         push_id: push.id,
-                        reason: crate::push::HELD_IN_SESSION,
+                        reason: crate::delivery::HELD_IN_SESSION,
                     });
                 }
             }
@@ -362,7 +363,7 @@ impl Core {
     pub(super) fn not_delivered(&self, push: &Push, reason: &'static str) {
         bump(&self.counters.pushes_dropped, 1);
         if push.tracked {
-            self.shared.report(crate::push::DeliveryEvent::NotDelivered {
+            self.shared.report(crate::delivery::DeliveryEvent::NotDelivered {
                 push_id: push.id,
                 reason,
             });

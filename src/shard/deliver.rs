@@ -7,9 +7,9 @@
 use super::conn::Phase;
 use super::core::Core;
 use super::counters::{CloseReason, ProtocolErrorKind, bump};
+use crate::delivery::Push;
 use crate::limits;
 use crate::protocol::mqtt::{PubAck, Publish, PublishProperties};
-use crate::push::Push;
 use std::fmt::Write;
 
 impl Core {
@@ -130,7 +130,7 @@ impl Core {
         bump(&self.counters.pushes_acked, 1);
         if acked.push.tracked {
             self.shared
-                .report(crate::push::DeliveryEvent::Acked { push_id: acked.push.id });
+                .report(crate::delivery::DeliveryEvent::Acked { push_id: acked.push.id });
         }
         while let Some(a) = self.conns[key as usize].active.as_mut() {
             if a.inflight.len() >= window {

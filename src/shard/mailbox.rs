@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::push::Push;
-use crate::registry::Location;
+use crate::delivery::Location;
+use crate::delivery::Push;
 pub use crate::sys::waker::Wake;
 
 /// Work posted to a shard by the API, another shard, or main.

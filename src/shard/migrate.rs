@@ -19,10 +19,10 @@ use super::conn::{
 use super::core::Core;
 use super::counters::{CloseReason, bump};
 use super::mailbox::Command;
+use crate::delivery::Location;
+use crate::delivery::Push;
 use crate::limits;
 use crate::protocol::mqtt;
-use crate::push::Push;
-use crate::registry::Location;
 
 /// How long the old shard forwards pushes for a connection that left, and the
 /// new one recognises them (far beyond any registry lookup in flight).

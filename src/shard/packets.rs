@@ -13,11 +13,11 @@ use super::core::{Core, Flow};
 use super::counters::{CloseReason, ProtocolErrorKind, bump};
 use super::mailbox::Command;
 use crate::auth::AuthRequest;
+use crate::delivery::Location;
 use crate::protocol::mqtt::{
     self, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PubAck, Publish, SubAck, Subscribe, UnsubAck,
     Unsubscribe, reason,
 };
-use crate::registry::Location;
 
 /// Longest client id accepted, in bytes (MQTT allows 65,535; devices use < 64).
 pub const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -219,7 +219,7 @@ impl Core {
         {
             let conn = &mut self.conns[key as usize];
             conn.zone = network.map_or(0, |(mcc, mnc, _)| mcc as u32 * 1000 + mnc as u32);
-            conn.match_degree = crate::coordinator::relief::match_degree(network, cfg.home_network, &cfg.home_areas);
+            conn.match_degree = crate::policy::relief::match_degree(network, cfg.home_network, &cfg.home_areas);
         }
         if keepalive_s > 0 {
             self.wheel.insert(key, now_ms + keepalive_s as u64 * 1500);
@@ -287,7 +287,7 @@ impl Core {
         for push in &claim.discarded {
             self.not_delivered(push, "session_discarded");
         }
-        self.shared.report(crate::push::DeliveryEvent::DeviceOnline {
+        self.shared.report(crate::delivery::DeliveryEvent::DeviceOnline {
             client_id: client_id.clone(),
         });
         if let Some(pushes) = claim.resumed {

@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn adjustments_sent_over_half_an_interval_land_over_a_whole_one_before_the_deadline() {
-        use crate::coordinator::dispersal::send_offset_ms;
+        use crate::policy::dispersal::send_offset_ms;
         for keepalive_s in [2u16, 10, 20, 60, 1_800] {
             let interval_ms = keepalive_s as u64 * 1000;
             let spread_ms = adjust_send_spread_ms(keepalive_s);
