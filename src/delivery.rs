@@ -3,10 +3,16 @@
 //! report back (`DeliveryEvent`). Below the push service, the registry and the
 //! shards, so none of them imports another for these.
 //!
-//! Owns these plain types. Must never hold behaviour that needs a thread, a
-//! lock or I/O: they are data, moved through channels.
+//! Also the `Reporter` shards send those events through (a bounded channel
+//! that never blocks its sender).
+//!
+//! Owns these plain types and the report channel. Must never hold behaviour
+//! that needs a thread, a lock or I/O: they are data, moved through channels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
 
 /// Where a connected device lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,3 +58,37 @@ pub enum DeliveryEvent {
 /// `NotDelivered` reason for a tracked push kept in a stored MQTT session: the
 /// shard redelivers it when the device resumes the session.
 pub const HELD_IN_SESSION: &str = "held_in_session";
+
+/// Shards -> push service: PUBACKs, losses, devices coming online.
+pub struct Reporter {
+    tx: Sender<DeliveryEvent>,
+    /// Events dropped because the service's channel was full (the service's
+    /// timeouts and sweeps recover from these).
+    lost: AtomicU64,
+}
+
+impl Reporter {
+    /// A reporter holding at most `events_max` unread events, and its receiving end.
+    pub fn bounded(events_max: usize) -> (Reporter, Receiver<DeliveryEvent>) {
+        let (tx, rx) = crossbeam_channel::bounded(events_max);
+        (
+            Reporter {
+                tx,
+                lost: AtomicU64::new(0),
+            },
+            rx,
+        )
+    }
+
+    /// Reports an event; never blocks (a full channel counts it as lost).
+    pub fn report(&self, event: DeliveryEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events lost to a full channel so far.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}

@@ -13,11 +13,17 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::api::{ApiError, Caller, Gateway};
-use crate::gateway::{ServiceHandle, Shared};
-use crate::metrics;
+use crate::config::Config;
+use crate::coordinator::CoordinatorGauges;
+use crate::metrics::{self, MetricsSources};
+use crate::push::PushIds;
+use crate::push::service::ServiceCounters;
 use crate::push::service::{Request, ServiceError, unix_ms};
 use crate::push::submit::{self, SubmitError};
 use crate::push::{format_id, parse_id};
+use crate::registry::Registry;
+use crate::shard::admission::Admission;
+use crate::store::GroupCommitter;
 use crate::store::StoreOp;
 
 /// Longest an API thread waits for the push service to answer a query.
@@ -39,18 +45,36 @@ struct Sp {
     bucket: Mutex<Bucket>,
 }
 
+/// How the API reaches the push service.
+pub struct ServiceHandle {
+    pub requests: crossbeam_channel::Sender<Request>,
+    pub committer: Arc<GroupCommitter>,
+    pub counters: Arc<ServiceCounters>,
+}
+
+/// What the API front reads and asks, and nothing more.
+pub struct FrontEnv {
+    pub cfg: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub push_ids: Arc<PushIds>,
+    pub admission: Arc<Admission>,
+    pub gauges: Arc<CoordinatorGauges>,
+    pub service: ServiceHandle,
+    pub metrics: MetricsSources,
+}
+
 pub struct ApiFront {
-    shared: Arc<Shared>,
+    env: FrontEnv,
     /// API key -> SP; empty = open API.
     keys: HashMap<String, Arc<Sp>>,
     by_name: HashMap<String, Arc<Sp>>,
 }
 
 impl ApiFront {
-    pub fn new(shared: Arc<Shared>) -> ApiFront {
+    pub fn new(env: FrontEnv) -> ApiFront {
         let mut keys = HashMap::new();
         let mut by_name = HashMap::new();
-        for sp in &shared.cfg.sps {
+        for sp in &env.cfg.sps {
             let entry = Arc::new(Sp {
                 name: sp.name.clone(),
                 default_profile: sp.default_profile.clone(),
@@ -64,7 +88,7 @@ impl ApiFront {
             keys.insert(sp.api_key.clone(), entry.clone());
             by_name.insert(sp.name.clone(), entry);
         }
-        ApiFront { shared, keys, by_name }
+        ApiFront { env, keys, by_name }
     }
 
     pub fn is_open(&self) -> bool {
@@ -72,7 +96,7 @@ impl ApiFront {
     }
 
     fn service(&self) -> Result<&ServiceHandle, ApiError> {
-        self.shared.service.get().ok_or(ApiError::ShuttingDown)
+        Ok(&self.env.service)
     }
 
     /// Token bucket: `n` messages now, or how long to wait.
@@ -137,9 +161,9 @@ impl Gateway for ApiFront {
     fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError> {
         let service = self.service()?;
         let default_profile = self.by_name.get(&caller.sp).and_then(|s| s.default_profile.as_deref());
-        let cfg = &self.shared.cfg;
+        let cfg = &self.env.cfg;
         let submit::Submission { messages, multicast } =
-            submit::build(body, &caller.sp, default_profile, cfg, &self.shared.push_ids, unix_ms()).map_err(
+            submit::build(body, &caller.sp, default_profile, cfg, &self.env.push_ids, unix_ms()).map_err(
                 |e| match e {
                     SubmitError::Bad(m) => ApiError::BadRequest(m),
                     SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
@@ -158,7 +182,7 @@ impl Gateway for ApiFront {
         // A profile that does not queue needs the device online now (or another mechanism).
         if cfg.mechanisms.is_empty() {
             for m in messages.iter().filter(|m| !m.profile.queue_if_offline) {
-                if self.shared.registry.lookup(&m.device).is_none() {
+                if self.env.registry.lookup(&m.device).is_none() {
                     return Err(ApiError::DeviceOffline(m.device.clone()));
                 }
             }
@@ -235,20 +259,19 @@ impl Gateway for ApiFront {
                     )));
                 }
             };
-            self.shared.heartbeat_threshold_milli.store(milli, Ordering::Relaxed);
             // No admission on the old budget: the coordinator recomputes it within a second.
-            self.shared.admission_budget.store(0, Ordering::Relaxed);
+            self.env.admission.set_threshold_milli(milli);
             eprintln!(
                 "pulsegate: heartbeat-load threshold set to {} by {}",
                 limit.max_heartbeats_per_s.map_or("none".into(), |v| format!("{v}/s")),
                 caller.sp
             );
         }
-        let g = &self.shared.coordinator;
+        let g = &self.env.gauges;
         Ok(serde_json::json!({
-            "max_heartbeats_per_s": self.shared.heartbeat_threshold_per_s(),
+            "max_heartbeats_per_s": self.env.admission.threshold_per_s(),
             "heartbeat_load_per_s": g.load_milli_per_s.load(Ordering::Relaxed) as f64 / 1000.0,
-            "admission_closed": self.shared.admission_closed.load(Ordering::Relaxed),
+            "admission_closed": self.env.admission.closed.load(Ordering::Relaxed),
         }))
     }
 
@@ -264,6 +287,6 @@ impl Gateway for ApiFront {
     }
 
     fn metrics_text(&self) -> String {
-        metrics::render(&self.shared)
+        metrics::render(&self.env.metrics)
     }
 }

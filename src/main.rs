@@ -10,12 +10,12 @@ use clap::Parser;
 use pulsegate::api::{HttpConfig, HttpServer};
 use pulsegate::auth::AllowAll;
 use pulsegate::config::{BackendChoice, Config, Flags};
-use pulsegate::front::ApiFront;
-use pulsegate::gateway::ServiceHandle;
-use pulsegate::gateway::{BackendInUse, Shared};
+use pulsegate::front::{ApiFront, ServiceHandle};
+use pulsegate::gateway::Owners;
 use pulsegate::push::mechanism;
 use pulsegate::push::message::Message;
 use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts};
+use pulsegate::shard::env::BackendInUse;
 use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store};
 use pulsegate::{shard, sys};
 
@@ -53,7 +53,7 @@ fn main() {
     };
 
     println!("# pulsegate effective configuration\n{}", cfg.render());
-    let shared = Arc::new(Shared::new(cfg.clone(), Box::new(AllowAll), backend));
+    let owners = Owners::new(cfg.clone(), Arc::new(AllowAll), backend);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
@@ -62,7 +62,7 @@ fn main() {
         }
     }
 
-    let shards = match shard::start(shared.clone(), backend, nofile.soft, stop.clone()) {
+    let shards = match shard::start(owners.shard_env(), backend, nofile.soft, stop.clone()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pulsegate: {e}");
@@ -78,22 +78,22 @@ fn main() {
         );
     }
 
-    let coordinator_thread = match pulsegate::coordinator::spawn(shared.clone(), stop.clone()) {
+    let coordinator_thread = match pulsegate::coordinator::spawn(owners.coordinator_env(), stop.clone()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("pulsegate: cannot start the coordinator: {e}");
             std::process::exit(1);
         }
     };
-    let service_thread = match start_push_service(&shared, &stop) {
-        Ok(t) => t,
+    let (service_thread, service) = match start_push_service(&owners, &stop) {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("pulsegate: {e}");
             stop.store(true, Ordering::Relaxed);
             std::process::exit(1);
         }
     };
-    let front = ApiFront::new(shared.clone());
+    let front = ApiFront::new(owners.front_env(service));
     if front.is_open() {
         eprintln!(
             "pulsegate: WARNING: no [[sps]] API keys configured: the HTTP API is open to every caller \
@@ -151,7 +151,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("pulsegate: stopping");
-    shared.shutdown_shards();
+    owners.peers.shutdown_all();
     http.shutdown();
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_JOIN_MS);
     for t in shards.threads.into_iter().chain([service_thread, coordinator_thread]) {
@@ -175,8 +175,11 @@ fn write_ready_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Opens the store, recovers pending messages and starts the push service thread.
-fn start_push_service(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, String> {
-    let cfg = &shared.cfg;
+fn start_push_service(
+    owners: &Owners,
+    stop: &Arc<AtomicBool>,
+) -> Result<(std::thread::JoinHandle<()>, ServiceHandle), String> {
+    let cfg = &owners.cfg;
     let store = RedbStore::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
     let records = store.load_all().map_err(|e| format!("cannot read the store: {e}"))?;
@@ -185,7 +188,7 @@ fn start_push_service(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<st
     for (_, value) in records {
         match serde_json::from_slice::<Message>(&value) {
             Ok(m) => {
-                shared.push_ids.advance_past(m.id);
+                owners.push_ids.advance_past(m.id);
                 recovered.push(m);
             }
             Err(_) => unreadable += 1,
@@ -213,14 +216,12 @@ fn start_push_service(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<st
         committer: committer.clone(),
         counters: counters.clone(),
     };
-    if shared.service.set(handle).is_err() {
-        return Err("push service started twice".into());
-    }
-    let deliveries = shared.take_delivery_events().ok_or("delivery events already taken")?;
+    let deliveries = owners.take_delivery_events().ok_or("delivery events already taken")?;
     let mut mechanisms = vec![mechanism::persistent(cfg.persistent_ack_timeout_ms)];
     mechanisms.extend(cfg.mechanisms.iter().cloned());
     let parts = ServiceParts {
-        shared: shared.clone(),
+        registry: owners.registry.clone(),
+        peers: owners.peers.clone(),
         committer,
         requests: requests_rx,
         deliveries,
@@ -234,8 +235,9 @@ fn start_push_service(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<st
         outbound_workers: 16,
     };
     let stop = stop.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("push-service".into())
         .spawn(move || PushService::new(parts, recovered).run(&stop))
-        .map_err(|e| format!("cannot start the push service: {e}"))
+        .map_err(|e| format!("cannot start the push service: {e}"))?;
+    Ok((thread, handle))
 }

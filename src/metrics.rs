@@ -1,47 +1,65 @@
-//! Prometheus text exposition (format 0.0.4) of every shard's counters.
+//! Prometheus text exposition (format 0.0.4) of every owner's counters:
+//! shards, the coordinator, admission, the push service and its store.
 //!
 //! Owns metric names and help texts. Must never write a counter: it only reads.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
-use crate::gateway::Shared;
+use crate::coordinator::CoordinatorGauges;
+use crate::delivery::Reporter;
+use crate::push::service::ServiceCounters;
+use crate::registry::{Registry, ReliefMemory};
+use crate::shard::admission::Admission;
 use crate::shard::counters::{CloseReason, ProtocolErrorKind, ShardCounters};
+use crate::shard::env::{BackendInUse, RELIEVED_IDS_MAX};
+use crate::shard::peers::Peers;
+use crate::store::GroupCommitter;
 
-fn per_shard(
-    out: &mut String,
-    shared: &Shared,
-    name: &str,
-    kind: &str,
-    help: &str,
-    get: impl Fn(&ShardCounters) -> u64,
-) {
+/// Everything the exposition reads.
+#[derive(Clone)]
+pub struct MetricsSources {
+    pub backend: BackendInUse,
+    pub epoch: Instant,
+    pub peers: Arc<Peers>,
+    pub registry: Arc<Registry>,
+    pub reports: Arc<Reporter>,
+    pub relieved: Arc<ReliefMemory>,
+    pub admission: Arc<Admission>,
+    pub gauges: Arc<CoordinatorGauges>,
+    /// The push service's counters and its store's committer, once it runs.
+    pub service: Option<(Arc<ServiceCounters>, Arc<GroupCommitter>)>,
+}
+
+fn per_shard(out: &mut String, peers: &Peers, name: &str, kind: &str, help: &str, get: impl Fn(&ShardCounters) -> u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (i, h) in shared.shards().iter().enumerate() {
+    for (i, h) in peers.all().iter().enumerate() {
         let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(&h.counters));
     }
 }
 
-fn total(out: &mut String, shared: &Shared, name: &str, help: &str, get: impl Fn(&ShardCounters) -> u64) {
-    let sum: u64 = shared.shards().iter().map(|h| get(&h.counters)).sum();
+fn total(out: &mut String, peers: &Peers, name: &str, help: &str, get: impl Fn(&ShardCounters) -> u64) {
+    let sum: u64 = peers.all().iter().map(|h| get(&h.counters)).sum();
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {sum}");
 }
 
-pub fn render(shared: &Shared) -> String {
+pub fn render(src: &MetricsSources) -> String {
     let mut out = String::with_capacity(8192);
     let _ = writeln!(
         out,
         "# HELP pulsegate_backend Event-loop backend in use (1 = this one).\n# TYPE pulsegate_backend gauge\npulsegate_backend{{backend=\"{}\"}} 1",
-        shared.backend().label()
+        src.backend.label()
     );
     let _ = writeln!(
         out,
         "# HELP pulsegate_uptime_seconds Seconds since start.\n# TYPE pulsegate_uptime_seconds gauge\npulsegate_uptime_seconds {}",
-        shared.started.elapsed().as_secs()
+        src.epoch.elapsed().as_secs()
     );
     per_shard(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_connections",
         "gauge",
         "Open connections per shard.",
@@ -49,7 +67,7 @@ pub fn render(shared: &Shared) -> String {
     );
     per_shard(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_accepts_total",
         "counter",
         "Sockets accepted per shard.",
@@ -57,7 +75,7 @@ pub fn render(shared: &Shared) -> String {
     );
     per_shard(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_keepalives_total",
         "counter",
         "PINGREQs served per shard.",
@@ -65,7 +83,7 @@ pub fn render(shared: &Shared) -> String {
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_accept_errors_total",
         "Accept failures (fd table full, ...).",
         |c| c.accept_errors.load(Relaxed),
@@ -74,13 +92,15 @@ pub fn render(shared: &Shared) -> String {
         out,
         "# HELP pulsegate_connects_total Accepted CONNECTs by protocol version.\n# TYPE pulsegate_connects_total counter"
     );
-    let v311: u64 = shared
-        .shards()
+    let v311: u64 = src
+        .peers
+        .all()
         .iter()
         .map(|h| h.counters.connects_v311.load(Relaxed))
         .sum();
-    let v5: u64 = shared
-        .shards()
+    let v5: u64 = src
+        .peers
+        .all()
         .iter()
         .map(|h| h.counters.connects_v5.load(Relaxed))
         .sum();
@@ -90,70 +110,70 @@ pub fn render(shared: &Shared) -> String {
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_pushes_sent_total",
         "PUBLISHes sent to devices.",
         |c| c.pushes_sent.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_pushes_acked_total",
         "PUBACKs received for QoS 1 pushes.",
         |c| c.pushes_acked.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_pushes_dropped_total",
         "Pushes dropped (device gone, queue full, too large).",
         |c| c.pushes_dropped.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_pushes_redelivered_total",
         "Pushes redelivered from a resumed session.",
         |c| c.pushes_redelivered.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_publishes_received_total",
         "PUBLISHes received from devices.",
         |c| c.publishes_received.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_sessions_taken_over_total",
         "Connections replaced by a newer CONNECT with the same client id.",
         |c| c.sessions_taken_over.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_sessions_resumed_total",
         "Stored sessions resumed on reconnect.",
         |c| c.sessions_resumed.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_recv_buffer_exhausted_total",
         "Receives re-armed because the provided buffer ring ran dry.",
         |c| c.recv_buffer_exhausted.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_received_bytes_total",
         "Bytes received from devices.",
         |c| c.bytes_received.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_sent_bytes_total",
         "Bytes sent to devices.",
         |c| c.bytes_sent.load(Relaxed),
@@ -163,7 +183,7 @@ pub fn render(shared: &Shared) -> String {
         "# HELP pulsegate_closes_total Connections closed, by reason.\n# TYPE pulsegate_closes_total counter"
     );
     for r in CloseReason::ALL {
-        let n: u64 = shared.shards().iter().map(|h| h.counters.get_close(r)).sum();
+        let n: u64 = src.peers.all().iter().map(|h| h.counters.get_close(r)).sum();
         let _ = writeln!(out, "pulsegate_closes_total{{reason=\"{}\"}} {n}", r.label());
     }
     let _ = writeln!(
@@ -171,15 +191,15 @@ pub fn render(shared: &Shared) -> String {
         "# HELP pulsegate_protocol_errors_total Bad device input, by kind.\n# TYPE pulsegate_protocol_errors_total counter"
     );
     for (i, k) in ProtocolErrorKind::ALL.iter().enumerate() {
-        let n: u64 = shared
-            .shards()
+        let n: u64 = src
+            .peers
+            .all()
             .iter()
             .map(|h| h.counters.protocol_errors[i].load(Relaxed))
             .sum();
         let _ = writeln!(out, "pulsegate_protocol_errors_total{{kind=\"{}\"}} {n}", k.label());
     }
-    if let Some(service) = shared.service.get() {
-        let c = &service.counters;
+    if let Some((c, committer)) = &src.service {
         let _ = writeln!(
             out,
             "# HELP pulsegate_messages_pending Messages not yet in a terminal state.\n# TYPE pulsegate_messages_pending gauge\npulsegate_messages_pending {}",
@@ -229,7 +249,7 @@ pub fn render(shared: &Shared) -> String {
                 v.load(Relaxed)
             );
         }
-        let stats = service.committer.stats();
+        let stats = committer.stats();
         let _ = writeln!(
             out,
             "# HELP pulsegate_store_commits_total Group commits (fsyncs) of the message store.\n# TYPE pulsegate_store_commits_total counter\npulsegate_store_commits_total {}\n\
@@ -237,7 +257,7 @@ pub fn render(shared: &Shared) -> String {
             stats.commits, stats.ops
         );
     }
-    let g = &shared.coordinator;
+    let g = &src.gauges;
     let _ = writeln!(
         out,
         "# HELP pulsegate_heartbeat_load_per_s Heartbeat load estimate (HB1 + HB2) / T.\n# TYPE pulsegate_heartbeat_load_per_s gauge\npulsegate_heartbeat_load_per_s {:.3}\n\
@@ -249,34 +269,34 @@ pub fn render(shared: &Shared) -> String {
         g.load_milli_per_s.load(Relaxed) as f64 / 1000.0,
         g.peak_to_mean_milli.load(Relaxed) as f64 / 1000.0,
         g.period_s.load(Relaxed),
-        shared.admission_closed.load(Relaxed) as u8,
+        src.admission.closed.load(Relaxed) as u8,
         g.dispersals.load(Relaxed),
         g.reliefs.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_control_messages_sent_total",
         "Keep-alive configuration and heartbeat adjustment messages sent.",
         |c| c.control_messages_sent.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_heartbeat_adjustments_total",
         "Devices asked to lengthen their heartbeat.",
         |c| c.heartbeat_adjustments.load(Relaxed),
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_overload_disconnects_total",
         "Devices disconnected to relieve heartbeat load.",
         |c| c.overload_disconnects.load(Relaxed),
     );
     per_shard(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_connections_moved_in_total",
         "counter",
         "Connections adopted from another shard (rebalancing).",
@@ -284,7 +304,7 @@ pub fn render(shared: &Shared) -> String {
     );
     per_shard(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_connections_moved_out_total",
         "counter",
         "Connections handed to another shard (rebalancing).",
@@ -292,7 +312,7 @@ pub fn render(shared: &Shared) -> String {
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_move_failures_total",
         "Moves abandoned; the connection stayed on its shard.",
         |c| c.move_failures.load(Relaxed),
@@ -306,7 +326,7 @@ pub fn render(shared: &Shared) -> String {
     );
     total(
         &mut out,
-        shared,
+        &src.peers,
         "pulsegate_admissions_refused_total",
         "CONNECTs refused over the heartbeat-load threshold.",
         |c| c.admissions_refused.load(Relaxed),
@@ -314,18 +334,18 @@ pub fn render(shared: &Shared) -> String {
     let _ = writeln!(
         out,
         "# HELP pulsegate_delivery_events_lost_total Shard events the push service's full channel refused.\n# TYPE pulsegate_delivery_events_lost_total counter\npulsegate_delivery_events_lost_total {}",
-        shared.delivery_events_lost.load(Relaxed)
+        src.reports.lost()
     );
     let _ = writeln!(
         out,
         "# HELP pulsegate_stored_sessions Offline persistent sessions held.\n# TYPE pulsegate_stored_sessions gauge\npulsegate_stored_sessions {}",
-        shared.registry.stored_sessions()
+        src.registry.stored_sessions()
     );
     let _ = writeln!(
         out,
         "# HELP pulsegate_relieved_devices Devices whose last connection load relief ended (never relieved so twice in a row; at most {}).\n# TYPE pulsegate_relieved_devices gauge\npulsegate_relieved_devices {}",
-        crate::gateway::RELIEVED_IDS_MAX,
-        shared.relieved.len()
+        RELIEVED_IDS_MAX,
+        src.relieved.len()
     );
     out
 }

@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::gateway::Shared;
+use crate::config::Config;
 use crate::policy::{dispersal, load, rebalance};
+use crate::shard::admission::Admission;
 use crate::shard::counters::{KEEPALIVE_SLOTS, KEEPALIVE_TRACKED_MAX_S};
 use crate::shard::mailbox::Command;
+use crate::shard::peers::Peers;
 
 /// What the coordinator last measured (for /metrics).
 #[derive(Default)]
@@ -34,6 +36,17 @@ pub struct CoordinatorGauges {
     pub rebalance_moves_requested: AtomicU64,
 }
 
+/// What the coordinator reads and writes, and nothing more.
+#[derive(Clone)]
+pub struct CoordinatorEnv {
+    pub cfg: Arc<Config>,
+    pub peers: Arc<Peers>,
+    pub admission: Arc<Admission>,
+    pub gauges: Arc<CoordinatorGauges>,
+    /// The shards' clock epoch: coordinator seconds are shard seconds.
+    pub epoch: std::time::Instant,
+}
+
 /// One second's reading of every shard.
 struct Census {
     /// Σ connections_T / T: keep-alives expected per second.
@@ -43,10 +56,10 @@ struct Census {
     per_shard: Vec<rebalance::ShardLoad>,
 }
 
-fn census(shared: &Shared) -> Census {
+fn census(peers: &Peers) -> Census {
     let mut by_ka = vec![0u64; KEEPALIVE_TRACKED_MAX_S + 1];
     let mut per_shard = Vec::new();
-    for h in shared.shards() {
+    for h in peers.all() {
         let mut load = rebalance::ShardLoad::default();
         for (ka, c) in h.counters.connections_by_keepalive.iter().enumerate() {
             let v = c.load(Relaxed);
@@ -79,9 +92,9 @@ fn census(shared: &Shared) -> Census {
 }
 
 /// Keep-alives per second over all shards for seconds `first..=last`.
-fn keepalive_counts(shared: &Shared, first: u32, last: u32) -> Vec<u32> {
+fn keepalive_counts(peers: &Peers, first: u32, last: u32) -> Vec<u32> {
     (first..=last)
-        .map(|s| shared.shards().iter().map(|h| h.counters.keepalives_at(s)).sum())
+        .map(|s| peers.all().iter().map(|h| h.counters.keepalives_at(s)).sum())
         .collect()
 }
 
@@ -111,7 +124,7 @@ struct LoadReading {
 /// arrived over a whole period, whichever is more) is too: a burst inside one
 /// period is dispersal's work, not a reason to send devices away.
 fn heartbeat_control(
-    shared: &Shared,
+    env: &CoordinatorEnv,
     state: &mut HeartbeatControl,
     c: &Census,
     reading: LoadReading,
@@ -119,11 +132,11 @@ fn heartbeat_control(
     period_s: u32,
 ) {
     let load_per_s = reading.estimate_per_s;
-    let gauges = &shared.coordinator;
+    let gauges = &env.gauges;
     gauges.load_milli_per_s.store((load_per_s * 1000.0) as u64, Relaxed);
-    let Some(threshold_per_s) = shared.heartbeat_threshold_per_s() else {
+    let Some(threshold_per_s) = env.admission.threshold_per_s() else {
         state.admission = None;
-        shared.admission_closed.store(false, Relaxed);
+        env.admission.closed.store(false, Relaxed);
         return;
     };
     // The threshold may change at run time (admin API): keep the state, move the marks.
@@ -142,15 +155,15 @@ fn heartbeat_control(
     let measured_per_s = if measured_valid { reading.measured_per_s } else { 0.0 };
     let steady_per_s = measured_per_s.max(c.expected_per_s);
     let closed = adm.update(steady_per_s);
-    shared.admission_closed.store(closed, Relaxed);
+    env.admission.closed.store(closed, Relaxed);
     let budget_milli = load::admission_budget_milli(adm, steady_per_s);
-    shared.admission_budget.store(budget_milli, Relaxed);
+    env.admission.budget_milli.store(budget_milli, Relaxed);
     // Over: the steady load is, and either the seed's estimate or the census agrees.
     let over = steady_per_s > adm.high_per_s && (load_per_s > adm.high_per_s || c.expected_per_s > adm.high_per_s);
     if over && now_s >= state.relief_hold_until_s && c.expected_per_s > 0.0 {
         // Shed down to the low watermark, each shard its share of the keep-alives.
         let shed_per_s = steady_per_s - adm.low_per_s;
-        let cfg = &shared.cfg;
+        let cfg = &env.cfg;
         for (i, shard) in c.per_shard.iter().enumerate() {
             let share = shed_per_s * shard.keepalives_per_s / c.expected_per_s;
             if share > 0.0 {
@@ -158,7 +171,7 @@ fn heartbeat_control(
                     shed_milli_per_s: (share * 1000.0).ceil() as u64,
                     keepalive_max_s: cfg.heartbeat_max_s,
                 };
-                let _ = shared.post(i as u16, command);
+                let _ = env.peers.post(i as u16, command);
             }
         }
         gauges.reliefs.fetch_add(1, Relaxed);
@@ -170,14 +183,14 @@ fn heartbeat_control(
 }
 
 /// Starts the coordinator thread; it exits when `stop` is set.
-pub fn spawn(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(env: CoordinatorEnv, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("coordinator".into())
-        .spawn(move || run(&shared, &stop))
+        .spawn(move || run(&env, &stop))
 }
 
-fn run(shared: &Shared, stop: &AtomicBool) {
-    let cfg = shared.cfg.clone();
+fn run(env: &CoordinatorEnv, stop: &AtomicBool) {
+    let cfg = env.cfg.clone();
     let mut heartbeat = HeartbeatControl::default();
     let mut dispersal_hold_until_s = 0u32;
     let mut rebalancer = rebalance::Rebalancer::new(
@@ -185,14 +198,14 @@ fn run(shared: &Shared, stop: &AtomicBool) {
         cfg.rebalance_hold_s,
         cfg.rebalance_moves_per_round_max as u64,
     );
-    let gauges = &shared.coordinator;
+    let gauges = &env.gauges;
     while !stop.load(Relaxed) {
         // Wake just after each shard second ends, so the slot is complete.
-        let elapsed_ms = shared.started.elapsed().as_millis() as u64;
+        let elapsed_ms = env.epoch.elapsed().as_millis() as u64;
         std::thread::sleep(Duration::from_millis(1_000 - elapsed_ms % 1_000 + 20));
-        let now_s = (shared.started.elapsed().as_millis() / 1000) as u32;
+        let now_s = (env.epoch.elapsed().as_millis() / 1000) as u32;
         let Some(last) = now_s.checked_sub(1) else { continue };
-        let c = census(shared);
+        let c = census(&env.peers);
         if cfg.rebalance {
             let moves = rebalancer.update(now_s, &c.per_shard);
             if !moves.is_empty() {
@@ -204,7 +217,7 @@ fn run(shared: &Shared, stop: &AtomicBool) {
                     count: m.count,
                     hold_ms: cfg.rebalance_hold_s as u64 * 1000,
                 };
-                if shared.post(m.from, command).is_ok() {
+                if env.peers.post(m.from, command).is_ok() {
                     gauges.rebalance_moves_requested.fetch_add(m.count as u64, Relaxed);
                 }
             }
@@ -218,11 +231,11 @@ fn run(shared: &Shared, stop: &AtomicBool) {
                 measured_per_s: 0.0,
                 measured_from_s: now_s,
             };
-            heartbeat_control(shared, &mut heartbeat, &c, reading, now_s, period_s);
+            heartbeat_control(env, &mut heartbeat, &c, reading, now_s, period_s);
             continue;
         }
         let first = last.saturating_sub(period_s - 1);
-        let counts = keepalive_counts(shared, first, last);
+        let counts = keepalive_counts(&env.peers, first, last);
         gauges
             .peak_to_mean_milli
             .store((dispersal::peak_to_mean(&counts) * 1000.0) as u64, Relaxed);
@@ -250,8 +263,8 @@ fn run(shared: &Shared, stop: &AtomicBool) {
             // Only a burst filling the whole period is dispersed while it lasts.
             let burst_ongoing = spread.last() == Some(&last) && spread.len() < period_s as usize;
             if !spread.is_empty() && !burst_ongoing {
-                for (i, _) in shared.shards().iter().enumerate() {
-                    let _ = shared.post(
+                for (i, _) in env.peers.all().iter().enumerate() {
+                    let _ = env.peers.post(
                         i as u16,
                         Command::Disperse {
                             hot_seconds: spread.clone(),
@@ -274,6 +287,6 @@ fn run(shared: &Shared, stop: &AtomicBool) {
             measured_per_s,
             measured_from_s: first,
         };
-        heartbeat_control(shared, &mut heartbeat, &c, reading, now_s, period_s);
+        heartbeat_control(env, &mut heartbeat, &c, reading, now_s, period_s);
     }
 }

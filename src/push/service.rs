@@ -22,9 +22,10 @@ use slab::Slab;
 use super::mechanism::{Kind, Mechanism, MechanismConfig, Stats};
 use super::message::{Attempt, Message, State};
 use super::{DeliveryEvent, Push, policy};
-use crate::gateway::Shared;
 use crate::outbound::{OutboundPool, PostOutcome, PostRequest, PostResult};
+use crate::registry::Registry;
 use crate::shard::mailbox::Command;
+use crate::shard::peers::Peers;
 use crate::shard::wheel::TimerWheel;
 use crate::store::{GroupCommitter, StoreOp};
 
@@ -155,7 +156,8 @@ struct CallbackJob {
 }
 
 pub struct PushService {
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    peers: Arc<Peers>,
     committer: Arc<GroupCommitter>,
     outbound: OutboundPool,
     outbound_rx: Receiver<PostResult>,
@@ -201,7 +203,8 @@ pub fn unix_ms() -> u64 {
 }
 
 pub struct ServiceParts {
-    pub shared: Arc<Shared>,
+    pub registry: Arc<Registry>,
+    pub peers: Arc<Peers>,
     pub committer: Arc<GroupCommitter>,
     pub requests: Receiver<Request>,
     pub deliveries: Receiver<DeliveryEvent>,
@@ -216,7 +219,8 @@ impl PushService {
         let (outbound, outbound_rx) = OutboundPool::start(parts.outbound_workers, 65_536);
         let capacity = parts.config.pending_messages_max;
         let mut s = PushService {
-            shared: parts.shared,
+            registry: parts.registry,
+            peers: parts.peers,
             committer: parts.committer,
             outbound,
             outbound_rx,
@@ -548,7 +552,7 @@ impl PushService {
         let n = t.msg.attempts.len() as u32 + 1;
         match &config.kind {
             Kind::Persistent => {
-                let Some(owner) = self.shared.registry.lookup(&t.msg.device) else {
+                let Some(owner) = self.registry.lookup(&t.msg.device) else {
                     return Started::DeviceOffline;
                 };
                 let push = Push {
@@ -572,7 +576,7 @@ impl PushService {
                     generation: owner.generation,
                     push,
                 };
-                if self.shared.post(owner.shard, command).is_err() {
+                if self.peers.post(owner.shard, command).is_err() {
                     return Started::Failed("shard_mailbox_full");
                 }
                 self.counters.attempts.fetch_add(1, Ordering::Relaxed);
@@ -837,7 +841,7 @@ impl PushService {
             .queued_by_device
             .keys()
             .take(SWEEP_DEVICES_MAX)
-            .filter(|d| self.shared.registry.lookup(d).is_some())
+            .filter(|d| self.registry.lookup(d).is_some())
             .cloned()
             .collect();
         for d in online {

@@ -120,10 +120,7 @@ impl Core {
             }
             let adjusted = c.flags & FLAG_HB_ADJUSTED != 0;
             let spent = adjusted || c.keepalive_s >= keepalive_max_s;
-            let relieved_before = spent
-                && c.client_id
-                    .as_deref()
-                    .is_some_and(|id| self.shared.relieved.contains(id));
+            let relieved_before = spent && c.client_id.as_deref().is_some_and(|id| self.env.relieved.contains(id));
             keys.push(key as u32);
             candidates.push(relief::Candidate {
                 keepalive_s: c.keepalive_s,
@@ -133,7 +130,7 @@ impl Core {
                 order: c.generation,
             });
         }
-        let order = relief::order(&candidates, self.shared.cfg.relief_rule);
+        let order = relief::order(&candidates, self.env.cfg.relief_rule);
         let plan = relief::plan(&candidates, &order, shed_per_s, keepalive_max_s);
         let adjustments = plan
             .iter()
@@ -171,7 +168,7 @@ impl Core {
                 relief::Action::Disconnect => {
                     bump(&self.counters.overload_disconnects, 1);
                     if let Some(id) = self.conns[key as usize].client_id.clone() {
-                        self.shared.relieved.remember(&id);
+                        self.env.relieved.remember(&id);
                     }
                     self.disconnect_overloaded(key);
                 }
@@ -182,7 +179,7 @@ impl Core {
     /// DISCONNECT 0x89 (server busy), or 0x9C (use another server) with a
     /// Server Reference when one is configured; 3.1.1 devices are just closed.
     fn disconnect_overloaded(&mut self, key: u32) {
-        let reference = self.shared.cfg.server_reference.clone();
+        let reference = self.env.cfg.server_reference.clone();
         if self.conns[key as usize].is_v5() {
             let reason = if reference.is_some() {
                 mqtt::reason::USE_ANOTHER_SERVER

@@ -11,18 +11,18 @@ use slab::Slab;
 
 use super::conn::{Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, FLAG_PERSISTENT, FLAG_REGISTERED, IO_SEND_IN_FLIGHT, Phase};
 use super::counters::{CloseReason, ProtocolErrorKind, ShardCounters, bump};
+use super::env::ShardEnv;
 use super::mailbox::Command;
 use super::wheel::TimerWheel;
 use crate::delivery::Location;
 use crate::delivery::Push;
-use crate::gateway::Shared;
 use crate::limits;
 use crate::protocol::mqtt::{self, DecodeError, Disconnect};
 use crate::registry::Release;
 
 pub struct Core {
     pub shard_id: u16,
-    pub(super) shared: Arc<Shared>,
+    pub(super) env: ShardEnv,
     pub(super) conns: Slab<Conn>,
     pub(super) wheel: TimerWheel,
     pub(super) counters: Arc<ShardCounters>,
@@ -48,12 +48,12 @@ pub(super) enum Flow {
 }
 
 impl Core {
-    pub fn new(shard_id: u16, shared: Arc<Shared>, counters: Arc<ShardCounters>, capacity: u32) -> Core {
-        let epoch = shared.started;
+    pub fn new(shard_id: u16, env: ShardEnv, counters: Arc<ShardCounters>, capacity: u32) -> Core {
+        let epoch = env.epoch;
         let now_ms = epoch.elapsed().as_millis() as u64;
         Core {
             shard_id,
-            shared,
+            env,
             conns: Slab::with_capacity(0),
             wheel: TimerWheel::new(capacity, now_ms),
             counters,
@@ -110,7 +110,7 @@ impl Core {
         }
         let generation = self.next_generation();
         let key = self.conns.insert(Conn::new(io, generation, self.now_ms)) as u32;
-        let deadline_ms = self.now_ms + self.shared.cfg.connect_timeout_s as u64 * 1000;
+        let deadline_ms = self.now_ms + self.env.cfg.connect_timeout_s as u64 * 1000;
         self.wheel.insert(key, deadline_ms);
         bump(&self.counters.connections_open, 1);
         Some((key, generation))
@@ -182,7 +182,7 @@ impl Core {
     /// Handles every whole frame in `buf`; returns the bytes consumed, or None
     /// if the connection is closing.
     fn process(&mut self, key: u32, buf: &[u8]) -> Option<usize> {
-        let max_packet_bytes = self.shared.cfg.max_packet_bytes;
+        let max_packet_bytes = self.env.cfg.max_packet_bytes;
         let mut pos = 0;
         while pos < buf.len() {
             let header = match mqtt::check_frame(&buf[pos..], max_packet_bytes) {
@@ -288,7 +288,7 @@ impl Core {
             && let Some(id) = conn.client_id.as_deref()
         {
             // Ended for another reason: relief may disconnect this device next time.
-            self.shared.relieved.forget(id);
+            self.env.relieved.forget(id);
         }
         if was_connected {
             self.counters.keepalive_census(conn.keepalive_s, -1);
@@ -311,7 +311,7 @@ impl Core {
             persistent,
         };
         let client_id = conn.client_id.clone();
-        let expiry_s = conn.session_expiry_s.min(self.shared.cfg.session_expiry_max_s);
+        let expiry_s = conn.session_expiry_s.min(self.env.cfg.session_expiry_max_s);
         self.wheel.insert(key, now_ms + limits::CLOSE_LINGER_MS);
         self.closing.push(key);
         if !registered {
@@ -324,7 +324,7 @@ impl Core {
         let keep_until =
             (persistent && expiry_s > 0).then(|| Instant::now() + std::time::Duration::from_secs(expiry_s as u64));
         match self
-            .shared
+            .env
             .registry
             .release(&client_id, location, pending.clone(), keep_until)
         {
@@ -334,7 +334,7 @@ impl Core {
                 // Kept in the MQTT session: redelivered with DUP and the same packet id
                 // when the device resumes it; the push service waits for that PUBACK.
                 for push in pending.iter().filter(|p| p.tracked) {
-                    self.shared.report(crate::delivery::DeliveryEvent::NotDelivered {
+                    self.env.reports.report(crate::delivery::DeliveryEvent::NotDelivered {
                         push_id: push.id,
                         reason: crate::delivery::HELD_IN_SESSION,
                     });
@@ -343,7 +343,8 @@ impl Core {
             Release::Replaced(new_owner) if new_owner.persistent => {
                 // A new connection, new packet ids: not a redelivery on this session.
                 for push in pending {
-                    self.shared
+                    self.env
+                        .peers
                         .route_to(new_owner, Push { sent_as: None, ..push }, &self.counters);
                 }
             }
@@ -363,7 +364,7 @@ impl Core {
     pub(super) fn not_delivered(&self, push: &Push, reason: &'static str) {
         bump(&self.counters.pushes_dropped, 1);
         if push.tracked {
-            self.shared.report(crate::delivery::DeliveryEvent::NotDelivered {
+            self.env.reports.report(crate::delivery::DeliveryEvent::NotDelivered {
                 push_id: push.id,
                 reason,
             });

@@ -28,7 +28,7 @@ impl Core {
             return;
         }
         let window = conn.window as usize;
-        let pending_max = self.shared.cfg.pending_pushes_per_device_max as usize;
+        let pending_max = self.env.cfg.pending_pushes_per_device_max as usize;
         let a = conn.active();
         if a.inflight.len() < window && a.queued.is_empty() {
             let dup = push.sent_as.is_some();
@@ -129,7 +129,8 @@ impl Core {
         let window = conn.window as usize;
         bump(&self.counters.pushes_acked, 1);
         if acked.push.tracked {
-            self.shared
+            self.env
+                .reports
                 .report(crate::delivery::DeliveryEvent::Acked { push_id: acked.push.id });
         }
         while let Some(a) = self.conns[key as usize].active.as_mut() {

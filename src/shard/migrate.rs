@@ -112,7 +112,7 @@ fn g24(generation: u32) -> u32 {
 impl Core {
     /// Command::Move: marks up to `count` connections to leave for shard `to`.
     pub(super) fn choose_moves(&mut self, to: u16, count: u32, hold_ms: u64) {
-        if to == self.shard_id || to as usize >= self.shared.shards().len() || self.is_shutting_down() {
+        if to == self.shard_id || to as usize >= self.env.peers.all().len() || self.is_shutting_down() {
             return;
         }
         self.move_hold_ms = hold_ms;
@@ -267,7 +267,7 @@ impl Core {
     /// Posts queued cross-shard commands until a mailbox is full.
     pub fn post_outbox(&mut self) {
         while let Some((to, command)) = self.moves.outbox.pop_front() {
-            let Some(h) = self.shared.shards().get(to as usize) else {
+            let Some(h) = self.env.peers.all().get(to as usize) else {
                 continue;
             };
             if let Err((_, command)) = h.mailbox.post(command) {
@@ -372,7 +372,7 @@ impl Core {
         };
         let still_ours = client_id
             .as_deref()
-            .is_some_and(|id| self.shared.registry.relocate(id, from, here));
+            .is_some_and(|id| self.env.registry.relocate(id, from, here));
         if self.is_shutting_down() {
             self.disconnect(key, mqtt::reason::SERVER_SHUTTING_DOWN, CloseReason::ServerShutdown);
         } else if !still_ours {
@@ -436,9 +436,10 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::gateway::{BackendInUse, ShardHandle, Shared};
     use crate::shard::counters::ShardCounters;
+    use crate::shard::env::ShardEnv;
     use crate::shard::mailbox::{self, MailboxReceiver, Wake};
+    use crate::shard::peers::ShardHandle;
 
     struct NoWake;
     impl Wake for NoWake {
@@ -446,12 +447,8 @@ mod tests {
     }
 
     /// Two sans-IO shards sharing one registry, and their mailboxes' receiving ends.
-    fn two_shards() -> (Arc<Shared>, [Core; 2], [MailboxReceiver; 2]) {
-        let shared = Arc::new(Shared::new(
-            Arc::new(crate::config::Config::default()),
-            Box::new(crate::auth::AllowAll),
-            BackendInUse::Epoll,
-        ));
+    fn two_shards() -> (ShardEnv, [Core; 2], [MailboxReceiver; 2]) {
+        let (shared, _reports) = ShardEnv::standalone(Arc::new(crate::config::Config::default()));
         let mut handles = Vec::new();
         let mut receivers = Vec::new();
         let mut counters = Vec::new();
@@ -466,7 +463,7 @@ mod tests {
             receivers.push(rx);
             counters.push(c);
         }
-        shared.set_shards(handles);
+        shared.peers.install(handles);
         let cores = [
             Core::new(0, shared.clone(), counters[0].clone(), 16),
             Core::new(1, shared.clone(), counters[1].clone(), 16),

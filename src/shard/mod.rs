@@ -4,15 +4,18 @@
 //! Owns shard start-up. Must never share a connection between threads: other
 //! threads reach a shard only through its mailbox and read its counters.
 
+pub mod admission;
 pub mod conn;
 mod control;
 pub mod core;
 pub mod counters;
 mod deliver;
+pub mod env;
 pub mod epoll_loop;
 pub mod mailbox;
 pub mod migrate;
 mod packets;
+pub mod peers;
 // The ring's submission queue push is unsafe (the kernel reads the entry's
 // buffers later); each use carries its SAFETY note in that file.
 #[allow(unsafe_code)]
@@ -24,9 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
-use crate::gateway::{BackendInUse, ShardHandle, Shared};
 use crate::limits;
 use crate::sys;
+use env::{BackendInUse, ShardEnv};
+use peers::ShardHandle;
 
 /// Fixed-file slots kept free beyond a shard's connection capacity.
 const FIXED_FILES_SPARE: u32 = 64;
@@ -61,9 +65,9 @@ impl std::fmt::Display for StartError {
 }
 
 /// Connections one shard can hold given the fd limit and the backend.
-pub fn capacity_per_shard(shared: &Shared, backend: BackendInUse, nofile_soft: u64) -> u32 {
-    let wanted = shared.cfg.connections_per_shard();
-    let shards = shared.cfg.shards as u64;
+pub fn capacity_per_shard(cfg: &crate::config::Config, backend: BackendInUse, nofile_soft: u64) -> u32 {
+    let wanted = cfg.connections_per_shard();
+    let shards = cfg.shards as u64;
     let cap = match backend {
         // Each ring's fixed-file table is capped by RLIMIT_NOFILE, per ring, and
         // by the kernel's IORING_MAX_FIXED_FILES (1 << 20).
@@ -80,15 +84,15 @@ pub fn capacity_per_shard(shared: &Shared, backend: BackendInUse, nofile_soft: u
 }
 
 /// Binds every shard's listener, builds mailboxes, installs the shard handles
-/// in `shared`, then starts the threads and waits until each one is running.
+/// in `env.peers`, then starts the threads and waits until each one is running.
 pub fn start(
-    shared: Arc<Shared>,
+    env: ShardEnv,
     backend: BackendInUse,
     nofile_soft: u64,
     stop: Arc<AtomicBool>,
 ) -> Result<Shards, StartError> {
-    let cfg = shared.cfg.clone();
-    let capacity = capacity_per_shard(&shared, backend, nofile_soft);
+    let cfg = env.cfg.clone();
+    let capacity = capacity_per_shard(&cfg, backend, nofile_soft);
     let mut addr = cfg.mqtt_listen;
     let mut handles = Vec::new();
     let mut parts = Vec::new();
@@ -139,12 +143,12 @@ pub fn start(
         };
         parts.push((listener, counters, part));
     }
-    shared.set_shards(handles);
+    env.peers.install(handles);
 
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, Result<(), String>)>(cfg.shards);
     let mut threads = Vec::new();
     for (i, (listener, counters, part)) in parts.into_iter().enumerate() {
-        let shared = shared.clone();
+        let env = env.clone();
         let stop = stop.clone();
         let ready = ready_tx.clone();
         let pin = cfg.pin_cpus;
@@ -155,7 +159,7 @@ pub fn start(
                 if pin {
                     sys::affinity::pin_current_thread(i);
                 }
-                let core = core::Core::new(i as u16, shared.clone(), counters, capacity);
+                let core = core::Core::new(i as u16, env.clone(), counters, capacity);
                 match part {
                     Part::Uring { waker, rx } => {
                         let table = capacity + FIXED_FILES_SPARE;
@@ -167,7 +171,7 @@ pub fn start(
                             });
                         match shard {
                             Ok(s) => {
-                                shared.shards()[i]
+                                env.peers.all()[i]
                                     .ring_fd
                                     .store(s.ring_fd(), std::sync::atomic::Ordering::Release);
                                 let _ = ready.send((i, Ok(())));

@@ -123,7 +123,7 @@ impl Core {
 
     fn on_connect(&mut self, key: u32, c: Connect<'_>) -> Flow {
         let version = c.protocol_version;
-        let cfg = self.shared.cfg.clone();
+        let cfg = self.env.cfg.clone();
         if self.is_shutting_down() {
             return self.refuse_connect(
                 key,
@@ -137,10 +137,10 @@ impl Core {
             (ProtocolVersion::V5, Some(server_s)) => server_s,
             _ => c.keepalive_s,
         };
-        if !self.shared.admit(keepalive_s) {
+        if !self.env.admission.admit(keepalive_s) {
             // seeds/004 admission: no heartbeat headroom left, send the device elsewhere.
             bump(&self.counters.admissions_refused, 1);
-            let server_reference = self.shared.cfg.server_reference.clone();
+            let server_reference = self.env.cfg.server_reference.clone();
             let code = if server_reference.is_some() {
                 reason::USE_ANOTHER_SERVER
             } else {
@@ -184,7 +184,7 @@ impl Core {
             username: c.username,
             password: c.password,
         };
-        if let Err(code) = self.shared.auth.authenticate(&auth) {
+        if let Err(code) = self.env.auth.authenticate(&auth) {
             return self.refuse_connect(key, version, code, None, CloseReason::NotAuthorized);
         }
 
@@ -237,7 +237,7 @@ impl Core {
             generation,
             persistent,
         };
-        let claim = self.shared.registry.claim(&client_id, location, resume, Instant::now());
+        let claim = self.env.registry.claim(&client_id, location, resume, Instant::now());
         if let Some(previous) = claim.previous {
             if previous.shard == self.shard_id {
                 self.command(Command::TakeOver {
@@ -247,7 +247,7 @@ impl Core {
                 });
             } else {
                 // A full mailbox leaves the old connection to expire by keep-alive.
-                let _ = self.shared.post(
+                let _ = self.env.peers.post(
                     previous.shard,
                     Command::TakeOver {
                         key: previous.key,
@@ -287,7 +287,7 @@ impl Core {
         for push in &claim.discarded {
             self.not_delivered(push, "session_discarded");
         }
-        self.shared.report(crate::delivery::DeliveryEvent::DeviceOnline {
+        self.env.reports.report(crate::delivery::DeliveryEvent::DeviceOnline {
             client_id: client_id.clone(),
         });
         if let Some(pushes) = claim.resumed {

@@ -422,8 +422,9 @@ impl UringShard {
     fn hand_off(&mut self, m: MoveOut) {
         let ring_fd = self
             .core
-            .shared
-            .shards()
+            .env
+            .peers
+            .all()
             .get(m.to as usize)
             .map_or(-1, |h| h.ring_fd.load(std::sync::atomic::Ordering::Acquire));
         let Some(io) = self.core.conn(m.key, m.generation).map(|c| c.io) else {
