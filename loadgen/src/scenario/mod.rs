@@ -121,3 +121,6 @@ fn at_or_third(conn: &ConnArgs, at: Option<f64>, name: &str) -> Result<f64, Stri
         Err(format!("--{name} must be in [0, --duration-s)"))
     }
 }
+
+#[cfg(test)]
+mod tests;
