@@ -13,7 +13,7 @@ mod procs;
 
 use crate::cli::{self, ConnArgs};
 use crate::report::Progress;
-use crate::scenario::{Scenario, Tick};
+use crate::scenario::{RunEnd, Scenario, Tick};
 use crate::srcip::Slice;
 use crate::{html, net, procstat, scrape, srcip};
 use procs::{WorkerPlan, Workers};
@@ -214,7 +214,7 @@ pub fn run(conn: &ConnArgs, scenario: &mut dyn Scenario) -> i32 {
     tl.truncate(hold.hold_end_s.floor() as usize);
     merge::keepalives(&mut r, &tl, hold.hold_end_s, conn.keepalive_s);
     let stats: Vec<_> = results.iter().map(|w| w.stats).collect();
-    let end = crate::scenario::RunEnd {
+    let end = RunEnd {
         conn,
         hold_end_s: hold.hold_end_s,
         all_connected_s: hold.all_connected_s,
