@@ -3,7 +3,7 @@
 //! Owns: option names, defaults, value ranges and the target safety check
 //! (loopback only unless `--allow-remote`).
 //! Must never: open sockets, spawn processes or read files; adding a scenario
-//! means adding a subcommand here and a runner elsewhere.
+//! means adding a subcommand here and a `Scenario` in `scenario/`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{SocketAddr, ToSocketAddrs};

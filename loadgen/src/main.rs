@@ -1,4 +1,4 @@
-//! pulsegate-loadgen: entry point and scenario dispatch.
+//! pulsegate-loadgen: entry point and scenario dispatch (subcommand -> `scenario::*`).
 //!
 //! Owns: turning the parsed command line into a run (parent scenario or hidden
 //! worker) and the process exit code (2 = refused/invalid options).
@@ -14,6 +14,7 @@ mod parent;
 mod procstat;
 mod push;
 mod report;
+mod scenario;
 mod scrape;
 mod srcip;
 mod timeline;
@@ -24,11 +25,11 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     let code = match cli.command {
-        cli::Command::Hold(h) => parent::run(&h.conn, parent::Scenario::Hold),
-        cli::Command::Push(p) => parent::run(&p.conn.clone(), parent::Scenario::Push(p)),
-        cli::Command::Storm(s) => parent::run(&s.conn.clone(), parent::Scenario::Storm(s)),
-        cli::Command::Rushhour(r) => parent::run(&r.conn.clone(), parent::Scenario::Rushhour(r)),
-        cli::Command::Overload(o) => parent::run(&o.conn.clone(), parent::Scenario::Overload(o)),
+        cli::Command::Hold(h) => parent::run(&h.conn, &mut scenario::Hold),
+        cli::Command::Push(p) => parent::run(&p.conn.clone(), &mut scenario::Push::new(p)),
+        cli::Command::Storm(s) => parent::run(&s.conn.clone(), &mut scenario::Storm::new(s)),
+        cli::Command::Rushhour(r) => parent::run(&r.conn.clone(), &mut scenario::Rushhour::new(r)),
+        cli::Command::Overload(o) => parent::run(&o.conn.clone(), &mut scenario::Overload::new(o)),
         cli::Command::Worker(w) => worker::run(w),
     };
     std::process::exit(code);

@@ -1,31 +1,24 @@
 //! End-to-end tests of the real binary: `hold` against a Mosquitto broker on a free
 //! loopback port, and the refusal of non-loopback targets.
+//! Without Mosquitto the broker test prints a note and skips, or fails under `CI=true`.
 //! Must never: leave a broker or loadgen process running (both are killed by pid on
 //! drop), use a fixed port, or run unbounded (every child has a deadline).
 
+mod common;
+
+use common::{missing_prerequisite, temp_dir, KillOnDrop};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// The broker binary: MOSQUITTO_BIN, else the Debian package's path.
+fn mosquitto_bin() -> std::path::PathBuf {
+    std::env::var_os("MOSQUITTO_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| "/usr/sbin/mosquitto".into())
+}
 const BIN: &str = env!("CARGO_BIN_EXE_pulsegate-loadgen");
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pulsegate-loadgen-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -49,9 +42,15 @@ fn wait_bounded(mut child: Child, limit: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn hold_200_connections_against_mosquitto() {
-    if !std::path::Path::new(MOSQUITTO).exists() {
-        eprintln!("NOTE: {MOSQUITTO} not found; skipping the Mosquitto end-to-end test");
-        return;
+    let mosquitto = mosquitto_bin();
+    if !mosquitto.is_file() {
+        return missing_prerequisite(
+            &format!(
+                "{} not found (apt-get install mosquitto, or set MOSQUITTO_BIN)",
+                mosquitto.display()
+            ),
+            "the Mosquitto end-to-end test",
+        );
     }
     let dir = temp_dir("e2e");
     let port = free_port();
@@ -60,7 +59,7 @@ fn hold_200_connections_against_mosquitto() {
     writeln!(f, "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1").unwrap();
     drop(f);
     let broker = KillOnDrop(
-        Command::new(MOSQUITTO)
+        Command::new(&mosquitto)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())

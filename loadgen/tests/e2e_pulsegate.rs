@@ -2,26 +2,24 @@
 //! a `storm` of 500 devices (every one must reconnect) and a small `rushhour` (the
 //! burst must synchronize the keep-alives). The gateway binary comes from
 //! PULSEGATE_BIN, else target/release/pulsegate of the workspace; without it the
-//! tests print a note and pass.
+//! tests print a note and skip, or fail under `CI=true`.
 //! Must never: leave a gateway or loadgen process running (both are killed by pid
 //! on drop or deadline), use a fixed port, or run unbounded.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::{missing_prerequisite, temp_dir, KillOnDrop};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pulsegate-loadgen");
 
-struct KillOnDrop(Child);
+/// How long the gateway may take to write its ready file.
+const READY_TIMEOUT_S: u64 = 20;
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const GATEWAY_MISSING: &str =
+    "pulsegate binary not found (set PULSEGATE_BIN or run `cargo build --release -p pulsegate`)";
 
 fn gateway_bin() -> Option<PathBuf> {
     let p = match std::env::var_os("PULSEGATE_BIN") {
@@ -38,11 +36,14 @@ struct Gateway {
     pid: u32,
 }
 
-/// Starts the gateway on free loopback ports and waits (bounded) for its ready line.
-/// It runs in `cwd` (a per-test directory), so whatever it keeps on disk there is not
-/// shared with the other test's gateway.
+/// Starts the gateway on free loopback ports and waits (bounded) for its ready file
+/// (`--ready-file`, JSON with the bound addresses). It runs in `cwd` (a per-test
+/// directory), so whatever it keeps on disk there is not shared with the other
+/// test's gateway.
 fn start_gateway(bin: &PathBuf, cwd: &Path) -> Gateway {
-    let mut child = Command::new(bin)
+    let ready = cwd.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let child = Command::new(bin)
         .current_dir(cwd)
         .args([
             "--mqtt-listen",
@@ -52,44 +53,55 @@ fn start_gateway(bin: &PathBuf, cwd: &Path) -> Gateway {
             "--shards",
             "6",
         ])
-        .stdout(Stdio::piped())
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
         .stderr(std::fs::File::create(cwd.join("gateway.err")).unwrap())
         .spawn()
         .expect("start pulsegate");
-    let stdout = child.stdout.take().unwrap();
     let pid = child.id();
-    let guard = KillOnDrop(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("pulsegate: ready") {
-                let _ = tx.send(line);
-            }
+    let mut guard = KillOnDrop(child);
+    let stderr = || std::fs::read_to_string(cwd.join("gateway.err")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(READY_TIMEOUT_S);
+    // The gateway writes the file atomically (write, rename): once it exists it is whole.
+    let text = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            break text;
         }
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-        let err = std::fs::read_to_string(cwd.join("gateway.err")).unwrap_or_default();
-        panic!("pulsegate exited or printed no ready line within 20 s; stderr:\n{err}")
-    });
+        if let Some(st) = guard.0.try_wait().unwrap() {
+            panic!(
+                "pulsegate exited with {st} before writing {}; stderr:\n{}",
+                ready.display(),
+                stderr()
+            );
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "pulsegate wrote no ready file within {READY_TIMEOUT_S} s; stderr:\n{}",
+                stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("ready file {text:?} is not JSON: {e}"));
     let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        v[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {name:?} in the ready file {v}"))
             .to_string()
     };
+    assert_eq!(
+        v["pid"].as_u64(),
+        Some(pid as u64),
+        "ready file of another process: {v}"
+    );
     Gateway {
         mqtt: field("mqtt"),
         http: field("http"),
         pid,
         _proc: guard,
     }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pulsegate-loadgen-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Runs the loadgen with a deadline; kills it when the deadline passes.
@@ -113,8 +125,7 @@ fn run_bounded(args: &[&str], limit: Duration) {
 #[test]
 fn storm_500_devices_all_reconnect() {
     let Some(bin) = gateway_bin() else {
-        eprintln!("NOTE: pulsegate binary not found (set PULSEGATE_BIN or build it); skipping the storm e2e test");
-        return;
+        return missing_prerequisite(GATEWAY_MISSING, "the storm e2e test");
     };
     let dir = temp_dir("storm");
     let gw = start_gateway(&bin, &dir);
@@ -174,8 +185,7 @@ fn storm_500_devices_all_reconnect() {
 #[test]
 fn rushhour_burst_synchronizes_keepalives() {
     let Some(bin) = gateway_bin() else {
-        eprintln!("NOTE: pulsegate binary not found (set PULSEGATE_BIN or build it); skipping the rushhour e2e test");
-        return;
+        return missing_prerequisite(GATEWAY_MISSING, "the rushhour e2e test");
     };
     let dir = temp_dir("rushhour");
     let gw = start_gateway(&bin, &dir);
