@@ -46,7 +46,10 @@ fn accepted_message_survives_kill9_and_restart(backend: &str) {
     gw.assert_ports_serve();
     let mut dev = gw.connect_id(V311, "kit-restart");
     let p = dev.expect_publish(WAIT);
-    assert_eq!((p.topic.as_str(), p.payload.as_slice()), ("push/kit-restart", &b"kept on disk"[..]));
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("push/kit-restart", &b"kept on disk"[..])
+    );
     dev.puback(p.packet_id.expect("QoS 1 has a packet id"));
     let status = gw.stop();
     assert!(status.success(), "{status:?}\n{}", gw.stderr());
@@ -59,8 +62,14 @@ both_backends!(
 
 #[test]
 fn prerequisite_rule_skips_outside_ci_and_fails_under_ci() {
-    assert_eq!(verdict("mosquitto_sub", true, "apt-get install mosquitto-clients", true), Verdict::Run);
-    assert_eq!(verdict("mosquitto_sub", true, "apt-get install mosquitto-clients", false), Verdict::Run);
+    assert_eq!(
+        verdict("mosquitto_sub", true, "apt-get install mosquitto-clients", true),
+        Verdict::Run
+    );
+    assert_eq!(
+        verdict("mosquitto_sub", true, "apt-get install mosquitto-clients", false),
+        Verdict::Run
+    );
     assert!(matches!(
         verdict("mosquitto_sub", false, "apt-get install mosquitto-clients", true),
         Verdict::Fail(m) if m.contains("mosquitto_sub") && m.contains("CI=true")

@@ -491,24 +491,39 @@ fn launch(spec: &Spawn, data_dir: &Path, ready_path: &Path) -> (Child, Ready, Ar
             break text;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            fail(&mut child, format!("pulsegate exited with {status} before it was ready"));
+            fail(
+                &mut child,
+                format!("pulsegate exited with {status} before it was ready"),
+            );
         }
         if Instant::now() >= deadline {
-            fail(&mut child, format!("pulsegate wrote no ready file within {READY_TIMEOUT:?}"));
+            fail(
+                &mut child,
+                format!("pulsegate wrote no ready file within {READY_TIMEOUT:?}"),
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     let ready: Ready = match serde_json::from_str(&text) {
         Ok(r) => r,
-        Err(e) => fail(&mut child, format!("ready file {text:?} is not the documented JSON: {e}")),
+        Err(e) => fail(
+            &mut child,
+            format!("ready file {text:?} is not the documented JSON: {e}"),
+        ),
     };
     let checks = [
         (ready.pid == child.id(), "pid is the child's"),
         (ready.backend == spec.backend, "backend is the one asked for"),
         (ready.shards == spec.shards, "shard count is the one asked for"),
         (ready.capacity > 0, "capacity is positive"),
-        (ready.mqtt.ip().is_loopback() && ready.mqtt.port() != 0, "mqtt is a bound loopback port"),
-        (ready.http.ip().is_loopback() && ready.http.port() != 0, "http is a bound loopback port"),
+        (
+            ready.mqtt.ip().is_loopback() && ready.mqtt.port() != 0,
+            "mqtt is a bound loopback port",
+        ),
+        (
+            ready.http.ip().is_loopback() && ready.http.port() != 0,
+            "http is a bound loopback port",
+        ),
     ];
     if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
         fail(&mut child, format!("ready file {text:?}: expected {what}"));

@@ -19,12 +19,23 @@ def need(tool: str) -> str:
     return require_tool(tool, "Debian: apt-get install mosquitto-clients, or bash tests/deps.sh")
 
 
+# Requested before `gateway`, so a missing tool is reported before a gateway starts.
+@pytest.fixture
+def mosquitto_sub() -> str:
+    return need("mosquitto_sub")
+
+
+@pytest.fixture
+def mosquitto_pub() -> str:
+    return need("mosquitto_pub")
+
+
 @pytest.mark.parametrize("version", ("v311", "v5"))
-def test_mosquitto_sub_receives_push(gateway, version):
+def test_mosquitto_sub_receives_push(mosquitto_sub, gateway, version):
     client_id = f"dev-ms-{version}"
     connects_before = gateway.metric("pulsegate_connects_total", version=CONNECTS_LABEL[version])
     sub = subprocess.Popen(
-        [need("mosquitto_sub"), "-h", gateway.host, "-p", str(gateway.mqtt_port), "-V", MOSQUITTO_VERSIONS[version],
+        [mosquitto_sub, "-h", gateway.host, "-p", str(gateway.mqtt_port), "-V", MOSQUITTO_VERSIONS[version],
          "-i", client_id, "-t", f"push/{client_id}", "-q", "1", "-C", "1", "-W", str(PROCESS_TIMEOUT_S)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -44,11 +55,11 @@ def test_mosquitto_sub_receives_push(gateway, version):
 
 
 @pytest.mark.parametrize("version", ("v311", "v5"))
-def test_mosquitto_pub_qos1_publish_is_acked(gateway, version):
+def test_mosquitto_pub_qos1_publish_is_acked(mosquitto_pub, gateway, version):
     before = gateway.metric("pulsegate_publishes_received_total")
     client_id = f"dev-pub-{version}"
     out = subprocess.run(
-        [need("mosquitto_pub"), "-h", gateway.host, "-p", str(gateway.mqtt_port), "-V", MOSQUITTO_VERSIONS[version],
+        [mosquitto_pub, "-h", gateway.host, "-p", str(gateway.mqtt_port), "-V", MOSQUITTO_VERSIONS[version],
          "-i", client_id, "-t", f"up/{client_id}", "-m", "hello from the device", "-q", "1"],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S,
     )
