@@ -1,8 +1,8 @@
 //! The test kit's own contract, over the real binary: the `--ready-file` JSON names the
 //! process and the addresses it bound (and agrees with the human ready line on stdout);
 //! a message answered 201 survives `kill9` and is delivered after `restart` over the same
-//! data dir; a clean `stop` exits 0; and the prerequisite rule (skip outside CI, fail under
-//! CI=true) decides as documented.
+//! data dir; a clean `stop` exits 0; a gateway that cannot start fails with its stderr;
+//! and the prerequisite rule (skip outside CI, fail under CI=true) decides as documented.
 
 mod common;
 
@@ -50,14 +50,32 @@ fn accepted_message_survives_kill9_and_restart(backend: &str) {
         (p.topic.as_str(), p.payload.as_slice()),
         ("push/kit-restart", &b"kept on disk"[..])
     );
-    dev.puback(p.packet_id.expect("QoS 1 has a packet id"));
+    dev.puback(p.qos1_packet_id());
     let status = gw.stop();
     assert!(status.success(), "{status:?}\n{}", gw.stderr());
 }
 
+/// A gateway that cannot start fails the test with its exit status and its stderr.
+fn failed_start_reports_the_gateway_stderr(backend: &str) {
+    let panic = std::panic::catch_unwind(|| Spawn::new(backend).args(&["--no-such-flag"]).start())
+        .err()
+        .expect("a gateway with an unknown flag does not start");
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_else(|| format!("{panic:?}"));
+    assert!(message.contains("exited with"), "{message}");
+    // clap's complaint, which only the gateway's stderr carries.
+    assert!(
+        message.contains("unexpected argument '--no-such-flag'"),
+        "stderr is in the message: {message}"
+    );
+}
+
 both_backends!(
     ready_file_names_the_process_and_its_ports,
-    accepted_message_survives_kill9_and_restart
+    accepted_message_survives_kill9_and_restart,
+    failed_start_reports_the_gateway_stderr
 );
 
 #[test]

@@ -55,7 +55,9 @@ impl Spawn {
         self
     }
 
-    /// Extra flags, after the harness's own (a later flag wins).
+    /// Extra flags, after the harness's own. The gateway refuses a flag given twice, so the
+    /// ones the harness sets (data dir, ready file, listen addresses, shards, backend,
+    /// pinning) are set through `Spawn`, not here.
     pub fn args(mut self, extra: &[&str]) -> Spawn {
         self.args.extend(extra.iter().map(|a| a.to_string()));
         self
@@ -83,17 +85,43 @@ struct Ready {
     http: SocketAddr,
 }
 
-/// Text a child writes to a pipe, collected on a thread until EOF (so the child never
+/// Longest wait, after the child exited, for its pipes to reach EOF.
+const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Text a child writes to one pipe, collected on a thread until EOF (so the child never
 /// blocks on a full pipe).
-fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(pipe);
-        let mut line = String::new();
-        while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
-            into.lock().unwrap_or_else(|p| p.into_inner()).push_str(&line);
-            line.clear();
+struct Captured {
+    text: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Captured {
+    fn start(pipe: impl Read + Send + 'static) -> Captured {
+        let text = Arc::new(Mutex::new(String::new()));
+        let into = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(pipe);
+            let mut line = String::new();
+            while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                into.lock().unwrap_or_else(|p| p.into_inner()).push_str(&line);
+                line.clear();
+            }
+        });
+        Captured { text, reader }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Once the child exited: waits (bounded) for the reader to reach EOF, so the text
+    /// holds the child's last words too.
+    fn settle(&self) {
+        let deadline = Instant::now() + PIPE_DRAIN_TIMEOUT;
+        while !self.reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
-    });
+    }
 }
 
 /// A running (or stopped) gateway process.
@@ -109,12 +137,14 @@ pub struct Gateway {
     child: Child,
     pid: u32,
     exited: Option<ExitStatus>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    stdout: Captured,
+    stderr: Captured,
     /// Holds the ready files (and the data dir unless the caller gave one); removed on drop.
     scratch: PathBuf,
     /// Processes started so far (restarts + 1).
     runs: u32,
+    /// stderr of the runs before the current one, each under a header.
+    earlier_stderr: String,
 }
 
 impl Gateway {
@@ -155,6 +185,7 @@ impl Gateway {
             stderr,
             scratch,
             runs: 1,
+            earlier_stderr: String::new(),
         }
     }
 
@@ -165,6 +196,8 @@ impl Gateway {
             self.exited.is_some(),
             "restart needs the previous process gone: call stop() or kill9() first"
         );
+        self.earlier_stderr
+            .push_str(&format!("--- stderr of run {} ---\n{}", self.runs, self.stderr()));
         self.runs += 1;
         let ready_path = self.scratch.join(format!("ready-{}.json", self.runs));
         let (child, ready, stdout, stderr) = launch(&self.spec, &self.data_dir, &ready_path);
@@ -184,12 +217,12 @@ impl Gateway {
 
     /// What the current process wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stderr.text()
     }
 
     /// What the current process wrote to stdout so far (the human ready line among it).
     pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stdout.text()
     }
 
     pub fn sigterm(&self) {
@@ -234,6 +267,8 @@ impl Gateway {
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 self.exited = Some(s);
+                self.stdout.settle();
+                self.stderr.settle();
                 return Some(s);
             }
             if Instant::now() >= deadline {
@@ -440,14 +475,18 @@ impl Drop for Gateway {
             if self.wait_exit(Duration::from_secs(3)).is_none() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                self.stdout.settle();
+                self.stderr.settle();
             }
         }
         if std::thread::panicking() {
             eprintln!(
-                "--- pulsegate ({}, run {}) stdout ---\n{}--- stderr ---\n{}",
+                "--- pulsegate ({}) ---\n{}--- stdout of run {} ---\n{}--- stderr of run {} ---\n{}",
                 self.backend,
+                self.earlier_stderr,
                 self.runs,
                 self.stdout(),
+                self.runs,
                 self.stderr()
             );
         }
@@ -457,7 +496,7 @@ impl Drop for Gateway {
 
 /// Spawns the binary for `spec` over `data_dir` and waits for `ready_path`; on any failure
 /// kills the child and fails the test with its stderr.
-fn launch(spec: &Spawn, data_dir: &Path, ready_path: &Path) -> (Child, Ready, Arc<Mutex<String>>, Arc<Mutex<String>>) {
+fn launch(spec: &Spawn, data_dir: &Path, ready_path: &Path) -> (Child, Ready, Captured, Captured) {
     let shards = spec.shards.to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulsegate"));
     cmd.arg("--data-dir")
@@ -471,17 +510,17 @@ fn launch(spec: &Spawn, data_dir: &Path, ready_path: &Path) -> (Child, Ready, Ar
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn pulsegate");
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    collect(child.stdout.take().expect("stdout is piped"), stdout.clone());
-    collect(child.stderr.take().expect("stderr is piped"), stderr.clone());
+    let stdout = Captured::start(child.stdout.take().expect("stdout is piped"));
+    let stderr = Captured::start(child.stderr.take().expect("stderr is piped"));
     let fail = |child: &mut Child, why: String| -> ! {
         let _ = child.kill();
         let _ = child.wait();
+        stdout.settle();
+        stderr.settle();
         panic!(
             "{why}\ncommand: {cmd:?}\nstdout:\n{}\nstderr:\n{}",
-            stdout.lock().unwrap_or_else(|p| p.into_inner()),
-            stderr.lock().unwrap_or_else(|p| p.into_inner())
+            stdout.text(),
+            stderr.text()
         );
     };
     let deadline = Instant::now() + READY_TIMEOUT;

@@ -100,6 +100,14 @@ pub struct Pub {
     pub payload: Vec<u8>,
 }
 
+impl Pub {
+    /// The packet id of a QoS 1 PUBLISH; fails the test if the gateway sent none.
+    pub fn qos1_packet_id(&self) -> u16 {
+        self.packet_id
+            .unwrap_or_else(|| panic!("QoS {} PUBLISH on {} carries no packet id", self.qos, self.topic))
+    }
+}
+
 /// A packet received from the gateway, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rx {
