@@ -209,18 +209,23 @@ def start_server(name, args, bins, workdir, connections, shards=None):
     log_path = workdir / f"{name}-{mqtt_port}.log"
     info = {}
     preexec = None
+    ready_path = None
     if name == "pulsegate":
         http_port = free_port()
         shards = shards or args.shards or max(1, math.ceil(connections / SHARD_CONNECTIONS))
         # A fresh message store per run: a shared one would carry pending pushes (and their
         # retries, RSS and CPU) from one run into the next.
         data_dir = workdir / f"pulsegate-data-{mqtt_port}"
+        # Written (atomically) once both listeners are up: JSON with pid, backend, shards,
+        # capacity and the bound addresses.
+        ready_path = workdir / f"pulsegate-ready-{mqtt_port}.json"
         cmd = [
             str(bins["pulsegate"]),
             "--mqtt-listen", f"127.0.0.1:{mqtt_port}",
             "--http-listen", f"127.0.0.1:{http_port}",
             "--shards", str(shards),
             "--data-dir", str(data_dir),
+            "--ready-file", str(ready_path),
         ] + args.pulsegate_arg
         info["shards"] = shards
     elif name == "mosquitto":
@@ -296,15 +301,14 @@ next_connection_delay_ms = 0
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode} before listening:\n{tail(log_path)}")
-        if all(can_connect(p) for p in ports):
+        if ready_path.exists() if ready_path else all(can_connect(p) for p in ports):
             break
         if time.monotonic() > deadline:
             _kill_child(proc, "server")
             raise RuntimeError(f"{name} did not listen on {ports} within {args.server_start_timeout_s} s:\n{tail(log_path)}")
         time.sleep(0.1)
-    if name == "pulsegate":
-        m = re.search(r"pulsegate: ready .*", Path(log_path).read_text(errors="replace"))
-        info["ready_line"] = m.group(0) if m else None
+    if ready_path:
+        info["ready"] = json.loads(ready_path.read_text())
     info["nofile"] = proc_limit_nofile(proc.pid)
     return Server(name, proc, mqtt_port, http_port, log_path, info)
 

@@ -200,7 +200,7 @@ fn persistent_session_case(gw: &Gateway, version: ProtocolVersion, id: &str) {
     c.expect_silence(QUIET);
     assert_eq!(gw.metric("pulsegate_stored_sessions"), stored0);
     for p in &again {
-        c.puback(p.packet_id.unwrap());
+        c.puback(p.qos1_packet_id());
     }
     gw.wait_metric("pulsegate_pushes_acked_total", WAIT, |v| v >= 3);
 
@@ -235,7 +235,7 @@ fn persistent_session_redelivers_in_order_after_partial_ack(backend: &str) {
     }
     let first = take_publishes(&mut c, 4);
     assert_eq!(payloads(&first), ["m1", "m2", "m3", "m4"]);
-    c.puback(first[0].packet_id.unwrap());
+    c.puback(first[0].qos1_packet_id());
     gw.wait_metric("pulsegate_pushes_acked_total", WAIT, |v| v == 1);
     drop(c);
     gw.wait_metric("pulsegate_stored_sessions", WAIT, |v| v == 1);
@@ -337,7 +337,7 @@ fn expired_session_is_not_resumed(backend: &str) {
     let (mut c, _) = gw.connect(&ConnectOpts::new(V5, id).clean(false).session_expiry(1));
     gw.push_ok(id, "acked", 1);
     let p = c.expect_publish(WAIT);
-    c.puback(p.packet_id.unwrap());
+    c.puback(p.qos1_packet_id());
     gw.wait_metric("pulsegate_pushes_acked_total", WAIT, |v| v == 1);
     drop(c);
     gw.wait_metric("pulsegate_stored_sessions", WAIT, |v| v == 1);
@@ -440,7 +440,7 @@ fn takeover_hands_over_unacked_pushes(backend: &str) {
         let got = take_publishes(&mut new, 2);
         assert_eq!(payloads(&got), ["h1", "h2"], "{id}: unacked pushes follow the session");
         for p in &got {
-            new.puback(p.packet_id.unwrap());
+            new.puback(p.qos1_packet_id());
         }
         new.expect_silence(QUIET);
         drop(new);

@@ -98,7 +98,7 @@ fn check_window(gw: &Gateway, c: &mut Client, n: usize, window: usize) {
         .collect();
     let want: Vec<String> = (1..=n).map(|i| format!("w{i}")).collect();
     assert_eq!(got, want, "all pushes, in order");
-    let mut ids: Vec<u16> = all.iter().map(|p| p.packet_id.unwrap()).collect();
+    let mut ids: Vec<u16> = all.iter().map(|p| p.qos1_packet_id()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n, "distinct packet ids among {all:?}");
@@ -143,7 +143,7 @@ fn pending_queue_is_bounded(backend: &str) {
         let p = c.expect_publish(WAIT);
         c.expect_silence(std::time::Duration::from_millis(100));
         got.push(String::from_utf8_lossy(&p.payload).into_owned());
-        c.puback(p.packet_id.unwrap());
+        c.puback(p.qos1_packet_id());
     }
     assert_eq!(got, ["p1", "p2", "p3"]);
     c.expect_silence(QUIET);
@@ -259,7 +259,7 @@ fn client_maximum_packet_size(backend: &str) {
         gw.push_ok(&id, "small", 1);
         let p = c.expect_publish(WAIT);
         assert_eq!(p.payload, b"small");
-        c.puback(p.packet_id.unwrap());
+        c.puback(p.qos1_packet_id());
         gw.assert_healthy(&mut c);
     }
 }

@@ -17,9 +17,7 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
-from pushapi_harness import PENDING, GatewayProc, PahoDevice, wait_until
+from harness import PENDING, PahoDevice, wait_until
 
 ONLINE = "dur-online"
 OFFLINE = [f"dur-off-{i}" for i in range(8)]
@@ -41,25 +39,12 @@ def token_counts(dev: PahoDevice) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture
-def cleanup():
-    closers = []
-    yield closers
-    for c in reversed(closers):
-        try:
-            c()
-        except Exception:
-            pass
-
-
-def test_sigkill_mid_stream_loses_no_accepted_message_and_redelivers_no_recorded_one(tmp_path, cleanup):
+def test_sigkill_mid_stream_loses_no_accepted_message_and_redelivers_no_recorded_one(tmp_path, env):
     data = tmp_path / "data"
     # Room for every queued message of an offline device (none is evicted).
     extra = ("--pending-pushes-per-device-max", "10000")
-    gw = GatewayProc(data, None, extra)
-    cleanup.append(gw.stop)
-    dev1 = PahoDevice(ONLINE, gw.mqtt_port)
-    cleanup.append(dev1.close)
+    gw = env.gateway(extra_args=extra, data_dir=data)
+    dev1 = env.paho(ONLINE, gw)
 
     accepted: dict[str, tuple[str, str]] = {}  # token -> (id, device)
     lock = threading.Lock()
@@ -107,8 +92,8 @@ def test_sigkill_mid_stream_loses_no_accepted_message_and_redelivers_no_recorded
     assert not other_statuses, f"non-201 answers before the kill: {sorted(set(other_statuses))}"
     assert len(accepted_snapshot) >= MIN_ACCEPTED_BEFORE_KILL
 
-    gw2 = GatewayProc(data, None, extra)
-    cleanup.append(gw2.stop)
+    gw.restart()  # the same command over the same data dir, on new ports
+    gw2 = gw
 
     # Before the device is back: nothing that got 201 is missing, nothing failed.
     recorded_delivered: set[str] = set()
@@ -134,8 +119,7 @@ def test_sigkill_mid_stream_loses_no_accepted_message_and_redelivers_no_recorded
             assert gw2.status(mid)["state"] == "queued", (token, gw2.status(mid))
 
     # The device comes back on the new port: every pending message of it is delivered.
-    dev2 = PahoDevice(ONLINE, gw2.mqtt_port)
-    cleanup.append(dev2.close)
+    dev2 = env.paho(ONLINE, gw2)
     online = {t: mid for t, (mid, d) in accepted_snapshot.items() if d == ONLINE}
     waiting = dict(online)
 

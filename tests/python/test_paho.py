@@ -4,7 +4,6 @@ assigned client identifiers, clean disconnect."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -79,14 +78,13 @@ def test_paho_clean_disconnect(gateway, paho, version):
 
     gateway.wait_metric_at_least("pulsegate_closes_total", closes_before + 1, timeout=3, reason="client_disconnect")
     # Offline now: the push is held (store and forward), not delivered.
-    status, body = gateway.push(client_id, "after bye", qos=1)
-    assert status == 201, (status, body)
-    status, raw = gateway.http("GET", f"/v1/messages/{body['id']}")
-    assert status == 200 and json.loads(raw)["state"] == "queued", raw
+    mid = gateway.push_ok(client_id, "after bye", qos=1)
+    assert gateway.status(mid)["state"] == "queued"
     # A non-queueing profile is refused while the device is offline.
-    status, body = gateway.push(client_id, "after bye", qos=1, profile={"queue_if_offline": False})
-    assert status == 404, (status, body)
-    assert body.get("error") == "device_offline", body
+    r = gateway.post_message({"device": client_id, "payload": "after bye", "qos": 1,
+                              "profile": {"queue_if_offline": False}})
+    assert r.status == 404, r
+    assert r.json.get("error") == "device_offline", r
 
 
 def test_paho_v5_honours_server_keepalive(start_gateway, paho):

@@ -15,14 +15,7 @@ import time
 
 import pytest
 
-from pushapi_harness import ID_RE, Env, GatewayProc, wait_until
-
-
-@pytest.fixture
-def env(tmp_path):
-    e = Env(tmp_path)
-    yield e
-    e.close()
+from harness import ID_RE, Gateway, fail, wait_until
 
 
 def states_of(status: dict) -> list[str]:
@@ -36,7 +29,7 @@ def assert_error(r, status: int, code: str):
     assert isinstance(body.get("message"), str) and body["message"], body
 
 
-def flush(gw: GatewayProc, dev, device_id: str, token: str = "sentinel") -> list[bytes]:
+def flush(gw: Gateway, dev, device_id: str, token: str = "sentinel") -> list[bytes]:
     """Pushes a sentinel and waits for it: everything the gateway sent the
     device before it has arrived. Returns the device's payloads so far."""
     before = len(dev.payloads())
@@ -478,9 +471,11 @@ def test_rate_limit_answers_429_with_retry_after(env):
 
 @pytest.fixture(scope="module")
 def shared_gw(tmp_path_factory):
-    g = GatewayProc(tmp_path_factory.mktemp("pushapi-bad"))
+    g = Gateway(data_dir=tmp_path_factory.mktemp("pushapi-bad"))
     yield g
-    g.stop()
+    problem = g.stop()
+    if problem:
+        fail(problem)
 
 
 BAD_BODIES = {
