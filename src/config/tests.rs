@@ -44,7 +44,10 @@ fn flags_win_over_file_and_file_over_defaults() {
 
 #[test]
 fn unknown_file_keys_and_out_of_range_values_are_refused() {
-    assert!(matches!(load_file("b", "shardz = 3\n"), Err(ConfigError::FileInvalid { .. })));
+    assert!(matches!(
+        load_file("b", "shardz = 3\n"),
+        Err(ConfigError::FileInvalid { .. })
+    ));
     assert!(matches!(
         load_flags(&["--shards", "0"]),
         Err(ConfigError::OutOfRange { setting: "shards", .. })
@@ -67,7 +70,10 @@ fn sessions_settings_are_validated_and_errors_name_setting_value_and_range() {
         ConfigError::OutOfRange {
             setting: "stored_sessions_max",
             value: Number::Int(200_000_000),
-            range: Range::Int { min: 0, max: 100_000_000 },
+            range: Range::Int {
+                min: 0,
+                max: 100_000_000
+            },
         }
     ));
     assert_eq!(
@@ -82,7 +88,10 @@ fn sessions_settings_are_validated_and_errors_name_setting_value_and_range() {
         })
     ));
     let e = load_flags(&["--rebalance-ratio", "1.0"]).expect_err("must be > 1");
-    assert_eq!(e.to_string(), "rebalance_ratio = 1.0 is out of range (allowed: > 1.0, finite)");
+    assert_eq!(
+        e.to_string(),
+        "rebalance_ratio = 1.0 is out of range (allowed: > 1.0, finite)"
+    );
     let e = load_flags(&["--dispersal-select-factor", "1.6"]).expect_err("above the threshold");
     assert_eq!(
         e.to_string(),
@@ -98,14 +107,22 @@ fn sessions_settings_are_validated_and_errors_name_setting_value_and_range() {
         }
     ));
     let e = load_flags(&["--shards", "2", "--max-connections", "9000000"]).expect_err("over 2 x 4 Mi");
-    assert!(matches!(e, ConfigError::OutOfRange { setting: "max_connections", .. }));
+    assert!(matches!(
+        e,
+        ConfigError::OutOfRange {
+            setting: "max_connections",
+            ..
+        }
+    ));
     let e = load_flags(&["--home-network", "46001"]).expect_err("not MCC-MNC");
     assert!(matches!(e, ConfigError::Invalid { ref setting, .. } if setting == "home_network"));
 }
 
 #[test]
 fn defaults_are_valid() {
-    Config::default().validate().expect("the embedded defaults pass their own checks");
+    Config::default()
+        .validate()
+        .expect("the embedded defaults pass their own checks");
     let c = load_flags(&[]).expect("defaults load");
     assert_eq!(c.listen_shards, c.shards, "`all` is resolved to the shard count");
 }
@@ -267,8 +284,11 @@ fn every_setting_has_a_flag_that_means_what_its_file_key_means() {
     let c = everything_changed();
     let mut args = vec!["pulsegate".to_string()];
     for line in c.render().lines() {
-        let Some((key, value)) = line.split_once(" = ") else { break };
-        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}")).expect("a TOML value")["v"].clone();
+        let Some((key, value)) = line.split_once(" = ") else {
+            break;
+        };
+        let value: toml::Value =
+            toml::from_str::<toml::Table>(&format!("v = {value}")).expect("a TOML value")["v"].clone();
         let flag_value = match value {
             toml::Value::String(s) => s,
             toml::Value::Array(items) => items.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
