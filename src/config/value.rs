@@ -50,7 +50,8 @@ impl Range {
                 v.is_finite() && (v > min || (inclusive && v == min)) && v <= max
             }
             // A table row pairing an integer type with a float range (or the
-            // reverse) is a bug the `every_range_fits_its_type` test catches.
+            // reverse) refuses every value: `defaults_are_valid` and the
+            // round-trip tests (every option set) catch it.
             _ => false,
         }
     }
@@ -217,17 +218,17 @@ macro_rules! choice_setting {
 choice_setting!(BackendChoice, ReliefRule);
 
 /// `via` conversions of the table: the flag/file value as the setting's own.
-pub fn same<T>(v: T) -> Result<T, String> {
+pub(super) fn same<T>(v: T) -> Result<T, String> {
     Ok(v)
 }
 
 /// An optional setting given a value.
-pub fn some<T>(v: T) -> Result<Option<T>, String> {
+pub(super) fn some<T>(v: T) -> Result<Option<T>, String> {
     Ok(Some(v))
 }
 
 /// `"MCC-MNC"` -> (MCC, MNC).
-pub fn network(s: String) -> Result<Option<(u16, u16)>, String> {
+pub(super) fn network(s: String) -> Result<Option<(u16, u16)>, String> {
     crate::protocol::mqtt::NetworkReport::parse_network(&s)
         .map(Some)
         .ok_or_else(|| format!("{s:?} is not MCC-MNC (e.g. 460-01)"))

@@ -2,7 +2,8 @@
 //! success rate, mean latency and jitter, and whether a mechanism is down.
 //!
 //! Owns the mechanism table. Adding APNs, FCM or SMPP means one more `Kind`
-//! and one adapter in `service` (start + outcome); nothing else changes.
+//! (`config::mechanism`, re-exported here: the config file parses it) and one
+//! adapter in `service` (start + outcome); nothing else changes.
 //! Must never perform I/O: the service starts attempts through the shards or
 //! the outbound HTTP pool.
 
