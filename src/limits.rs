@@ -1,7 +1,7 @@
 //! Compile-time limits and the const asserts that relate them.
 //!
 //! Owns every fixed maximum that is not an operator setting. Must never hold a
-//! value an operator would tune per host: those live in `config.rs`.
+//! value an operator would tune per host: those live in `config/table.rs`.
 
 /// Largest number of connection slots one shard can own (slab keys fit in the
 /// 32-bit key field of `sys::user_data`; the wheel indexes timers by slab key).
@@ -51,3 +51,24 @@ const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
 const _: () = assert!(CONNECTIONS_PER_SHARD_MAX <= u32::MAX / 2);
 const _: () = assert!(MAX_PACKET_BYTES_CEILING <= 268_435_455);
 const _: () = assert!(SEND_BACKLOG_BYTES_MAX >= MAX_PACKET_BYTES_CEILING as usize / 16);
+
+// ---- Ceilings of the settings that were hard-coded in main.rs ----
+// (config/table.rs declares the settings and their defaults; these bound them.)
+
+/// `http_max_header_bytes` at most: request line plus headers.
+pub const HTTP_MAX_HEADER_BYTES_CEILING: usize = 1024 * 1024;
+
+/// `api_requests_queue_max` at most: the push service's request channel (a
+/// bounded crossbeam channel allocates every slot up front).
+pub const API_REQUESTS_QUEUE_MAX_CEILING: usize = 1 << 20;
+
+/// `store_queue_ops_max` (and so `store_batch_ops_max`) at most: group-commit ops waiting.
+pub const STORE_QUEUE_OPS_MAX_CEILING: usize = 10_000_000;
+
+/// `outbound_workers` at most: webhook and callback sender threads.
+pub const OUTBOUND_WORKERS_MAX: usize = 256;
+
+// A full request queue of single-op submissions always fits a store queue at its ceiling.
+const _: () = assert!(API_REQUESTS_QUEUE_MAX_CEILING <= STORE_QUEUE_OPS_MAX_CEILING);
+// An HTTP header block at its ceiling is a slow consumer's worth, no more.
+const _: () = assert!(HTTP_MAX_HEADER_BYTES_CEILING <= SEND_BACKLOG_BYTES_MAX);

@@ -111,10 +111,10 @@ fn main() {
     };
     let http_config = HttpConfig {
         max_connections: cfg.http_max_connections,
-        max_header_bytes: 16 * 1024,
+        max_header_bytes: cfg.http_max_header_bytes,
         max_body_bytes: cfg.http_max_body_bytes,
-        idle_timeout_ms: 30_000,
-        max_requests_per_connection: 1_000_000,
+        idle_timeout_ms: cfg.http_idle_timeout_ms,
+        max_requests_per_connection: cfg.http_requests_per_connection_max,
     };
     let http = match HttpServer::start(http_listener, http_config, Arc::new(front)) {
         Ok(h) => h,
@@ -204,12 +204,12 @@ fn start_push_service(
     let committer = Arc::new(GroupCommitter::start(
         store,
         GroupCommitConfig {
-            queue_ops_max: 200_000,
-            batch_ops_max: 20_000,
+            queue_ops_max: cfg.store_queue_ops_max,
+            batch_ops_max: cfg.store_batch_ops_max,
             batch_wait_us: 0,
         },
     ));
-    let (requests_tx, requests_rx) = crossbeam_channel::bounded(65_536);
+    let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.api_requests_queue_max);
     let counters = Arc::new(ServiceCounters::default());
     let handle = ServiceHandle {
         requests: requests_tx,
@@ -232,7 +232,7 @@ fn start_push_service(
             ..ServiceConfig::default()
         },
         counters,
-        outbound_workers: 16,
+        outbound_workers: cfg.outbound_workers,
     };
     let stop = stop.clone();
     let thread = std::thread::Builder::new()

@@ -1,0 +1,185 @@
+//! The settings table: every operator setting, declared once (name, type,
+//! flag/file type, default, unit, range, doc). `macros::settings!` turns it
+//! into the flags, the file schema, `Config`, the merge, the range checks, the
+//! rendered configuration and the README's table.
+//!
+//! Owns the list of settings and their defaults. Must never hold logic: a
+//! check between two settings is `validate.rs`, a conversion is `value.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::macros::settings;
+use super::value::{Range, SettingValue, network, same, some};
+use super::{BackendChoice, ConfigError, ReliefRule, SettingInfo};
+use crate::limits;
+
+const fn int(min: u64, max: u64) -> Range {
+    Range::Int { min, max }
+}
+
+/// A finite number ≥ `min`.
+const fn at_least(min: f64) -> Range {
+    Range::Float {
+        min,
+        inclusive: true,
+        max: f64::INFINITY,
+    }
+}
+
+/// A finite number > `min`.
+const fn above(min: f64) -> Range {
+    Range::Float {
+        min,
+        inclusive: false,
+        max: f64::INFINITY,
+    }
+}
+
+const DAY_S: u64 = 24 * 3600;
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+settings! {
+    /// MQTT listen address; every shard binds it with SO_REUSEPORT (port 0 = pick one).
+    mqtt_listen: SocketAddr, flag SocketAddr, via same,
+        default SocketAddr::from(([127, 0, 0, 1], 1883)), unit "", range Range::Any;
+    /// HTTP API listen address.
+    http_listen: SocketAddr, flag SocketAddr, via same,
+        default SocketAddr::from(([127, 0, 0, 1], 8080)), unit "", range Range::Any;
+    /// Shard threads, pinned round-robin (default: number of CPUs). May exceed
+    /// the CPU count: each io_uring shard has its own fixed-file table.
+    shards: usize, flag usize, via same,
+        default cpus() => "CPUs", unit "threads", range int(1, limits::SHARDS_MAX as u64);
+    /// Event-loop backend: io_uring, epoll, or auto (io_uring, epoll if the kernel refuses it).
+    backend: BackendChoice, flag BackendChoice, via same,
+        default BackendChoice::Auto, unit "", range Range::Any, arg(value_enum);
+    /// Connections held in total over all shards (at most 4,194,304 per shard;
+    /// each shard is further capped by its fd table).
+    max_connections: u64, flag u64, via same,
+        default 1_000_000, unit "connections",
+        range int(1, limits::CONNECTIONS_PER_SHARD_MAX as u64 * limits::SHARDS_MAX as u64);
+    /// MQTT 5 Server Keep Alive imposed in CONNACK (unset: the client's own).
+    server_keepalive_s: Option<u16>, flag u16, via some,
+        default None, unit "s", range int(1, u16::MAX as u64);
+    /// Time a new connection may take to send CONNECT.
+    connect_timeout_s: u32, flag u32, via same,
+        default 10, unit "s", range int(1, 3600);
+    /// Largest MQTT packet accepted from a device.
+    max_packet_bytes: u32, flag u32, via same,
+        default 256 * 1024, unit "bytes", range int(64, limits::MAX_PACKET_BYTES_CEILING as u64);
+    /// Server -> device QoS 1 window per connection (also capped by the device's Receive Maximum).
+    max_inflight: u16, flag u16, via same,
+        default 32, unit "pushes", range int(1, limits::INFLIGHT_MAX as u64);
+    /// QoS 1 pushes queued per device behind the inflight window (and kept per stored session).
+    pending_pushes_per_device_max: u32, flag u32, via same,
+        default 64, unit "pushes", range int(0, 65_536);
+    /// Offline sessions (clean start false) kept in total (0: none are kept).
+    stored_sessions_max: u32, flag u32, via same,
+        default 1_000_000, unit "sessions", range int(0, 100_000_000);
+    /// Longest an offline session is kept, whatever the client asks (at most a year).
+    session_expiry_max_s: u32, flag u32, via same,
+        default 24 * 3600, unit "s", range int(0, 365 * DAY_S);
+    /// Bytes per provided receive buffer (io_uring backend).
+    recv_buf_bytes: u32, flag u32, via same,
+        default 2048, unit "bytes", range int(256, 1 << 20);
+    /// Provided receive buffers per shard (io_uring backend).
+    recv_bufs_per_shard: u16, flag u16, via same,
+        default 256, unit "buffers", range Range::PowerOfTwo { min: 16, max: 32_768 };
+    /// Pin shard threads to CPUs (round-robin).
+    pin_cpus: bool, flag bool, via same,
+        default true, unit "", range Range::Any;
+    /// Concurrent HTTP API connections; beyond it a new one is answered 503 and closed.
+    http_max_connections: usize, flag usize, via same,
+        default 256, unit "connections", range int(1, 65_536);
+    /// Largest HTTP request body (from Content-Length); beyond it: 413 and close.
+    http_max_body_bytes: usize, flag usize, via same,
+        default 256 * 1024, unit "bytes", range int(64, 64 << 20);
+    /// Largest HTTP request line plus headers; beyond it: 431 and close.
+    http_max_header_bytes: usize, flag usize, via same,
+        default 16 * 1024, unit "bytes",
+        range int(1024, limits::HTTP_MAX_HEADER_BYTES_CEILING as u64);
+    /// HTTP keep-alive idle close, and the time one whole request may take to
+    /// arrive once its first byte did (slowloris bound: 408 and close).
+    http_idle_timeout_ms: u64, flag u64, via same,
+        default 30_000, unit "ms", range int(100, 3_600_000);
+    /// Requests served on one HTTP connection; the last one's response carries `Connection: close`.
+    http_requests_per_connection_max: u32, flag u32, via same,
+        default 1_000_000, unit "requests", range int(1, u32::MAX as u64);
+    /// Where accepted messages are stored (created if missing).
+    data_dir: PathBuf, flag PathBuf, via same,
+        default PathBuf::from("./pulsegate-data"), unit "", range Range::Any;
+    /// Message time-to-live when a request gives no ttl_s.
+    default_ttl_s: u32, flag u32, via same,
+        default 24 * 3600, unit "s", range int(1, 30 * DAY_S);
+    /// How long a QoS 1 push over the device's connection may wait for PUBACK.
+    persistent_ack_timeout_ms: u64, flag u64, via same,
+        default 10_000, unit "ms", range int(100, 3_600_000);
+    /// Messages not yet in a terminal state, in total.
+    pending_messages_max: u32, flag u32, via same,
+        default 1_000_000, unit "messages", range int(1, 100_000_000);
+    /// Push API requests waiting for the push service (a bounded channel; its
+    /// slots are allocated at start).
+    api_requests_queue_max: usize, flag usize, via same,
+        default 65_536, unit "requests", range int(1, limits::API_REQUESTS_QUEUE_MAX_CEILING as u64);
+    /// Store writes waiting for a group commit; beyond it submissions fail (store full).
+    store_queue_ops_max: usize, flag usize, via same,
+        default 200_000, unit "ops", range int(1, limits::STORE_QUEUE_OPS_MAX_CEILING as u64);
+    /// Store writes per group commit (at most store_queue_ops_max).
+    store_batch_ops_max: usize, flag usize, via same,
+        default 20_000, unit "ops", range int(1, limits::STORE_QUEUE_OPS_MAX_CEILING as u64);
+    /// Threads sending webhooks and callbacks.
+    outbound_workers: usize, flag usize, via same,
+        default 16, unit "threads", range int(1, limits::OUTBOUND_WORKERS_MAX as u64);
+    /// Heartbeat-load threshold of this host; over it, new devices are refused
+    /// and the newest are relieved (unset: no limit).
+    max_heartbeats_per_s: Option<f64>, flag f64, via some,
+        default None, unit "keep-alives/s", range above(0.0);
+    /// Where refused or relieved MQTT 5 devices are sent (Server Reference, 0x9C).
+    server_reference: Option<String>, flag String, via some,
+        default None, unit "", range Range::Any;
+    /// Longest heartbeat interval load relief may ask a device for.
+    heartbeat_max_s: u16, flag u16, via same,
+        default 1_800, unit "s", range int(1, u16::MAX as u64);
+    /// Keep-alive dispersal on (true) or off (false).
+    dispersal: bool, flag bool, via same,
+        default true, unit "", range Range::Any;
+    /// Keep-alive dispersal: a second is hot above this multiple of the uniform rate.
+    dispersal_threshold_factor: f64, flag f64, via same,
+        default 1.5, unit "x uniform rate", range at_least(1.0);
+    /// Keep-alive dispersal: once seconds are hot, a second whose count plus the
+    /// spread devices' share would stand above this multiple of the uniform rate
+    /// is spread too (at most dispersal_threshold_factor).
+    dispersal_select_factor: f64, flag f64, via same,
+        default 1.2, unit "x uniform rate", range at_least(1.0);
+    /// Which devices load relief picks first: the newest connections, or the
+    /// lowest match of network and location to this host (newest among equals).
+    relief_rule: ReliefRule, flag ReliefRule, via same,
+        default ReliefRule::Newest, unit "", range Range::Any;
+    /// This host's home network (match degree, seeds/004; also the dispersal zone).
+    home_network: Option<(u16, u16)>, flag String, via network,
+        default None, unit "", range Range::Any;
+    /// This host's location area codes (match degree).
+    home_areas: Vec<u32>, flag Vec<u32>, via same,
+        default Vec::new(), unit "", range Range::Any, arg(value_delimiter = ',');
+    /// Cross-shard rebalancing on (true) or off (false).
+    rebalance: bool, flag bool, via same,
+        default true, unit "", range Range::Any;
+    /// Cross-shard rebalancing: move connections when the busiest shard holds
+    /// more than this multiple of the idlest.
+    rebalance_ratio: f64, flag f64, via same,
+        default 1.25, unit "x (max/min)", range above(1.0);
+    /// Shards must stay imbalanced this long before connections move, and a
+    /// moved connection stays put at least this long.
+    rebalance_hold_s: u32, flag u32, via same,
+        default 10, unit "s", range int(1, DAY_S);
+    /// Connections moved per rebalancing round, at most.
+    rebalance_moves_per_round_max: u32, flag u32, via same,
+        default 10_000, unit "connections", range int(1, limits::CONNECTIONS_PER_SHARD_MAX as u64);
+    /// Only the first N shards accept connections (the others get theirs by
+    /// rebalancing; mostly for demonstrating it); default all.
+    listen_shards: usize, flag usize, via same,
+        default usize::MAX => "all", unit "shards", range int(1, u64::MAX);
+}
