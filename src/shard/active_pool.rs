@@ -41,7 +41,11 @@ impl ActivePool {
             a.sending.reserve(ACTIVE_BUF_PREALLOC_BYTES);
             free.push(a);
         }
-        ActivePool { free, hits: 0, misses: 0 }
+        ActivePool {
+            free,
+            hits: 0,
+            misses: 0,
+        }
     }
 
     /// An empty box: recycled when one is free, else newly allocated.

@@ -8,8 +8,8 @@
 //! push silently (each one is stored, forwarded or reported), and never close
 //! a socket itself: the backend does, once `close_ready` says so.
 
-use super::connections::Connections;
 use super::conn::{FLAG_PERSISTENT, FLAG_REGISTERED, Phase};
+use super::connections::Connections;
 use super::counters::{CloseReason, ProtocolErrorKind, bump};
 use super::ctx::Ctx;
 use crate::delivery::{DeliveryEvent, HELD_IN_SESSION, Location, Push};

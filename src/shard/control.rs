@@ -75,7 +75,9 @@ impl Control {
         for zone_devices in chosen.chunk_by(|a, b| a.0 == b.0) {
             let n = zone_devices.len();
             for (i, &(_, _, key)) in zone_devices.iter().enumerate() {
-                let Some(conn) = conns.slab.get_mut(key as usize) else { continue };
+                let Some(conn) = conns.slab.get_mut(key as usize) else {
+                    continue;
+                };
                 let period_ms = conn.keepalive_s as u64 * 1000;
                 conn.flags |= FLAG_DISPERSE;
                 conn.control_due = ControlDue::Keepalive;
@@ -183,7 +185,6 @@ impl Control {
             }
         }
     }
-
 }
 
 /// QoS 1 control message: libmosquitto-based devices restart their

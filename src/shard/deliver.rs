@@ -99,7 +99,9 @@ impl Sessions {
         dup: bool,
     ) -> bool {
         let Connections { slab, pool, .. } = conns;
-        let Some(conn) = slab.get_mut(key as usize) else { return false };
+        let Some(conn) = slab.get_mut(key as usize) else {
+            return false;
+        };
         let version = conn.version();
         let max_bytes = conn.client_max_packet_bytes as usize;
         let topic = &mut self.topic_scratch;
@@ -148,9 +150,7 @@ impl Sessions {
         let acked = a.inflight.remove(pos);
         bump(&ctx.counters.pushes_acked, 1);
         if acked.push.tracked {
-            ctx.env
-                .reports
-                .report(DeliveryEvent::Acked { push_id: acked.push.id });
+            ctx.env.reports.report(DeliveryEvent::Acked { push_id: acked.push.id });
         }
         while let Some(a) = conns.get_mut(key).and_then(|c| c.active.as_mut()) {
             if a.inflight.len() >= window {

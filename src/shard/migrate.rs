@@ -449,4 +449,3 @@ impl Moves {
 }
 
 const _: () = assert!(MOVES_OUTGOING_MAX <= limits::CONNECTIONS_PER_SHARD_MAX as usize);
-

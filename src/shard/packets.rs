@@ -55,7 +55,11 @@ impl Packets<'_> {
         conn.last_activity_ms = self.ctx.now_ms;
         let has_partial = conn.active.as_ref().is_some_and(|a| !a.partial.is_empty());
         if has_partial {
-            let mut partial = conn.active.as_mut().map(|a| std::mem::take(&mut a.partial)).unwrap_or_default();
+            let mut partial = conn
+                .active
+                .as_mut()
+                .map(|a| std::mem::take(&mut a.partial))
+                .unwrap_or_default();
             partial.extend_from_slice(data);
             let consumed = self.process(key, &partial);
             if let Some(consumed) = consumed {
@@ -131,7 +135,9 @@ impl Packets<'_> {
             return match packet {
                 Packet::Connect(c) => self.on_connect(key, c),
                 _ => {
-                    self.ctx.counters.protocol_error(ProtocolErrorKind::FirstPacketNotConnect);
+                    self.ctx
+                        .counters
+                        .protocol_error(ProtocolErrorKind::FirstPacketNotConnect);
                     self.begin_close(key, CloseReason::ProtocolError);
                     Flow::Stop
                 }
