@@ -23,6 +23,9 @@ const _: () = assert!(ACTIVE_BUF_PREALLOC_BYTES <= ACTIVE_BUF_KEEP_BYTES_MAX);
 
 /// A bounded stack of emptied `Active` boxes.
 pub struct ActivePool {
+    // Boxed on purpose: a connection holds `Option<Box<Active>>` (8 bytes in
+    // its slot), and the box itself moves between it and the pool.
+    #[allow(clippy::vec_box)]
     free: Vec<Box<Active>>,
     /// Boxes handed out from the free list.
     hits: u64,
