@@ -8,6 +8,7 @@
 //! push silently (each one is stored, forwarded or reported), and never close
 //! a socket itself: the backend does, once `close_ready` says so.
 
+use super::active_pool::ACTIVE_BUF_KEEP_BYTES_MAX;
 use super::conn::{FLAG_PERSISTENT, FLAG_REGISTERED, Phase};
 use super::connections::Connections;
 use super::counters::{CloseReason, ProtocolErrorKind, bump};
@@ -127,8 +128,11 @@ pub(super) fn begin_close(conns: &mut Connections, ctx: &Ctx, key: u32, reason: 
     }
     let mut pending: Vec<Push> = Vec::new();
     if let Some(a) = conn.active.as_mut() {
-        // Cleared, its capacity kept: the pool bounds it when the slot is released.
+        // A partial packet is never completed now; a large buffer is freed at once.
         a.partial.clear();
+        if a.partial.capacity() > ACTIVE_BUF_KEEP_BYTES_MAX {
+            a.partial = Vec::new();
+        }
         pending.extend(a.inflight.drain(..).map(|i| Push {
             sent_as: Some(i.packet_id),
             ..i.push
