@@ -13,7 +13,9 @@ pub const ACTIVE_POOL_MAX: usize = 1024;
 /// Boxes allocated at start-up, so the first busy connections do not allocate.
 pub const ACTIVE_POOL_PREALLOC: usize = 64;
 /// A recycled buffer keeps its capacity up to this many bytes; a larger one is
-/// freed (worst case pinned: 3 buffers x this x `ACTIVE_POOL_MAX` = 12 MiB).
+/// freed (worst case pinned per shard: 5 buffers (partial, out, sending,
+/// inflight, queued) x this x `ACTIVE_POOL_MAX` = 20 MiB; typically the
+/// PINGRESP-sized output buffers only).
 pub const ACTIVE_BUF_KEEP_BYTES_MAX: usize = 4096;
 /// Output capacity given to each preallocated box (fits a CONNACK, PINGRESP, PUBACK).
 pub const ACTIVE_BUF_PREALLOC_BYTES: usize = 256;
