@@ -3,11 +3,13 @@
 //! pushes in flight.
 //!
 //! Owns the per-connection layout and its size budget. Must never allocate for
-//! an idle connection: `active` is None whenever there is nothing in flight.
+//! an idle connection: `active` is None whenever there is nothing in flight,
+//! and the box comes from (and goes back to) the shard's `ActivePool`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::active_pool::ActivePool;
 use crate::delivery::Push;
 use crate::protocol::mqtt::ProtocolVersion;
 
@@ -133,6 +135,26 @@ impl Active {
     pub fn backlog_bytes(&self) -> usize {
         self.out.len() + (self.sending.len() - self.sent_bytes)
     }
+
+    /// Empties every part for reuse, keeping each buffer's capacity unless it
+    /// exceeds `keep_bytes_max` (one huge packet must not pin its memory).
+    pub fn recycle(&mut self, keep_bytes_max: usize) {
+        fn keep<T>(v: &mut Vec<T>, keep_bytes_max: usize) {
+            v.clear();
+            if v.capacity() * std::mem::size_of::<T>() > keep_bytes_max {
+                *v = Vec::new();
+            }
+        }
+        keep(&mut self.partial, keep_bytes_max);
+        keep(&mut self.out, keep_bytes_max);
+        keep(&mut self.sending, keep_bytes_max);
+        keep(&mut self.inflight, keep_bytes_max);
+        self.queued.clear();
+        if self.queued.capacity() * std::mem::size_of::<Push>() > keep_bytes_max {
+            self.queued = VecDeque::new();
+        }
+        self.sent_bytes = 0;
+    }
 }
 
 impl Conn {
@@ -169,18 +191,21 @@ impl Conn {
         self.flags & FLAG_V5 != 0
     }
 
-    pub fn active(&mut self) -> &mut Active {
-        self.active.get_or_insert_with(Box::default)
+    /// The active part, taken from `pool` if the connection had none.
+    pub fn active_in(&mut self, pool: &mut ActivePool) -> &mut Active {
+        self.active.get_or_insert_with(|| pool.take())
     }
 
-    /// Drops the active part if nothing is in flight (gives the memory back).
-    pub fn shrink_if_idle(&mut self) {
+    /// Takes the active part out if nothing is in flight (the caller gives it
+    /// back to the pool).
+    pub fn take_if_idle(&mut self) -> Option<Box<Active>> {
         if self.io_flags & IO_SEND_IN_FLIGHT != 0 {
-            return;
+            return None;
         }
         if self.active.as_ref().is_some_and(|a| a.is_idle()) {
-            self.active = None;
+            return self.active.take();
         }
+        None
     }
 }
 
@@ -202,18 +227,32 @@ mod tests {
 
     #[test]
     fn active_part_is_released_when_idle_and_no_send_is_in_flight() {
+        let mut pool = ActivePool::new(0);
         let mut c = Conn::new(3, 1, 0);
-        c.active().out.extend_from_slice(&[0xD0, 0]);
-        c.shrink_if_idle();
+        c.active_in(&mut pool).out.extend_from_slice(&[0xD0, 0]);
+        assert!(c.take_if_idle().is_none());
         assert!(c.active.is_some());
-        let a = c.active();
+        let a = c.active_in(&mut pool);
         a.sending = std::mem::take(&mut a.out);
         a.sent_bytes = 2;
         c.io_flags |= IO_SEND_IN_FLIGHT;
-        c.shrink_if_idle();
-        assert!(c.active.is_some(), "kept while the kernel may still read it");
+        assert!(c.take_if_idle().is_none(), "kept while the kernel may still read it");
         c.io_flags &= !IO_SEND_IN_FLIGHT;
-        c.shrink_if_idle();
+        assert!(c.take_if_idle().is_some());
         assert!(c.active.is_none());
+    }
+
+    #[test]
+    fn recycling_keeps_small_buffers_and_drops_huge_ones() {
+        let mut a = Active::default();
+        a.out.extend_from_slice(&[0; 64]);
+        a.partial.extend_from_slice(&[0; 10_000]);
+        a.sending.extend_from_slice(&[1; 16]);
+        a.sent_bytes = 16;
+        a.recycle(4096);
+        assert!(a.is_idle());
+        assert!(a.out.capacity() >= 64, "a small buffer keeps its capacity");
+        assert_eq!(a.partial.capacity(), 0, "a huge one gives its memory back");
+        assert_eq!(a.sent_bytes, 0);
     }
 }

@@ -1,55 +1,78 @@
 //! Server -> device delivery: PUBLISH on `push/{client_id}`, the QoS 1 window
 //! (packet ids, inflight, PUBACK), the bounded per-device queue behind it.
 //!
-//! Owns the inflight window. Must never exceed the device's Receive Maximum or
-//! Maximum Packet Size, and never queue more than `pending_pushes_per_device_max`.
+//! Owns the inflight window (`Sessions`: its encoding scratch; the window
+//! itself rides in each connection's `Active` part). Must never exceed the
+//! device's Receive Maximum or Maximum Packet Size, and never queue more than
+//! `pending_pushes_per_device_max`.
 
-use super::conn::Phase;
-use super::core::Core;
-use super::counters::{CloseReason, ProtocolErrorKind, bump};
-use crate::delivery::Push;
-use crate::limits;
-use crate::protocol::mqtt::{PubAck, Publish, PublishProperties};
 use std::fmt::Write;
 
-impl Core {
+use super::close;
+use super::conn::{Inflight, Phase};
+use super::connections::Connections;
+use super::counters::{CloseReason, ProtocolErrorKind, bump};
+use super::ctx::Ctx;
+use crate::delivery::{DeliveryEvent, Push};
+use crate::limits;
+use crate::protocol::mqtt::{PubAck, Publish, PublishProperties};
+
+/// Topic bytes reserved at start-up for `push/{client_id}` (longer ids grow it once).
+const TOPIC_SCRATCH_BYTES: usize = 256;
+
+/// The QoS 1 sessions of one shard's connections.
+pub(super) struct Sessions {
+    /// The topic being encoded (reused: no allocation per PUBLISH).
+    topic_scratch: String,
+}
+
+impl Sessions {
+    pub fn new() -> Sessions {
+        Sessions {
+            topic_scratch: String::with_capacity(TOPIC_SCRATCH_BYTES),
+        }
+    }
+
     /// Hands `push` to the connected device at `key`.
-    pub(super) fn deliver(&mut self, key: u32, push: Push) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
+    pub fn deliver(&mut self, conns: &mut Connections, ctx: &Ctx, key: u32, push: Push) {
+        let Some(conn) = conns.get(key) else {
             return;
         };
         if conn.phase != Phase::Connected {
-            self.not_delivered(&push, "device_gone");
-            return;
-        }
-        if push.qos == 0 {
-            self.send_publish(key, &push, None, false);
-            self.close_if_slow(key);
+            ctx.not_delivered(&push, "device_gone");
             return;
         }
         let window = conn.window as usize;
-        let pending_max = self.env.cfg.pending_pushes_per_device_max as usize;
-        let a = conn.active();
-        if a.inflight.len() < window && a.queued.is_empty() {
+        if push.qos == 0 {
+            self.send_publish(conns, ctx, key, &push, None, false);
+            close_if_slow(conns, ctx, key);
+            return;
+        }
+        let pending_max = ctx.env.cfg.pending_pushes_per_device_max as usize;
+        let Some(a) = conns.active(key) else { return };
+        let (inflight, queued) = (a.inflight.len(), a.queued.len());
+        if inflight < window && queued == 0 {
             let dup = push.sent_as.is_some();
-            self.send_qos1(key, push, dup);
-        } else if a.queued.len() < pending_max {
+            self.send_qos1(conns, ctx, key, push, dup);
+        } else if queued < pending_max {
             a.queued.push_back(push);
         } else {
-            self.not_delivered(&push, "device_queue_full");
+            ctx.not_delivered(&push, "device_queue_full");
         }
-        self.close_if_slow(key);
+        close_if_slow(conns, ctx, key);
     }
 
     /// Assigns a free packet id, records the push in flight and sends it.
-    fn send_qos1(&mut self, key: u32, push: Push, dup: bool) {
-        let conn = &mut self.conns[key as usize];
-        let a = conn.active.get_or_insert_with(Box::default);
+    fn send_qos1(&mut self, conns: &mut Connections, ctx: &Ctx, key: u32, push: Push, dup: bool) {
+        let Connections { slab, pool, .. } = conns;
+        let Some(conn) = slab.get_mut(key as usize) else { return };
+        let next_packet_id = conn.next_packet_id;
+        let a = conn.active_in(pool);
         // A redelivery keeps its packet id when it is free (MQTT-4.4.0-1).
         let previous = push
             .sent_as
             .filter(|&p| p != 0 && !a.inflight.iter().any(|i| i.packet_id == p));
-        let mut id = previous.unwrap_or(conn.next_packet_id.max(1));
+        let mut id = previous.unwrap_or(next_packet_id.max(1));
         // Bounded: the window (≤ INFLIGHT_MAX) is far below 65,535 ids.
         while a.inflight.iter().any(|i| i.packet_id == id) {
             id = id.wrapping_add(1).max(1);
@@ -57,19 +80,31 @@ impl Core {
         if previous.is_none() {
             conn.next_packet_id = id.wrapping_add(1).max(1);
         }
-        if self.send_publish(key, &push, Some(id), dup) {
-            let a = self.conns[key as usize].active();
-            a.inflight.push(super::conn::Inflight { packet_id: id, push });
+        if self.send_publish(conns, ctx, key, &push, Some(id), dup)
+            && let Some(a) = conns.active(key)
+        {
+            a.inflight.push(Inflight { packet_id: id, push });
         }
     }
 
     /// Encodes PUBLISH; false if the device's Maximum Packet Size forbids it
     /// (the push is dropped and counted).
-    fn send_publish(&mut self, key: u32, push: &Push, packet_id: Option<u16>, dup: bool) -> bool {
-        let conn = &mut self.conns[key as usize];
+    fn send_publish(
+        &mut self,
+        conns: &mut Connections,
+        ctx: &Ctx,
+        key: u32,
+        push: &Push,
+        packet_id: Option<u16>,
+        dup: bool,
+    ) -> bool {
+        let Connections { slab, pool, .. } = conns;
+        let Some(conn) = slab.get_mut(key as usize) else {
+            return false;
+        };
         let version = conn.version();
         let max_bytes = conn.client_max_packet_bytes as usize;
-        let mut topic = std::mem::take(&mut self.topic_scratch);
+        let topic = &mut self.topic_scratch;
         topic.clear();
         match push.control_topic {
             Some(t) => topic.push_str(t),
@@ -81,69 +116,65 @@ impl Core {
             dup,
             qos: push.qos,
             retain: false,
-            topic: &topic,
+            topic: topic.as_str(),
             packet_id,
             payload: &push.payload,
             properties: PublishProperties::default(),
         };
-        let a = conn.active();
+        let a = conn.active_in(pool);
         let before = a.out.len();
         let written = publish.encode(version, &mut a.out);
-        self.topic_scratch = topic;
         if written > max_bytes {
             a.out.truncate(before);
-            self.not_delivered(push, "exceeds_device_maximum_packet_size");
+            ctx.not_delivered(push, "exceeds_device_maximum_packet_size");
             return false;
         }
-        bump(&self.counters.pushes_sent, 1);
-        self.queue_packet(key, |_| {});
+        bump(&ctx.counters.pushes_sent, 1);
+        conns.mark_dirty(key);
         true
     }
 
-    /// Closes a device that does not read what we send (its pushes in flight
-    /// go back to their owners through `begin_close`).
-    fn close_if_slow(&mut self, key: u32) {
-        let backlog = self
-            .conns
-            .get(key as usize)
-            .and_then(|c| c.active.as_ref())
-            .map_or(0, |a| a.backlog_bytes());
-        if backlog > limits::SEND_BACKLOG_BYTES_MAX {
-            self.begin_close(key, CloseReason::SlowConsumer);
-        }
-    }
-
     /// PUBACK from the device: frees the window slot and sends what waits.
-    pub(super) fn on_puback(&mut self, key: u32, ack: PubAck) {
-        let conn = &mut self.conns[key as usize];
+    pub fn on_puback(&mut self, conns: &mut Connections, ctx: &Ctx, key: u32, ack: PubAck) {
+        let Some(conn) = conns.get_mut(key) else { return };
+        let window = conn.window as usize;
         let Some(a) = conn.active.as_mut() else {
-            self.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
+            ctx.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
             return;
         };
         let Some(pos) = a.inflight.iter().position(|i| i.packet_id == ack.packet_id) else {
-            self.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
+            ctx.counters.protocol_error(ProtocolErrorKind::UnknownPacketId);
             return;
         };
         // `remove`, not `swap_remove`: a resumed session redelivers in send order.
         let acked = a.inflight.remove(pos);
-        let window = conn.window as usize;
-        bump(&self.counters.pushes_acked, 1);
+        bump(&ctx.counters.pushes_acked, 1);
         if acked.push.tracked {
-            self.env
-                .reports
-                .report(crate::delivery::DeliveryEvent::Acked { push_id: acked.push.id });
+            ctx.env.reports.report(DeliveryEvent::Acked { push_id: acked.push.id });
         }
-        while let Some(a) = self.conns[key as usize].active.as_mut() {
+        while let Some(a) = conns.get_mut(key).and_then(|c| c.active.as_mut()) {
             if a.inflight.len() >= window {
                 break;
             }
             let Some(next) = a.queued.pop_front() else { break };
             let dup = next.sent_as.is_some();
-            self.send_qos1(key, next, dup);
-            if self.conns[key as usize].phase != Phase::Connected {
+            self.send_qos1(conns, ctx, key, next, dup);
+            if conns.get(key).is_none_or(|c| c.phase != Phase::Connected) {
                 break;
             }
         }
-        self.close_if_slow(key);
+        close_if_slow(conns, ctx, key);
+    }
+}
+
+/// Closes a device that does not read what we send (its pushes in flight
+/// go back to their owners through `begin_close`).
+fn close_if_slow(conns: &mut Connections, ctx: &Ctx, key: u32) {
+    let backlog = conns
+        .get(key)
+        .and_then(|c| c.active.as_ref())
+        .map_or(0, |a| a.backlog_bytes());
+    if backlog > limits::SEND_BACKLOG_BYTES_MAX {
+        close::begin_close(conns, ctx, key, CloseReason::SlowConsumer);
     }
 }

@@ -4,11 +4,17 @@
 //! Owns shard start-up. Must never share a connection between threads: other
 //! threads reach a shard only through its mailbox and read its counters.
 
+pub mod active_pool;
 pub mod admission;
+mod close;
 pub mod conn;
+mod connections;
 mod control;
 pub mod core;
+#[cfg(test)]
+mod core_tests;
 pub mod counters;
+mod ctx;
 mod deliver;
 pub mod env;
 pub mod epoll_loop;

@@ -2,21 +2,26 @@
 //! registry claim, takeover, CONNACK), PINGREQ, PUBLISH, PUBACK, SUBSCRIBE,
 //! UNSUBSCRIBE, DISCONNECT.
 //!
-//! Owns the server side of the protocol state machine. Must never do I/O or
-//! block: output goes to the connection's queue, cross-shard work to mailboxes.
+//! Owns the server side of the protocol state machine, as functions over the
+//! owners it needs (`Packets` borrows `Connections`, `Sessions` and `Ctx` for
+//! one receive). Must never do I/O or block: output goes to the connection's
+//! queue, cross-shard work to mailboxes.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::close;
 use super::conn::{FLAG_PERSISTENT, FLAG_REGISTERED, FLAG_V5, Phase};
-use super::core::{Core, Flow};
+use super::connections::Connections;
 use super::counters::{CloseReason, ProtocolErrorKind, bump};
+use super::ctx::Ctx;
+use super::deliver::Sessions;
 use super::mailbox::Command;
 use crate::auth::AuthRequest;
 use crate::delivery::Location;
 use crate::protocol::mqtt::{
-    self, ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, PubAck, Publish, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, reason,
+    self, ConnAck, ConnAckProperties, Connect, DecodeError, Packet, ProtocolVersion, PubAck, Publish, SubAck,
+    Subscribe, UnsubAck, Unsubscribe, reason,
 };
 
 /// Longest client id accepted, in bytes (MQTT allows 65,535; devices use < 64).
@@ -25,9 +30,96 @@ pub const CLIENT_ID_BYTES_MAX: usize = 256;
 /// The protocol's largest packet (remaining length 268,435,455 + 5 header bytes).
 const MQTT_PACKET_BYTES_MAX: u32 = 268_435_460;
 
-impl Core {
-    pub(super) fn handle_frame(&mut self, key: u32, frame: &[u8]) -> Flow {
-        let Some(conn) = self.conns.get(key as usize) else {
+/// Result of handling one frame: keep reading, or stop (the connection closes).
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The owners one receive works on.
+pub(super) struct Packets<'a> {
+    pub conns: &'a mut Connections,
+    pub sessions: &'a mut Sessions,
+    pub ctx: &'a Ctx,
+}
+
+impl Packets<'_> {
+    /// Bytes arrived for `key`: whole frames are handled, a partial one kept.
+    pub fn receive(&mut self, key: u32, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        conn.last_activity_ms = self.ctx.now_ms;
+        let has_partial = conn.active.as_ref().is_some_and(|a| !a.partial.is_empty());
+        if has_partial {
+            let mut partial = conn
+                .active
+                .as_mut()
+                .map(|a| std::mem::take(&mut a.partial))
+                .unwrap_or_default();
+            partial.extend_from_slice(data);
+            let consumed = self.process(key, &partial);
+            if let Some(consumed) = consumed {
+                partial.drain(..consumed);
+                if self.conns.get(key).is_some_and(|c| c.phase != Phase::Closing)
+                    && !partial.is_empty()
+                    && let Some(a) = self.conns.active(key)
+                {
+                    a.partial = partial;
+                }
+            }
+        } else if let Some(consumed) = self.process(key, data)
+            && consumed < data.len()
+            && let Some(a) = self.conns.active(key)
+        {
+            a.partial.extend_from_slice(&data[consumed..]);
+        }
+        self.conns.shrink_if_idle(key);
+    }
+
+    /// Handles every whole frame in `buf`; returns the bytes consumed, or None
+    /// if the connection is closing.
+    fn process(&mut self, key: u32, buf: &[u8]) -> Option<usize> {
+        let max_packet_bytes = self.ctx.env.cfg.max_packet_bytes;
+        let mut pos = 0;
+        while pos < buf.len() {
+            let header = match mqtt::check_frame(&buf[pos..], max_packet_bytes) {
+                Ok(h) => h,
+                Err(DecodeError::Incomplete { .. }) => break,
+                Err(e) => {
+                    close::decode_failed(self.conns, self.ctx, key, e);
+                    return None;
+                }
+            };
+            let total = header.total_len();
+            if buf.len() - pos < total {
+                break;
+            }
+            if let Flow::Stop = self.handle_frame(key, &buf[pos..pos + total]) {
+                return None;
+            }
+            pos += total;
+        }
+        Some(pos)
+    }
+
+    fn begin_close(&mut self, key: u32, reason: CloseReason) {
+        close::begin_close(self.conns, self.ctx, key, reason);
+    }
+
+    fn protocol_error(&mut self, key: u32, kind: ProtocolErrorKind, reason: u8) {
+        close::protocol_error(self.conns, self.ctx, key, kind, reason);
+    }
+
+    fn queue_packet(&mut self, key: u32, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.conns.queue_packet(key, encode);
+    }
+
+    fn handle_frame(&mut self, key: u32, frame: &[u8]) -> Flow {
+        let Some(conn) = self.conns.get(key) else {
             return Flow::Stop;
         };
         let phase = conn.phase;
@@ -35,7 +127,7 @@ impl Core {
         let packet = match mqtt::decode_packet(frame, version) {
             Ok(p) => p,
             Err(e) => {
-                self.decode_failed(key, e);
+                close::decode_failed(self.conns, self.ctx, key, e);
                 return Flow::Stop;
             }
         };
@@ -43,7 +135,9 @@ impl Core {
             return match packet {
                 Packet::Connect(c) => self.on_connect(key, c),
                 _ => {
-                    self.counters.protocol_error(ProtocolErrorKind::FirstPacketNotConnect);
+                    self.ctx
+                        .counters
+                        .protocol_error(ProtocolErrorKind::FirstPacketNotConnect);
                     self.begin_close(key, CloseReason::ProtocolError);
                     Flow::Stop
                 }
@@ -51,15 +145,15 @@ impl Core {
         }
         match packet {
             Packet::PingReq => {
-                let second = (self.now_ms / 1000) as u32;
-                self.counters.keepalive(second);
+                let second = (self.ctx.now_ms / 1000) as u32;
+                self.ctx.counters.keepalive(second);
                 self.queue_packet(key, |out| {
                     Packet::PingResp.encode(version, out);
                 });
                 Flow::Continue
             }
             Packet::PubAck(ack) => {
-                self.on_puback(key, ack);
+                self.sessions.on_puback(self.conns, self.ctx, key, ack);
                 Flow::Continue
             }
             Packet::Publish(p) => self.on_publish(key, version, p),
@@ -73,7 +167,9 @@ impl Core {
             }
             Packet::Disconnect(d) => {
                 if let Some(expiry_s) = d.session_expiry_interval_s {
-                    let conn = &mut self.conns[key as usize];
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        return Flow::Stop;
+                    };
                     if conn.session_expiry_s == 0 && expiry_s > 0 {
                         // MQTT 5 3.14.2.2.2: cannot set an expiry at DISCONNECT if CONNECT had none.
                         self.protocol_error(key, ProtocolErrorKind::Malformed, reason::PROTOCOL_ERROR);
@@ -107,7 +203,7 @@ impl Core {
         why: CloseReason,
     ) -> Flow {
         if let Some(kind) = kind {
-            self.counters.protocol_error(kind);
+            self.ctx.counters.protocol_error(kind);
         }
         let ack = ConnAck {
             session_present: false,
@@ -123,8 +219,9 @@ impl Core {
 
     fn on_connect(&mut self, key: u32, c: Connect<'_>) -> Flow {
         let version = c.protocol_version;
-        let cfg = self.env.cfg.clone();
-        if self.is_shutting_down() {
+        let ctx = self.ctx;
+        let cfg = &ctx.env.cfg;
+        if ctx.shutting_down {
             return self.refuse_connect(
                 key,
                 version,
@@ -137,10 +234,10 @@ impl Core {
             (ProtocolVersion::V5, Some(server_s)) => server_s,
             _ => c.keepalive_s,
         };
-        if !self.env.admission.admit(keepalive_s) {
+        if !ctx.env.admission.admit(keepalive_s) {
             // seeds/004 admission: no heartbeat headroom left, send the device elsewhere.
-            bump(&self.counters.admissions_refused, 1);
-            let server_reference = self.env.cfg.server_reference.clone();
+            bump(&ctx.counters.admissions_refused, 1);
+            let server_reference = cfg.server_reference.as_deref();
             let code = if server_reference.is_some() {
                 reason::USE_ANOTHER_SERVER
             } else {
@@ -148,7 +245,7 @@ impl Core {
             };
             let mut properties = ConnAckProperties::default();
             if version == ProtocolVersion::V5 {
-                properties.server_reference = server_reference.as_deref();
+                properties.server_reference = server_reference;
             }
             let ack = ConnAck {
                 session_present: false,
@@ -172,10 +269,12 @@ impl Core {
                 CloseReason::ProtocolError,
             );
         }
-        let generation = self.conns[key as usize].generation;
+        let Some(generation) = self.conns.get(key).map(|c| c.generation) else {
+            return Flow::Stop;
+        };
         let assigned = c.client_id.is_empty();
         let client_id: Arc<str> = if assigned {
-            Arc::from(format!("pg-{:x}-{:x}-{:x}", self.shard_id, key, generation))
+            Arc::from(format!("pg-{:x}-{:x}-{:x}", ctx.shard_id, key, generation))
         } else {
             Arc::from(c.client_id)
         };
@@ -184,7 +283,7 @@ impl Core {
             username: c.username,
             password: c.password,
         };
-        if let Err(code) = self.env.auth.authenticate(&auth) {
+        if let Err(code) = ctx.env.auth.authenticate(&auth) {
             return self.refuse_connect(key, version, code, None, CloseReason::NotAuthorized);
         }
 
@@ -197,9 +296,11 @@ impl Core {
             ProtocolVersion::V311 => (!c.clean_start, !c.clean_start, if c.clean_start { 0 } else { u32::MAX }),
         };
         let window = props.receive_maximum.unwrap_or(u16::MAX).min(cfg.max_inflight).max(1);
-        let now_ms = self.now_ms;
+        let now_ms = ctx.now_ms;
         {
-            let conn = &mut self.conns[key as usize];
+            let Some(conn) = self.conns.get_mut(key) else {
+                return Flow::Stop;
+            };
             conn.phase = Phase::Connected;
             conn.keepalive_s = keepalive_s;
             conn.window = window;
@@ -214,40 +315,35 @@ impl Core {
                 conn.flags |= FLAG_PERSISTENT;
             }
         }
-        self.counters.keepalive_census(keepalive_s, 1);
+        ctx.counters.keepalive_census(keepalive_s, 1);
         let network = props.network.map(|n| (n.mcc, n.mnc, n.area));
-        {
-            let conn = &mut self.conns[key as usize];
+        if let Some(conn) = self.conns.get_mut(key) {
             conn.zone = network.map_or(0, |(mcc, mnc, _)| mcc as u32 * 1000 + mnc as u32);
             conn.match_degree = crate::policy::relief::match_degree(network, cfg.home_network, &cfg.home_areas);
         }
         if keepalive_s > 0 {
-            self.wheel.insert(key, now_ms + keepalive_s as u64 * 1500);
+            self.conns.wheel.insert(key, now_ms + keepalive_s as u64 * 1500);
         } else {
-            self.wheel.cancel(key);
+            self.conns.wheel.cancel(key);
         }
         match version {
-            ProtocolVersion::V5 => bump(&self.counters.connects_v5, 1),
-            ProtocolVersion::V311 => bump(&self.counters.connects_v311, 1),
+            ProtocolVersion::V5 => bump(&ctx.counters.connects_v5, 1),
+            ProtocolVersion::V311 => bump(&ctx.counters.connects_v311, 1),
         }
 
         let location = Location {
-            shard: self.shard_id,
+            shard: ctx.shard_id,
             key,
             generation,
             persistent,
         };
-        let claim = self.env.registry.claim(&client_id, location, resume, Instant::now());
+        let claim = ctx.env.registry.claim(&client_id, location, resume, Instant::now());
         if let Some(previous) = claim.previous {
-            if previous.shard == self.shard_id {
-                self.command(Command::TakeOver {
-                    key: previous.key,
-                    generation: previous.generation,
-                    new_owner: location,
-                });
+            if previous.shard == ctx.shard_id {
+                close::take_over(self.conns, ctx, previous.key, previous.generation);
             } else {
                 // A full mailbox leaves the old connection to expire by keep-alive.
-                let _ = self.env.peers.post(
+                let _ = ctx.env.peers.post(
                     previous.shard,
                     Command::TakeOver {
                         key: previous.key,
@@ -285,16 +381,16 @@ impl Core {
             ack.encode(version, out);
         });
         for push in &claim.discarded {
-            self.not_delivered(push, "session_discarded");
+            ctx.not_delivered(push, "session_discarded");
         }
-        self.env.reports.report(crate::delivery::DeliveryEvent::DeviceOnline {
+        ctx.env.reports.report(crate::delivery::DeliveryEvent::DeviceOnline {
             client_id: client_id.clone(),
         });
         if let Some(pushes) = claim.resumed {
-            bump(&self.counters.sessions_resumed, 1);
+            bump(&ctx.counters.sessions_resumed, 1);
             for push in pushes {
-                bump(&self.counters.pushes_redelivered, 1);
-                self.deliver(key, push);
+                bump(&ctx.counters.pushes_redelivered, 1);
+                self.sessions.deliver(self.conns, ctx, key, push);
             }
         }
         Flow::Continue
@@ -313,7 +409,7 @@ impl Core {
             self.protocol_error(key, ProtocolErrorKind::TopicAliasInvalid, reason::TOPIC_ALIAS_INVALID);
             return Flow::Stop;
         }
-        bump(&self.counters.publishes_received, 1);
+        bump(&self.ctx.counters.publishes_received, 1);
         if let Some(packet_id) = p.packet_id {
             let ack = PubAck {
                 packet_id,
@@ -332,9 +428,10 @@ impl Core {
     }
 
     fn on_subscribe(&mut self, key: u32, version: ProtocolVersion, s: Subscribe<'_>) {
-        let client_id = self.conns[key as usize]
-            .client_id
-            .clone()
+        let client_id = self
+            .conns
+            .get(key)
+            .and_then(|c| c.client_id.clone())
             .unwrap_or_else(|| Arc::from(""));
         let refused = match version {
             ProtocolVersion::V5 => reason::NOT_AUTHORIZED,
@@ -361,9 +458,10 @@ impl Core {
     }
 
     fn on_unsubscribe(&mut self, key: u32, version: ProtocolVersion, u: Unsubscribe<'_>) {
-        let client_id = self.conns[key as usize]
-            .client_id
-            .clone()
+        let client_id = self
+            .conns
+            .get(key)
+            .and_then(|c| c.client_id.clone())
             .unwrap_or_else(|| Arc::from(""));
         let codes: Vec<u8> = u
             .filters
