@@ -76,6 +76,12 @@ impl Core {
         self.now_ms = self.epoch.elapsed().as_millis() as u64;
     }
 
+    /// Moves the shard clock to `now_ms` from the loop's `Io` clock (virtual
+    /// in the simulation); never backwards.
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
