@@ -516,6 +516,17 @@ fn run_seed(seed: u64, devices: usize) {
         }
     }
     let net = sim.net.borrow();
+    let acked = sim.pushes.values().filter(|r| r.acked == 1).count();
+    eprintln!(
+        "sim seed {seed}: {} devices, {pushes_posted} pushes ({acked} acked), {moved_in} moved, {} control messages, \
+         {} move failures, {} EBUSY, {} descriptors, {} virtual ms",
+        sim.devices.len(),
+        sim.control_messages,
+        sim.counter(0, |c| &c.move_failures),
+        net.submit_busy,
+        net.descriptor_totals().0,
+        net.now_ms - start_ms
+    );
     check!(sim, net.bad_descriptor_uses == 0, "a descriptor was used after close");
     for (i, shard) in sim.shards.iter().enumerate() {
         check!(sim, shard.core.connections() == 0, "shard {i} kept {} slots", shard.core.connections());

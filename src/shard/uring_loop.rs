@@ -57,6 +57,8 @@ pub struct UringShard {
     /// never from inside `push`: a handler must not recurse into handlers).
     stashed: Vec<(u64, i32, u32)>,
     keys: Vec<u32>,
+    /// `io_uring_enter` failures that are neither EINTR nor EBUSY/EAGAIN.
+    submit_errors: u64,
 }
 
 impl UringShard {
@@ -86,6 +88,7 @@ impl UringShard {
             cqes: Vec::with_capacity(limits::COMPLETIONS_PER_TURN_MAX),
             stashed: Vec::new(),
             keys: Vec::with_capacity(1024),
+            submit_errors: 0,
         })
     }
 
@@ -106,19 +109,45 @@ impl UringShard {
             if pushed.is_ok() {
                 return;
             }
-            // SQ full: hand what we have to the kernel and retry.
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    eprintln!("shard {}: io_uring submit failed: {e}", self.core.shard_id);
+            // SQ full: hand what we have to the kernel, then retry the push.
+            self.submit_now();
+        }
+    }
+
+    /// `io_uring_enter` without waiting; every error has its arm.
+    fn submit_now(&mut self) {
+        let Err(e) = self.ring.submit() else { return };
+        match e.raw_os_error() {
+            // A signal arrived before the kernel took anything: just retry.
+            Some(libc::EINTR) => {}
+            // EBUSY: the CQ is full (or overflowed) and the kernel takes no
+            // more submissions until it is drained. EAGAIN: the kernel is short
+            // of memory for requests. Either way, drain first: move the CQEs
+            // aside (handled at the next drain, in order, never from here: a
+            // handler must not recurse into handlers) and retry.
+            Some(libc::EBUSY) | Some(libc::EAGAIN) => self.stash_completions(),
+            // Anything else (EBADF, EFAULT, EINVAL, ENXIO: a dead or misused
+            // ring) is a bug, not load: count it, report the first and every
+            // power of two, and drain so a retry can make progress.
+            _ => {
+                self.submit_errors += 1;
+                if self.submit_errors.is_power_of_two() {
+                    eprintln!(
+                        "shard {}: io_uring submit failed ({} times): {e}",
+                        self.core.shard_id, self.submit_errors
+                    );
                 }
-                // EBUSY: the CQ is full; move its entries aside (handled at the
-                // next drain, in order) so the kernel can take more submissions.
-                let mut cq = self.ring.completion();
-                cq.sync();
-                self.stashed
-                    .extend(cq.map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
+                self.stash_completions();
             }
         }
+    }
+
+    /// Moves every CQE aside, in order, for the next drain.
+    fn stash_completions(&mut self) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        self.stashed
+            .extend(cq.map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())));
     }
 
     fn arm_accept(&mut self) {
@@ -204,7 +233,7 @@ impl UringShard {
             sq.capacity() - sq.len()
         };
         if room < 2 {
-            let _ = self.ring.submit();
+            self.submit_now();
         }
         self.push(
             shutdown
@@ -490,9 +519,18 @@ impl UringShard {
                 Some(libc::ETIME) => {}
                 // A signal interrupted the wait: loop and check the stop flag.
                 Some(libc::EINTR) => {}
-                // The CQ is full: the next drain empties it.
-                Some(libc::EBUSY) => {}
-                _ => eprintln!("shard {}: io_uring_enter failed: {e}", self.core.shard_id),
+                // The CQ is full (or requests are short of memory): the next drain empties it.
+                Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                // Anything else is a bug (see `submit_now`): counted and reported.
+                _ => {
+                    self.submit_errors += 1;
+                    if self.submit_errors.is_power_of_two() {
+                        eprintln!(
+                            "shard {}: io_uring_enter failed ({} times): {e}",
+                            self.core.shard_id, self.submit_errors
+                        );
+                    }
+                }
             },
         }
     }
