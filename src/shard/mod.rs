@@ -19,10 +19,6 @@ pub mod migrate;
 mod packets;
 #[cfg(test)]
 mod sim_tests;
-// The ring's submission queue push is unsafe (the kernel reads the entry's
-// buffers later); each use carries its SAFETY note in that file.
-#[allow(unsafe_code)]
-pub mod uring_loop;
 pub mod wheel;
 
 use std::net::SocketAddr;
@@ -165,19 +161,34 @@ pub fn start(
                 match part {
                     Part::Uring { waker, rx } => {
                         let table = capacity + FIXED_FILES_SPARE;
-                        let shard = sys::uring::build_shard_ring(table)
+                        let peers = shared.clone();
+                        let ring_fd_of: sys::uring_io::RingFdOf = Box::new(move |to| {
+                            peers
+                                .shards()
+                                .get(to as usize)
+                                .map_or(-1, |h| h.ring_fd.load(std::sync::atomic::Ordering::Acquire))
+                        });
+                        let io = sys::uring::build_shard_ring(table)
                             .map_err(|e| e.to_string())
                             .and_then(|ring| {
-                                uring_loop::UringShard::new(ring, core, listener, rx, waker, recv_bufs, recv_buf_bytes)
-                                    .map_err(|e| format!("provided buffer ring: {e}"))
+                                sys::uring_io::UringIo::new(
+                                    ring,
+                                    listener,
+                                    waker,
+                                    recv_bufs,
+                                    recv_buf_bytes,
+                                    ring_fd_of,
+                                    shared.started,
+                                )
+                                .map_err(|e| format!("provided buffer ring: {e}"))
                             });
-                        match shard {
-                            Ok(s) => {
+                        match io {
+                            Ok(io) => {
                                 shared.shards()[i]
                                     .ring_fd
-                                    .store(s.ring_fd(), std::sync::atomic::Ordering::Release);
+                                    .store(io.ring_fd(), std::sync::atomic::Ordering::Release);
                                 let _ = ready.send((i, Ok(())));
-                                s.run(&stop);
+                                event_loop::EventLoop::new(io, core, rx).run(&stop);
                             }
                             Err(e) => {
                                 let _ = ready.send((i, Err(e)));
