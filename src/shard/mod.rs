@@ -9,7 +9,6 @@ mod control;
 pub mod core;
 pub mod counters;
 mod deliver;
-pub mod epoll_loop;
 // `Io::send` is unsafe (the ring reads the buffer after the call returns);
 // its one use carries its SAFETY note in that file.
 #[allow(unsafe_code)]
@@ -126,7 +125,7 @@ pub fn start(
                     shard: i,
                     error: e.to_string(),
                 })?;
-                let waker = mio::Waker::new(poll.registry(), epoll_loop::WAKER).map_err(|e| StartError::Setup {
+                let waker = mio::Waker::new(poll.registry(), sys::epoll_io::WAKER).map_err(|e| StartError::Setup {
                     shard: i,
                     error: e.to_string(),
                 })?;
@@ -195,10 +194,10 @@ pub fn start(
                             }
                         }
                     }
-                    Part::Epoll { poll, rx } => match epoll_loop::EpollShard::new(poll, listener, rx, core) {
-                        Ok(s) => {
+                    Part::Epoll { poll, rx } => match sys::epoll_io::EpollIo::new(poll, listener, shared.started) {
+                        Ok(io) => {
                             let _ = ready.send((i, Ok(())));
-                            s.run(&stop);
+                            event_loop::EventLoop::new(io, core, rx).run(&stop);
                         }
                         Err(e) => {
                             let _ = ready.send((i, Err(e.to_string())));

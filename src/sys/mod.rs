@@ -7,6 +7,7 @@
 
 pub mod affinity;
 pub mod bufring;
+pub mod epoll_io;
 pub mod io;
 pub mod rlimit;
 pub mod sim_io;
