@@ -112,7 +112,10 @@ fn run(backend: BackendInUse) {
         opened += streams.len();
         drop(streams);
     }
-    assert!(opened > CONNECTIONS * 9 / 10, "{backend:?}: only {opened} connections opened");
+    assert!(
+        opened > CONNECTIONS * 9 / 10,
+        "{backend:?}: only {opened} connections opened"
+    );
 
     let deadline = Instant::now() + Duration::from_millis(SETTLE_MS);
     while (accepts(&shared) < opened as u64 || connections_open(&shared) > 0 || open_fds() > baseline)
@@ -120,9 +123,17 @@ fn run(backend: BackendInUse) {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(accepts(&shared) >= opened as u64, "{backend:?}: {} accepted of {opened}", accepts(&shared));
+    assert!(
+        accepts(&shared) >= opened as u64,
+        "{backend:?}: {} accepted of {opened}",
+        accepts(&shared)
+    );
     assert_eq!(connections_open(&shared), 0, "{backend:?}: slots still held");
-    assert_eq!(open_fds(), baseline, "{backend:?}: process fds did not return to the baseline");
+    assert_eq!(
+        open_fds(),
+        baseline,
+        "{backend:?}: process fds did not return to the baseline"
+    );
 
     stop.store(true, Ordering::Relaxed);
     shared.shutdown_shards();

@@ -106,8 +106,11 @@ impl<I: Io> EventLoop<I> {
         }
         conn.io_flags |= IO_CLOSE_SUBMITTED;
         let (io, generation) = (conn.io, conn.generation);
-        self.io
-            .close(pack(Op::Shutdown, key, generation), pack(Op::Close, key, generation), io);
+        self.io.close(
+            pack(Op::Shutdown, key, generation),
+            pack(Op::Close, key, generation),
+            io,
+        );
     }
 
     fn close_orphan(&mut self, io: u32) {
@@ -125,7 +128,9 @@ impl<I: Io> EventLoop<I> {
     fn handle_completions(&mut self) {
         let completions = std::mem::take(&mut self.completions);
         for c in &completions {
-            let Some((op, key, gen24)) = unpack(c.user_data) else { continue };
+            let Some((op, key, gen24)) = unpack(c.user_data) else {
+                continue;
+            };
             match op {
                 Op::Accept => self.on_accept(c),
                 Op::Wake => self.on_wake(),
@@ -152,7 +157,13 @@ impl<I: Io> EventLoop<I> {
             self.accept_armed = false;
         }
         if c.result < 0 {
-            if self.core.counters().accept_errors.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if self
+                .core
+                .counters()
+                .accept_errors
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
                 eprintln!(
                     "shard {}: accept failed: {}",
                     self.core.shard_id,
@@ -242,7 +253,13 @@ impl<I: Io> EventLoop<I> {
                 self.close_orphan(old_io);
             }
         } else {
-            if self.core.counters().move_failures.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if self
+                .core
+                .counters()
+                .move_failures
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
                 eprintln!(
                     "shard {}: passing a connection to another ring failed: {}",
                     self.core.shard_id,
@@ -352,8 +369,7 @@ impl<I: Io> EventLoop<I> {
         };
         self.io.wait(timeout_ms);
         self.completions.clear();
-        self.io
-            .drain(&mut self.completions, limits::COMPLETIONS_PER_TURN_MAX);
+        self.io.drain(&mut self.completions, limits::COMPLETIONS_PER_TURN_MAX);
         self.tick();
         self.handle_completions();
         self.core.run_timers();

@@ -194,7 +194,13 @@ pub fn start(
                             }
                         }
                     }
-                    Part::Epoll { poll, rx } => match sys::epoll_io::EpollIo::new(poll, listener, shared.started) {
+                    Part::Epoll { poll, rx } => match sys::epoll_io::EpollIo::new(
+                        poll,
+                        listener,
+                        shared.started,
+                        limits::EPOLL_READ_BUF_BYTES,
+                        limits::COMPLETIONS_PER_TURN_MAX,
+                    ) {
                         Ok(io) => {
                             let _ = ready.send((i, Ok(())));
                             event_loop::EventLoop::new(io, core, rx).run(&stop);

@@ -87,11 +87,18 @@ enum DevState {
 enum Misbehaviour {
     None,
     /// Stops sending at some point: the server must expire it.
-    GoesSilent { at_ms: u64 },
+    GoesSilent {
+        at_ms: u64,
+    },
     /// Resets its connection at some point (maybe mid-packet).
-    Resets { at_ms: u64, mid_packet: bool },
+    Resets {
+        at_ms: u64,
+        mid_packet: bool,
+    },
     /// Sends FIN (a clean close without DISCONNECT).
-    Leaves { at_ms: u64 },
+    Leaves {
+        at_ms: u64,
+    },
 }
 
 struct Device {
@@ -234,7 +241,9 @@ impl Sim {
         let dev = &mut self.devices[d];
         match dev.state {
             DevState::Waiting if now_ms >= dev.start_ms => {
-                let Some(sock) = self.net.borrow_mut().connect(0) else { return };
+                let Some(sock) = self.net.borrow_mut().connect(0) else {
+                    return;
+                };
                 let mut bytes = Vec::new();
                 mqtt::Connect {
                     protocol_version: ProtocolVersion::V5,
@@ -279,7 +288,11 @@ impl Sim {
                 }
                 Ok(Packet::Publish(p)) => {
                     if let Some(id) = p.packet_id {
-                        mqtt::PubAck { packet_id: id, reason: 0 }.encode(ProtocolVersion::V5, &mut out);
+                        mqtt::PubAck {
+                            packet_id: id,
+                            reason: 0,
+                        }
+                        .encode(ProtocolVersion::V5, &mut out);
                     }
                     if p.topic.starts_with("$pulse/") {
                         self.control_messages += 1;
@@ -379,7 +392,13 @@ impl Sim {
             return false;
         }
         self.next_push_id += 1;
-        self.pushes.insert(id, PushRecord { device: d, ..Default::default() });
+        self.pushes.insert(
+            id,
+            PushRecord {
+                device: d,
+                ..Default::default()
+            },
+        );
         true
     }
 
@@ -450,7 +469,14 @@ fn run_seed(seed: u64, devices: usize) {
         if t_ms >= 5_000 && !phase_done[2] {
             phase_done[2] = true;
             let count = devices as u32 / 3;
-            let _ = sim.shared.post(0, Command::Move { to: 1, count, hold_ms: 60_000 });
+            let _ = sim.shared.post(
+                0,
+                Command::Move {
+                    to: 1,
+                    count,
+                    hold_ms: 60_000,
+                },
+            );
         }
         sim.round(false);
     }
@@ -476,9 +502,18 @@ fn run_seed(seed: u64, devices: usize) {
     check!(sim, sim.counter(0, |c| &c.dispersal_rounds) > 0, "no dispersal round");
     check!(sim, sim.control_messages > 0, "no dispersal message reached a device");
     check!(sim, sim.counter(0, |c| &c.sessions_taken_over) > 0, "no takeover");
-    check!(sim, pushes_posted > devices / 2, "too few pushes posted: {pushes_posted}");
+    check!(
+        sim,
+        pushes_posted > devices / 2,
+        "too few pushes posted: {pushes_posted}"
+    );
     for (id, r) in &sim.pushes {
-        check!(sim, r.received <= 1, "push {id} reached its device {} times", r.received);
+        check!(
+            sim,
+            r.received <= 1,
+            "push {id} reached its device {} times",
+            r.received
+        );
         check!(
             sim,
             r.acked + r.not_delivered == 1,
@@ -488,7 +523,11 @@ fn run_seed(seed: u64, devices: usize) {
             r.device,
             sim.devices[r.device].misbehaviour
         );
-        check!(sim, r.acked == 0 || r.received == 1, "push {id} acked but never received");
+        check!(
+            sim,
+            r.acked == 0 || r.received == 1,
+            "push {id} acked but never received"
+        );
         if quiesced[r.device] {
             check!(sim, r.acked == 1, "push {id} to healthy device {} was lost", r.device);
         }
@@ -529,7 +568,12 @@ fn run_seed(seed: u64, devices: usize) {
     );
     check!(sim, net.bad_descriptor_uses == 0, "a descriptor was used after close");
     for (i, shard) in sim.shards.iter().enumerate() {
-        check!(sim, shard.core.connections() == 0, "shard {i} kept {} slots", shard.core.connections());
+        check!(
+            sim,
+            shard.core.connections() == 0,
+            "shard {i} kept {} slots",
+            shard.core.connections()
+        );
         check!(
             sim,
             net.descriptors_open(i as u16) == 0,
@@ -538,7 +582,11 @@ fn run_seed(seed: u64, devices: usize) {
         );
     }
     let (opened, closed) = net.descriptor_totals();
-    check!(sim, opened == closed && opened > devices as u64, "descriptors {opened} opened, {closed} closed");
+    check!(
+        sim,
+        opened == closed && opened > devices as u64,
+        "descriptors {opened} opened, {closed} closed"
+    );
 }
 
 fn seeds() -> Vec<u64> {
@@ -570,7 +618,11 @@ fn sim_without_faults_acks_every_push() {
     }
     for d in 0..200 {
         if sim.devices[d].misbehaviour == Misbehaviour::None {
-            check!(sim, sim.devices[d].state == DevState::Connected, "device {d} not connected");
+            check!(
+                sim,
+                sim.devices[d].state == DevState::Connected,
+                "device {d} not connected"
+            );
             check!(sim, sim.push_to(d), "push to device {d} refused");
         }
     }

@@ -27,14 +27,9 @@ const FIRST_FD_TOKEN: usize = 2;
 const READS_PER_EVENT_MAX: usize = 16;
 /// Accepts per listener event before yielding.
 const ACCEPTS_PER_EVENT_MAX: usize = 1024;
-/// Bytes one read asks for.
-const READ_BYTES_MAX: usize = crate::limits::EPOLL_READ_BUF_BYTES;
-/// Bytes read per turn, at most (the chunks live here until the loop consumed them).
-const ARENA_BYTES: usize = 32 * READ_BYTES_MAX;
-/// Readiness events taken per wait.
-const EVENTS_PER_WAIT_MAX: usize = crate::limits::COMPLETIONS_PER_TURN_MAX;
-
-const _: () = assert!(ARENA_BYTES >= READS_PER_EVENT_MAX * READ_BYTES_MAX);
+/// Bytes read per turn, at most, in reads: the chunks live in an arena of
+/// this many reads until the loop has consumed them (twice one event's budget).
+const ARENA_READS: usize = 2 * READS_PER_EVENT_MAX;
 
 /// A send that met a full socket: finished when it turns writable.
 struct PendingSend {
@@ -70,6 +65,8 @@ pub struct EpollIo {
     chunks: Vec<(usize, usize)>,
     /// Sockets to read again (budget spent, or a recv just armed).
     read_again: Vec<u32>,
+    /// Bytes one read asks for.
+    read_bytes_max: usize,
     read_scratch: Vec<u32>,
     /// Armed recv -> its fd (for cancellation).
     recv_fds: HashMap<u64, u32>,
@@ -80,25 +77,34 @@ fn errno(e: &std::io::Error) -> i32 {
 }
 
 impl EpollIo {
-    pub fn new(poll: Poll, listener: Option<std::net::TcpListener>, epoch: Instant) -> std::io::Result<EpollIo> {
+    /// `read_bytes_max`: bytes one read asks for; `events_per_wait_max`:
+    /// readiness events taken per wait.
+    pub fn new(
+        poll: Poll,
+        listener: Option<std::net::TcpListener>,
+        epoch: Instant,
+        read_bytes_max: usize,
+        events_per_wait_max: usize,
+    ) -> std::io::Result<EpollIo> {
         let mut listener = listener.map(TcpListener::from_std);
         if let Some(l) = listener.as_mut() {
             poll.registry().register(l, LISTENER, Interest::READABLE)?;
         }
         Ok(EpollIo {
             poll,
-            events: Events::with_capacity(EVENTS_PER_WAIT_MAX),
+            events: Events::with_capacity(events_per_wait_max),
             listener,
             slots: Vec::new(),
             epoch,
             accept: None,
             wake: None,
             woken: false,
-            ready: Vec::with_capacity(EVENTS_PER_WAIT_MAX),
-            arena: vec![0u8; ARENA_BYTES].into_boxed_slice(),
+            ready: Vec::with_capacity(events_per_wait_max),
+            arena: vec![0u8; ARENA_READS * read_bytes_max].into_boxed_slice(),
             arena_used: 0,
-            chunks: Vec::with_capacity(EVENTS_PER_WAIT_MAX),
+            chunks: Vec::with_capacity(events_per_wait_max),
             read_again: Vec::new(),
+            read_bytes_max,
             read_scratch: Vec::new(),
             recv_fds: HashMap::new(),
         })
@@ -138,7 +144,9 @@ impl EpollIo {
 
     fn accept_all(&mut self) {
         for _ in 0..ACCEPTS_PER_EVENT_MAX {
-            let (Some(ud), Some(listener)) = (self.accept, self.listener.as_ref()) else { return };
+            let (Some(ud), Some(listener)) = (self.accept, self.listener.as_ref()) else {
+                return;
+            };
             match listener.accept() {
                 // A socket that cannot be registered is dropped (closed).
                 Ok((stream, _)) => {
@@ -160,13 +168,16 @@ impl EpollIo {
     /// Reads until WouldBlock, within the budget and the arena.
     fn read(&mut self, fd: u32) {
         for _ in 0..READS_PER_EVENT_MAX {
-            if ARENA_BYTES - self.arena_used < READ_BYTES_MAX || self.chunks.len() >= u16::MAX as usize {
+            let read_bytes_max = self.read_bytes_max;
+            if self.arena.len() - self.arena_used < read_bytes_max || self.chunks.len() >= u16::MAX as usize {
                 break;
             }
             let start = self.arena_used;
-            let Some(slot) = self.slots.get_mut(fd as usize).and_then(|s| s.as_mut()) else { return };
+            let Some(slot) = self.slots.get_mut(fd as usize).and_then(|s| s.as_mut()) else {
+                return;
+            };
             let Some(ud) = slot.recv else { return };
-            match slot.stream.read(&mut self.arena[start..start + READ_BYTES_MAX]) {
+            match slot.stream.read(&mut self.arena[start..start + read_bytes_max]) {
                 Ok(0) => {
                     slot.recv = None;
                     self.recv_fds.remove(&ud);
@@ -195,7 +206,9 @@ impl EpollIo {
 
     /// Writes a pending send as far as the socket takes it.
     fn write(&mut self, fd: u32) {
-        let Some(slot) = self.slots.get_mut(fd as usize).and_then(|s| s.as_mut()) else { return };
+        let Some(slot) = self.slots.get_mut(fd as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
         let Some(p) = slot.send.as_mut() else { return };
         let result = loop {
             if p.written == p.len {
@@ -224,7 +237,10 @@ impl EpollIo {
         let ud = p.user_data;
         slot.send = None;
         let token = Token(fd as usize + FIRST_FD_TOKEN);
-        let _ = self.poll.registry().reregister(&mut slot.stream, token, Interest::READABLE);
+        let _ = self
+            .poll
+            .registry()
+            .reregister(&mut slot.stream, token, Interest::READABLE);
         self.complete(ud, result, 0);
     }
 
@@ -362,7 +378,9 @@ impl Io for EpollIo {
         } else {
             0
         };
-        if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::from_millis(timeout_ms)))
+        if let Err(e) = self
+            .poll
+            .poll(&mut self.events, Some(Duration::from_millis(timeout_ms)))
             && e.kind() != ErrorKind::Interrupted
         {
             eprintln!("epoll_wait failed: {e}");

@@ -302,7 +302,9 @@ impl SimIo {
             accept: None,
             wake: None,
             recvs: Vec::new(),
-            buffers: (0..recv_bufs).map(|_| vec![0u8; recv_buf_bytes].into_boxed_slice()).collect(),
+            buffers: (0..recv_bufs)
+                .map(|_| vec![0u8; recv_buf_bytes].into_boxed_slice())
+                .collect(),
             free_buffers: (0..recv_bufs).rev().collect(),
             returned: Vec::new(),
         }
@@ -364,7 +366,11 @@ impl SimIo {
                     return self.complete(net, ud, -libc::EBADF, 0);
                 };
                 let short = bytes.len() > 1 && net.fault(|f| f.short_send_permille);
-                let n = if short { 1 + net.rng.below(bytes.len() as u64 - 1) as usize } else { bytes.len() };
+                let n = if short {
+                    1 + net.rng.below(bytes.len() as u64 - 1) as usize
+                } else {
+                    bytes.len()
+                };
                 let s = &mut net.sockets[sock];
                 let result = if s.reset {
                     -libc::ECONNRESET

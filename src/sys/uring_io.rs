@@ -182,7 +182,9 @@ impl Io for UringIo {
     unsafe fn send(&mut self, user_data: u64, io: u32, bytes: &[u8]) {
         let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
         let entry = if self.fixed_files {
-            opcode::Send::new(types::Fixed(io), ptr, len).flags(libc::MSG_NOSIGNAL).build()
+            opcode::Send::new(types::Fixed(io), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
         } else {
             opcode::Send::new(types::Fd(io as i32), ptr, len)
                 .flags(libc::MSG_NOSIGNAL)
@@ -216,11 +218,7 @@ impl Io for UringIo {
         }
         // SAFETY: no buffers; the descriptor stays in the table until this Close runs.
         unsafe {
-            self.push(
-                shutdown
-                    .flags(squeue::Flags::IO_HARDLINK)
-                    .user_data(shutdown_user_data),
-            );
+            self.push(shutdown.flags(squeue::Flags::IO_HARDLINK).user_data(shutdown_user_data));
             self.push(close.user_data(close_user_data));
         }
     }
@@ -330,7 +328,18 @@ mod tests {
 
     #[test]
     fn completion_flags_read_as_the_kernel_writes_them() {
-        for flags in [0u32, 1, 2, 3, 16, 17, 19, (7 << 16) | 1, (65_535 << 16) | 3, (9 << 16) | 18] {
+        for flags in [
+            0u32,
+            1,
+            2,
+            3,
+            16,
+            17,
+            19,
+            (7 << 16) | 1,
+            (65_535 << 16) | 3,
+            (9 << 16) | 18,
+        ] {
             let c = Completion {
                 user_data: 0,
                 result: 0,
