@@ -261,6 +261,10 @@ impl SimNet {
     }
 }
 
+/// A completion held back: (ready at ms, sequence, user_data, result, flags),
+/// smallest first.
+type Delayed = Reverse<(u64, u64, u64, i32, u32)>;
+
 enum Sub {
     Accept(u64),
     Wake(u64),
@@ -278,7 +282,7 @@ pub struct SimIo {
     shard: u16,
     sq: Vec<Sub>,
     /// (ready at ms, sequence) -> completion: the delayed completion queue.
-    pending: BinaryHeap<Reverse<(u64, u64, u64, i32, u32)>>,
+    pending: BinaryHeap<Delayed>,
     seq: u64,
     /// Latest ready time per operation, so one operation's completions stay in order.
     last_ready_ms: HashMap<u64, u64>,
