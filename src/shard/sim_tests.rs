@@ -597,7 +597,7 @@ fn seeds() -> Vec<u64> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let count = if soak > 0 { soak } else { 4 };
+    let count = if soak > 0 { soak } else { 16 };
     (1..=count).collect()
 }
 
