@@ -7,9 +7,11 @@
 //! - `main` parses `config::Config`, raises RLIMIT_NOFILE (`sys::rlimit`),
 //!   probes io_uring (`sys::uring`) and starts the shards and the HTTP API.
 //! - `shard`: one pinned thread per shard. Each owns a listener bound with
-//!   SO_REUSEPORT, an event loop (`shard::uring_loop`: multishot accept into
-//!   direct descriptors, multishot recv from a provided buffer ring; or
-//!   `shard::epoll_loop` as the fallback), a slab of `shard::conn::Conn`
+//!   SO_REUSEPORT, one event loop (`shard::event_loop`) generic over the
+//!   completion interface `sys::io::Io`: `sys::uring_io` (multishot accept
+//!   into direct descriptors, multishot recv from a provided buffer ring),
+//!   `sys::epoll_io` as the fallback (completions emulated on readiness), or
+//!   the seeded, fault-injecting `sys::sim_io` in tests; a slab of `shard::conn::Conn`
 //!   (≤ 64 bytes each; an `Active` box only while a connection is busy), and a
 //!   hierarchical `shard::wheel::TimerWheel` for connect timeouts, keep-alive
 //!   expiry (1.5 x keep-alive, re-armed lazily from the last-activity time) and

@@ -38,7 +38,7 @@ pub const CLOSE_LINGER_MS: u64 = 2_000;
 /// are never stale by more than this.
 pub const LOOP_SLEEP_MS_MAX: u64 = 250;
 
-/// Bytes read per recv in the epoll backend (one shared buffer per shard).
+/// Bytes read per recv in the epoll backend (the epoll backend reads into an arena of 32 per shard).
 pub const EPOLL_READ_BUF_BYTES: usize = 64 * 1024;
 
 /// A connection whose unsent bytes exceed this is a slow consumer and is closed.

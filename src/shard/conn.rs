@@ -47,8 +47,6 @@ pub const IO_RECV_ARMED: u8 = 1 << 0;
 pub const IO_SEND_IN_FLIGHT: u8 = 1 << 1;
 pub const IO_CLOSE_SUBMITTED: u8 = 1 << 2;
 pub const IO_CLOSE_DONE: u8 = 1 << 3;
-/// epoll backend: registered for WRITABLE while an unsent tail waits.
-pub const IO_WANT_WRITE: u8 = 1 << 4;
 /// Chosen to move to another shard: no new recv or send is started.
 pub const IO_MOVING: u8 = 1 << 5;
 /// The multishot recv's cancellation was submitted (moving).

@@ -29,9 +29,6 @@ use crate::protocol::mqtt;
 
 pub struct Core {
     pub shard_id: u16,
-    /// The environment, for the backends (peers' ring fds); the owners read
-    /// the same one through `ctx`.
-    pub(super) env: ShardEnv,
     ctx: Ctx,
     conns: Connections,
     sessions: Sessions,
@@ -41,10 +38,9 @@ pub struct Core {
 
 impl Core {
     pub fn new(shard_id: u16, env: ShardEnv, counters: Arc<ShardCounters>, capacity: u32) -> Core {
-        let ctx = Ctx::new(shard_id, env.clone(), counters);
+        let ctx = Ctx::new(shard_id, env, counters);
         Core {
             shard_id,
-            env,
             conns: Connections::new(capacity, ctx.now_ms),
             ctx,
             sessions: Sessions::new(),
@@ -56,6 +52,12 @@ impl Core {
     /// Moves the shard clock to now.
     pub fn tick(&mut self) {
         self.ctx.tick();
+    }
+
+    /// Moves the shard clock to `now_ms` from the loop's `Io` clock (virtual
+    /// in the simulation); never backwards.
+    pub fn set_now_ms(&mut self, now_ms: u64) {
+        self.ctx.now_ms = self.ctx.now_ms.max(now_ms);
     }
 
     pub fn now_ms(&self) -> u64 {

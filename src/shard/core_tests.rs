@@ -217,7 +217,8 @@ fn a_ping_on_an_idle_connection_does_not_allocate_once_warm() {
         a.receive(key, &[0xC0, 0x00]);
         let conn = a.conn_mut(key).expect("open");
         let active = conn.active.as_ref().expect("busy while the PINGRESP waits");
-        let at = (&**active as *const _ as usize, active.out.as_ptr() as usize);
+        let box_at: *const crate::shard::conn::Active = &**active;
+        let at = (box_at as usize, active.out.as_ptr() as usize);
         assert_eq!(flush(&mut a, key), [0xD0, 0x00], "PINGRESP");
         assert!(a.conn_mut(key).expect("open").active.is_none(), "idle again");
         if cycle < 2 {

@@ -17,15 +17,16 @@ pub mod counters;
 mod ctx;
 mod deliver;
 pub mod env;
-pub mod epoll_loop;
+// `Io::send` is unsafe (the ring reads the buffer after the call returns);
+// its one use carries its SAFETY note in that file.
+#[allow(unsafe_code)]
+pub mod event_loop;
 pub mod mailbox;
 pub mod migrate;
 mod packets;
 pub mod peers;
-// The ring's submission queue push is unsafe (the kernel reads the entry's
-// buffers later); each use carries its SAFETY note in that file.
-#[allow(unsafe_code)]
-pub mod uring_loop;
+#[cfg(test)]
+mod sim_tests;
 pub mod wheel;
 
 use std::net::SocketAddr;
@@ -134,7 +135,7 @@ pub fn start(
                     shard: i,
                     error: e.to_string(),
                 })?;
-                let waker = mio::Waker::new(poll.registry(), epoll_loop::WAKER).map_err(|e| StartError::Setup {
+                let waker = mio::Waker::new(poll.registry(), sys::epoll_io::WAKER).map_err(|e| StartError::Setup {
                     shard: i,
                     error: e.to_string(),
                 })?;
@@ -169,29 +170,50 @@ pub fn start(
                 match part {
                     Part::Uring { waker, rx } => {
                         let table = capacity + FIXED_FILES_SPARE;
-                        let shard = sys::uring::build_shard_ring(table)
+                        let peers = env.peers.clone();
+                        let ring_fd_of: sys::uring_io::RingFdOf = Box::new(move |to| {
+                            peers
+                                .all()
+                                .get(to as usize)
+                                .map_or(-1, |h| h.ring_fd.load(std::sync::atomic::Ordering::Acquire))
+                        });
+                        let io = sys::uring::build_shard_ring(table)
                             .map_err(|e| e.to_string())
                             .and_then(|ring| {
-                                uring_loop::UringShard::new(ring, core, listener, rx, waker, recv_bufs, recv_buf_bytes)
-                                    .map_err(|e| format!("provided buffer ring: {e}"))
+                                sys::uring_io::UringIo::new(
+                                    ring,
+                                    listener,
+                                    waker,
+                                    recv_bufs,
+                                    recv_buf_bytes,
+                                    ring_fd_of,
+                                    env.epoch,
+                                )
+                                .map_err(|e| format!("provided buffer ring: {e}"))
                             });
-                        match shard {
-                            Ok(s) => {
+                        match io {
+                            Ok(io) => {
                                 env.peers.all()[i]
                                     .ring_fd
-                                    .store(s.ring_fd(), std::sync::atomic::Ordering::Release);
+                                    .store(io.ring_fd(), std::sync::atomic::Ordering::Release);
                                 let _ = ready.send((i, Ok(())));
-                                s.run(&stop);
+                                event_loop::EventLoop::new(io, core, rx).run(&stop);
                             }
                             Err(e) => {
                                 let _ = ready.send((i, Err(e)));
                             }
                         }
                     }
-                    Part::Epoll { poll, rx } => match epoll_loop::EpollShard::new(poll, listener, rx, core) {
-                        Ok(s) => {
+                    Part::Epoll { poll, rx } => match sys::epoll_io::EpollIo::new(
+                        poll,
+                        listener,
+                        env.epoch,
+                        limits::EPOLL_READ_BUF_BYTES,
+                        limits::COMPLETIONS_PER_TURN_MAX,
+                    ) {
+                        Ok(io) => {
                             let _ = ready.send((i, Ok(())));
-                            s.run(&stop);
+                            event_loop::EventLoop::new(io, core, rx).run(&stop);
                         }
                         Err(e) => {
                             let _ = ready.send((i, Err(e.to_string())));
