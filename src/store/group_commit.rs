@@ -1,5 +1,6 @@
 //! `GroupCommitter`: one writer thread owns the `Store`; callers submit op
-//! lists and (for `commit`) block until the batch holding them is durable.
+//! lists and (for `commit`) block until the batch holding them is durable, or
+//! (for `submit`) get a `Ticket` they poll without blocking.
 //! Whatever piles up while one commit is in flight is merged into the next
 //! commit, so N concurrent callers cost about one fsync, not N.
 //!
@@ -8,7 +9,8 @@
 //! Must never: acknowledge a submission before `Store::commit` covering it has
 //! returned Ok, reorder submissions, split one submission across two store
 //! commits (a submission is atomic), or keep committing after a store commit
-//! failed (a failure is sticky: later ops could depend on the lost ones).
+//! failed (a failure is sticky: later ops could depend on the lost ones) until
+//! a caller that resubmits everything it lost calls `resume`.
 
 use super::{Store, StoreError, StoreOp};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -125,7 +127,7 @@ impl GroupCommitter {
     /// `queue_ops_max` ops wait.
     pub fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
         let (reply, done) = crossbeam_channel::bounded(1);
-        self.submit(ops, Some(reply))?;
+        self.submit_request(ops, Some(reply))?;
         // Writer dropped the reply without answering => it died.
         done.recv().unwrap_or(Err(StoreError::Closed))
     }
@@ -134,7 +136,31 @@ impl GroupCommitter {
     /// waits on (still ordered after earlier submissions). A later store
     /// failure shows up in `stats().failed_commits` and fails later calls.
     pub fn commit_async(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
-        self.submit(ops, None)
+        self.submit_request(ops, None)
+    }
+
+    /// Non-blocking submission: the returned `Ticket` says, when polled, whether
+    /// the batch holding these ops is durable. Refused at once like `commit`
+    /// (`Full` over the bound, the sticky failure after a failed commit).
+    pub fn submit(&self, ops: Vec<StoreOp>) -> Result<Ticket, StoreError> {
+        let (reply, done) = crossbeam_channel::bounded(1);
+        self.submit_request(ops, Some(reply))?;
+        Ok(Ticket { done })
+    }
+
+    /// Clears a sticky failure so submissions are taken again. Only for a caller
+    /// that resubmits every op it lost (the push service keeps its dirty ids
+    /// until a commit of them succeeds): after `resume`, later ops no longer wait
+    /// on the lost ones. Blocking callers were told of their failure already.
+    pub fn resume(&self) {
+        let mut f = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        *f = None;
+        self.shared.failed.store(false, Ordering::Release);
+    }
+
+    /// True while a failed commit blocks every submission (until `resume`).
+    pub fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
     }
 
     pub fn stats(&self) -> GroupCommitStats {
@@ -158,7 +184,7 @@ impl GroupCommitter {
         drop(self);
     }
 
-    fn submit(&self, ops: Vec<StoreOp>, reply: Option<Reply>) -> Result<(), StoreError> {
+    fn submit_request(&self, ops: Vec<StoreOp>, reply: Option<Reply>) -> Result<(), StoreError> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(self.shared.failure());
         }
@@ -176,6 +202,32 @@ impl GroupCommitter {
             return Err(StoreError::Closed);
         }
         Ok(())
+    }
+}
+
+/// The answer to one `submit`, polled without blocking.
+pub struct Ticket {
+    done: Receiver<Result<(), StoreError>>,
+}
+
+impl Ticket {
+    /// None while the batch is not committed yet; then its result, once.
+    /// A writer that went away without answering is `Closed`.
+    pub fn poll(&self) -> Option<Result<(), StoreError>> {
+        match self.done.try_recv() {
+            Ok(r) => Some(r),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(StoreError::Closed)),
+        }
+    }
+
+    /// Blocks for the result at most `timeout` (shutdown only); None = still waiting.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<(), StoreError>> {
+        match self.done.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(StoreError::Closed)),
+        }
     }
 }
 
@@ -520,5 +572,54 @@ mod tests {
         assert_eq!(store.commits.load(Ordering::SeqCst), 2);
         assert_eq!(gc.stats().failed_commits, 1);
         assert_eq!(store.load_all().expect("load").len(), 1);
+    }
+
+    /// Polls a ticket until it resolves (the writer is another thread).
+    fn settle(t: &Ticket) -> Result<(), StoreError> {
+        for _ in 0..5_000 {
+            if let Some(r) = t.poll() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("ticket never resolved");
+    }
+
+    #[test]
+    fn tickets_resolve_without_blocking_and_resume_clears_a_failure() {
+        let store = Arc::new(GateStore {
+            inner: MemStore::new(),
+            entered: AtomicU64::new(0),
+            open: Mutex::new(false),
+            cv: Condvar::new(),
+        });
+        let gc = GroupCommitter::start(store.clone(), GroupCommitConfig::default());
+        let t = gc.submit(vec![put(1)]).expect("taken");
+        while store.entered.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The commit is stuck in the store: polling answers at once, with nothing.
+        assert_eq!(t.poll(), None);
+        store.open();
+        assert_eq!(settle(&t), Ok(()));
+        assert_eq!(t.poll(), Some(Err(StoreError::Closed)), "answered once");
+
+        let failing = Arc::new(CountingStore {
+            inner: MemStore::new(),
+            commits: AtomicU64::new(0),
+            delay: Duration::ZERO,
+            log: Mutex::new(Vec::new()),
+            fail_at: Some(1),
+        });
+        let gc = GroupCommitter::start(failing.clone(), GroupCommitConfig::default());
+        let t = gc.submit(vec![put(2)]).expect("taken");
+        assert_eq!(settle(&t), Err(StoreError::Io("injected".into())));
+        assert!(gc.is_failed());
+        assert!(matches!(gc.submit(vec![put(2)]), Err(StoreError::Io(_))), "sticky");
+        gc.resume();
+        assert!(!gc.is_failed());
+        let t = gc.submit(vec![put(2)]).expect("taken after resume");
+        assert_eq!(settle(&t), Ok(()));
+        assert_eq!(failing.load_all().expect("load").len(), 1);
     }
 }
