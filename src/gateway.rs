@@ -194,3 +194,25 @@ impl Shared {
         }
     }
 }
+
+/// The push service's view of the device side: the registry says where a
+/// device is, its shard's mailbox takes the push.
+impl crate::push::Presence for Shared {
+    fn locate(&self, client_id: &str) -> Option<Location> {
+        self.registry.lookup(client_id)
+    }
+}
+
+impl crate::push::Devices for Shared {
+    fn deliver(&self, at: Location, push: Push) -> Result<(), crate::push::DeliverError> {
+        let command = Command::Push {
+            key: at.key,
+            generation: at.generation,
+            push,
+        };
+        self.post(at.shard, command).map_err(|e| match e {
+            PostError::Full => crate::push::DeliverError::Full,
+            PostError::Closed => crate::push::DeliverError::Closed,
+        })
+    }
+}

@@ -220,7 +220,7 @@ fn start_push_service(shared: &Arc<Shared>, stop: &Arc<AtomicBool>) -> Result<st
     let mut mechanisms = vec![mechanism::persistent(cfg.persistent_ack_timeout_ms)];
     mechanisms.extend(cfg.mechanisms.iter().cloned());
     let parts = ServiceParts {
-        shared: shared.clone(),
+        devices: shared.clone(),
         committer,
         requests: requests_rx,
         deliveries,

@@ -21,7 +21,6 @@ const KNOWN_BACKWARD: &[(&str, &str, &str)] = &[
     ("coordinator", "gateway", "reads Shared: getting a narrow environment"),
     ("front", "gateway", "reads Shared: getting a narrow environment"),
     ("metrics", "gateway", "reads Shared: getting a narrow environment"),
-    ("push", "gateway", "reads Shared: getting a narrow environment"),
     ("shard", "gateway", "reads Shared: getting a narrow environment"),
 ];
 

@@ -3,19 +3,36 @@
 //! The unit of delivery (`Push`) and the events shards report back
 //! (`DeliveryEvent`) live in `crate::delivery`, below both.
 //!
+//! Built as a pure state machine (`machine`: transitions return effects, time
+//! is an argument) composed of small owners (`offline`, `collapse`,
+//! `callbacks`), and an executor (`executor`) that performs the effects on the
+//! device side (`devices::Devices`, implemented by the gateway), the outbound
+//! pool, its timers (`timers`) and the store (`persist`, group commit without
+//! waiting). `service` holds the public types.
+//!
 //! Owns message tracking. Must never touch sockets or shard state: shards
 //! deliver, the service decides what to deliver and tracks the outcome.
 
+pub mod callbacks;
+pub mod collapse;
+pub mod counters;
+pub mod devices;
+pub mod executor;
+pub mod machine;
 pub mod mechanism;
 pub mod message;
+pub mod offline;
+pub mod persist;
 pub mod policy;
 pub mod profile;
 pub mod service;
 pub mod submit;
+pub mod timers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use crate::delivery::{DeliveryEvent, HELD_IN_SESSION, Push};
+pub use crate::delivery::{DeliveryEvent, HELD_IN_SESSION, Location, Push};
+pub use devices::{DeliverError, Devices, Presence};
 
 /// Parses the text form of a push id.
 pub fn parse_id(text: &str) -> Option<u64> {

@@ -221,6 +221,12 @@ impl Ticket {
         }
     }
 
+    /// The channel the answer arrives on, for a caller that waits for it among
+    /// others (`crossbeam_channel::Select::ready`, which does not consume it).
+    pub fn receiver(&self) -> &Receiver<Result<(), StoreError>> {
+        &self.done
+    }
+
     /// Blocks for the result at most `timeout` (shutdown only); None = still waiting.
     pub fn wait(&self, timeout: Duration) -> Option<Result<(), StoreError>> {
         match self.done.recv_timeout(timeout) {
