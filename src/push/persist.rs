@@ -181,3 +181,118 @@ impl Persister {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+    use crate::store::{GroupCommitConfig, MemStore, Store};
+
+    /// A store that fails every commit while `failing` is set.
+    #[derive(Default)]
+    struct FlakyStore {
+        inner: MemStore,
+        failing: AtomicBool,
+        commits: AtomicU64,
+    }
+
+    impl Store for FlakyStore {
+        fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Io("disk unplugged".into()));
+            }
+            self.inner.commit(ops)
+        }
+        fn load_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            self.inner.load_all()
+        }
+        fn len(&self) -> Result<u64, StoreError> {
+            self.inner.len()
+        }
+    }
+
+    /// Turns until the commit in flight has an answer (the writer is a thread).
+    fn settle(p: &mut Persister, now_ms: u64, values: &HashMap<u64, Vec<u8>>) {
+        for _ in 0..5_000 {
+            if p.waiting_on().is_none() {
+                return;
+            }
+            p.turn(now_ms, |id| values.get(&id).cloned());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("commit never answered");
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_dirty_set_and_it_lands_once_the_store_works() {
+        let store = Arc::new(FlakyStore::default());
+        store
+            .inner
+            .commit(&[StoreOp::Put {
+                id: 9,
+                value: b"old".to_vec(),
+            }])
+            .expect("seed");
+        let committer = Arc::new(GroupCommitter::start(store.clone(), GroupCommitConfig::default()));
+        let counters = Arc::new(ServiceCounters::default());
+        let mut p = Persister::new(committer.clone(), counters.clone());
+        let mut values: HashMap<u64, Vec<u8>> = HashMap::new();
+        values.insert(1, b"one".to_vec());
+        values.insert(2, b"two".to_vec());
+
+        store.failing.store(true, Ordering::SeqCst);
+        p.mark(1);
+        p.mark(2);
+        p.forget(9);
+        p.turn(0, |id| values.get(&id).cloned());
+        assert!(p.waiting_on().is_some(), "submitted without waiting");
+        settle(&mut p, 0, &values);
+        assert_eq!(
+            counters.store_errors.load(Ordering::Relaxed),
+            1,
+            "the failure is counted"
+        );
+        assert!(p.is_dirty(1) && p.is_dirty(2), "nothing dropped");
+        assert!(!p.is_idle());
+
+        // Changed again while the store is down; no retry before the backoff.
+        values.insert(1, b"one, later".to_vec());
+        p.mark(1);
+        let commits = store.commits.load(Ordering::SeqCst);
+        p.turn(PUSH_PERSIST_RETRY_MS_MIN - 1, |id| values.get(&id).cloned());
+        assert!(p.waiting_on().is_none());
+        assert_eq!(store.commits.load(Ordering::SeqCst), commits);
+        assert_eq!(p.next_due_ms(), Some(PUSH_PERSIST_RETRY_MS_MIN));
+
+        // Still failing at the retry: counted again, the backoff doubles.
+        p.turn(PUSH_PERSIST_RETRY_MS_MIN, |id| values.get(&id).cloned());
+        settle(&mut p, PUSH_PERSIST_RETRY_MS_MIN, &values);
+        assert_eq!(counters.store_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(p.next_due_ms(), Some(3 * PUSH_PERSIST_RETRY_MS_MIN));
+
+        store.failing.store(false, Ordering::SeqCst);
+        p.turn(3 * PUSH_PERSIST_RETRY_MS_MIN, |id| values.get(&id).cloned());
+        settle(&mut p, 3 * PUSH_PERSIST_RETRY_MS_MIN, &values);
+        assert!(p.is_idle(), "everything landed");
+        assert_eq!(
+            store.load_all().expect("load"),
+            vec![(1, b"one, later".to_vec()), (2, b"two".to_vec())],
+            "the latest values, and the delete, once the store works"
+        );
+        assert!(!committer.is_failed());
+        assert_eq!(counters.store_errors.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn shutdown_commits_what_is_left() {
+        let store = Arc::new(FlakyStore::default());
+        let committer = Arc::new(GroupCommitter::start(store.clone(), GroupCommitConfig::default()));
+        let mut p = Persister::new(committer, Arc::new(ServiceCounters::default()));
+        p.mark(5);
+        assert!(p.shutdown(Duration::from_secs(5), |id| Some(id.to_le_bytes().to_vec())));
+        assert_eq!(store.load_all().expect("load"), vec![(5, 5u64.to_le_bytes().to_vec())]);
+    }
+}
