@@ -12,7 +12,7 @@
 //! through `Presence`, and everything else is an effect for the executor.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,62 +21,17 @@ use super::callbacks::{CallbackOutcome, Callbacks};
 use super::collapse::CollapseIndex;
 use super::counters::{ServiceCounters, bump};
 use super::devices::{DeliverError, Presence};
+pub use super::effects::{AttemptRef, Effect, Now};
+use super::finished::Finished;
 use super::mechanism::{Kind, Mechanism, MechanismConfig, Stats};
 use super::message::{Attempt, Message, State};
 use super::offline::OfflineQueue;
+use super::posts::{PostFor, Posts, failure_reason};
 use super::profile::OnFailure;
 use super::service::{Op, ServiceConfig, ServiceError};
 use super::{DeliveryEvent, HELD_IN_SESSION, Push, format_id, policy};
-use crate::delivery::Location;
 use crate::limits::{PUSH_SWEEP_DEVICES_MAX, PUSH_WEBHOOK_TIMEOUT_SLACK_MS};
-use crate::outbound::{PostOutcome, PostRequest, PostResult};
-
-/// The time of a transition: monotonic for timers, wall clock for the history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Now {
-    pub mono_ms: u64,
-    pub unix_ms: u64,
-}
-
-/// One attempt as the executor reports on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttemptRef {
-    pub id: u64,
-    pub generation: u32,
-    pub mechanism: usize,
-}
-
-/// What the executor must do.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Effect {
-    /// Hand `push` to the device's connection at `at`, then report with `on_handoff`.
-    Deliver {
-        at: Location,
-        push: Push,
-        attempt: AttemptRef,
-    },
-    /// Queue this POST on the outbound pool; its result comes back by tag
-    /// (`on_post_result`), a refusal with `on_post_refused`.
-    Post(PostRequest),
-    /// Call `on_timer(id, generation)` at `due_ms` (monotonic); replaces the
-    /// message's earlier timer.
-    Schedule {
-        id: u64,
-        generation: u32,
-        due_ms: u64,
-    },
-    CancelTimer {
-        id: u64,
-    },
-    /// Write the message's current value.
-    Persist {
-        id: u64,
-    },
-    /// Delete the message's record.
-    Delete {
-        id: u64,
-    },
-}
+use crate::outbound::PostResult;
 
 /// What a message's timer means when it fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,12 +58,6 @@ struct Tracked {
     in_flight: u32,
 }
 
-/// An outbound POST in flight.
-enum OutboundTag {
-    Attempt(AttemptRef, u64),
-    Callback { job: u64 },
-}
-
 enum Started {
     Yes,
     DeviceOffline,
@@ -119,13 +68,11 @@ pub struct Machine {
     counters: Arc<ServiceCounters>,
     mechanisms: Vec<Mechanism>,
     pending: HashMap<u64, Tracked>,
-    completed: HashMap<u64, Message>,
-    completed_order: VecDeque<u64>,
+    finished: Finished,
     offline: OfflineQueue,
     collapse: CollapseIndex,
     callbacks: Callbacks,
-    outbound_tags: HashMap<u64, OutboundTag>,
-    next_tag: u64,
+    posts: Posts,
 }
 
 impl Machine {
@@ -133,6 +80,7 @@ impl Machine {
         Machine {
             offline: OfflineQueue::new(config.pending_per_device_max),
             callbacks: Callbacks::new(config.callback_attempts_max, config.callbacks_pending_max),
+            finished: Finished::new(config.completed_retention_max),
             config,
             counters,
             mechanisms: mechanisms
@@ -143,11 +91,8 @@ impl Machine {
                 })
                 .collect(),
             pending: HashMap::new(),
-            completed: HashMap::new(),
-            completed_order: VecDeque::new(),
             collapse: CollapseIndex::new(),
-            outbound_tags: HashMap::new(),
-            next_tag: 1,
+            posts: Posts::new(),
         }
     }
 
@@ -155,10 +100,7 @@ impl Machine {
 
     /// A message, pending or finished.
     pub fn message(&self, id: u64) -> Option<&Message> {
-        self.pending
-            .get(&id)
-            .map(|t| &t.msg)
-            .or_else(|| self.completed.get(&id))
+        self.pending.get(&id).map(|t| &t.msg).or_else(|| self.finished.get(id))
     }
 
     pub fn pending_len(&self) -> usize {
@@ -223,7 +165,7 @@ impl Machine {
         if self.pending.contains_key(&id) {
             // Confirmed before our own delivery signal: stop every further attempt.
             self.finish(id, State::Confirmed, "confirmed by the SP", now, fx);
-        } else if let Some(m) = self.completed.get_mut(&id) {
+        } else if let Some(m) = self.finished.get_mut(id) {
             match m.state {
                 State::Delivered => {
                     m.set_state(State::Confirmed, now.unix_ms, "confirmed by the SP");
@@ -417,24 +359,8 @@ impl Machine {
                 config.timeout_ms
             }
             Kind::Webhook { url } => {
-                let body = serde_json::json!({
-                    "id": format_id(id),
-                    "device": t.msg.device,
-                    "payload": String::from_utf8_lossy(&t.msg.payload),
-                    "qos": t.msg.qos,
-                });
-                let tag = self.next_tag;
-                self.next_tag += 1;
-                fx.push(Effect::Post(PostRequest {
-                    tag,
-                    url: url.clone(),
-                    body: body.to_string().into_bytes(),
-                    content_type: "application/json",
-                    headers: vec![("X-Pulsegate-Message-Id".into(), format_id(id))],
-                    timeout_ms: config.timeout_ms,
-                }));
-                self.outbound_tags
-                    .insert(tag, OutboundTag::Attempt(attempt, now.mono_ms));
+                let request = self.posts.webhook(attempt, now.mono_ms, &t.msg, url, config.timeout_ms);
+                fx.push(Effect::Post(request));
                 config.timeout_ms + PUSH_WEBHOOK_TIMEOUT_SLACK_MS
             }
         };
@@ -548,16 +474,7 @@ impl Machine {
     }
 
     fn retain_completed(&mut self, msg: Message, fx: &mut Vec<Effect>) {
-        let id = msg.id;
-        if self.completed.insert(id, msg).is_none() {
-            self.completed_order.push_back(id);
-        }
-        while self.completed_order.len() > self.config.completed_retention_max {
-            if let Some(old) = self.completed_order.pop_front() {
-                self.completed.remove(&old);
-                fx.push(Effect::Delete { id: old });
-            }
-        }
+        fx.extend(self.finished.keep(msg).into_iter().map(|id| Effect::Delete { id }));
     }
 
     // ----- events -----
@@ -663,40 +580,29 @@ impl Machine {
 
     /// The outbound pool refused the POST tagged `tag` (its queue is full).
     pub fn on_post_refused(&mut self, tag: u64, now: Now, fx: &mut Vec<Effect>) {
-        match self.outbound_tags.remove(&tag) {
-            Some(OutboundTag::Attempt(attempt, _)) => self.attempt_failed(attempt, "relay_queue_full", now, fx),
-            Some(OutboundTag::Callback { job }) => self.callbacks.refused(job, now.mono_ms),
+        match self.posts.take(tag) {
+            Some(PostFor::Attempt(attempt, _)) => self.attempt_failed(attempt, "relay_queue_full", now, fx),
+            Some(PostFor::Callback { job }) => self.callbacks.refused(job, now.mono_ms),
             None => {}
         }
     }
 
     pub fn on_post_result(&mut self, result: PostResult, now: Now, fx: &mut Vec<Effect>) {
-        let Some(tag) = self.outbound_tags.remove(&result.tag) else {
-            return;
-        };
-        match tag {
-            OutboundTag::Attempt(attempt, started_ms) => {
+        let ok = result.outcome.is_success();
+        match self.posts.take(result.tag) {
+            Some(PostFor::Attempt(attempt, started_ms)) if ok => {
                 let latency_ms = now.mono_ms.saturating_sub(started_ms);
-                if result.outcome.is_success() {
-                    self.attempt_succeeded(attempt.id, attempt.mechanism, latency_ms, "http_2xx", now, fx);
-                } else {
-                    let reason = match &result.outcome {
-                        PostOutcome::Status(code) => format!("http_{code}"),
-                        PostOutcome::Timeout => "timeout".into(),
-                        PostOutcome::ConnectFailed(_) => "connect_failed".into(),
-                        PostOutcome::BadUrl(_) => "bad_url".into(),
-                        PostOutcome::Other(_) => "relay_error".into(),
-                    };
-                    self.attempt_failed(attempt, &reason, now, fx);
-                }
+                self.attempt_succeeded(attempt.id, attempt.mechanism, latency_ms, "http_2xx", now, fx);
             }
-            OutboundTag::Callback { job } => {
-                match self.callbacks.answered(job, result.outcome.is_success(), now.mono_ms) {
-                    CallbackOutcome::Delivered => bump(&self.counters.callbacks_ok),
-                    CallbackOutcome::GaveUp => bump(&self.counters.callbacks_failed),
-                    CallbackOutcome::Retrying => {}
-                }
+            Some(PostFor::Attempt(attempt, _)) => {
+                self.attempt_failed(attempt, &failure_reason(&result.outcome), now, fx)
             }
+            Some(PostFor::Callback { job }) => match self.callbacks.answered(job, ok, now.mono_ms) {
+                CallbackOutcome::Delivered => bump(&self.counters.callbacks_ok),
+                CallbackOutcome::GaveUp => bump(&self.counters.callbacks_failed),
+                CallbackOutcome::Retrying => {}
+            },
+            None => {}
         }
     }
 
@@ -757,17 +663,10 @@ impl Machine {
     /// POSTs every callback due at `now`.
     pub fn fire_callbacks(&mut self, now: Now, fx: &mut Vec<Effect>) {
         while let Some(due) = self.callbacks.pop_due(now.mono_ms) {
-            let tag = self.next_tag;
-            self.next_tag += 1;
-            fx.push(Effect::Post(PostRequest {
-                tag,
-                url: due.url,
-                body: due.body,
-                content_type: "application/json",
-                headers: vec![],
-                timeout_ms: self.config.callback_timeout_ms,
-            }));
-            self.outbound_tags.insert(tag, OutboundTag::Callback { job: due.job });
+            let timeout_ms = self.config.callback_timeout_ms;
+            fx.push(Effect::Post(
+                self.posts.callback(due.job, due.url, due.body, timeout_ms),
+            ));
         }
     }
 }
