@@ -24,39 +24,14 @@ use super::devices::{DeliverError, Presence};
 pub use super::effects::{AttemptRef, Effect, Now};
 use super::finished::Finished;
 use super::mechanism::{Kind, Mechanism, MechanismConfig, Stats};
-use super::message::{Attempt, Message, State};
+use super::message::{Message, State};
 use super::offline::OfflineQueue;
 use super::posts::{PostFor, Posts, failure_reason};
-use super::profile::OnFailure;
 use super::service::{Op, ServiceConfig, ServiceError};
+use super::tracked::{Next, Tracked};
 use super::{DeliveryEvent, HELD_IN_SESSION, Push, format_id, policy};
 use crate::limits::{PUSH_SWEEP_DEVICES_MAX, PUSH_WEBHOOK_TIMEOUT_SLACK_MS};
 use crate::outbound::PostResult;
-
-/// What a message's timer means when it fires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Next {
-    /// Only the TTL.
-    Expiry,
-    /// The attempt of this generation has had its time.
-    AttemptTimeout,
-    /// Start the next attempt.
-    Retry,
-}
-
-struct Tracked {
-    msg: Message,
-    /// Bumped on every attempt start; outcomes of an older generation are stale.
-    generation: u32,
-    plan: Vec<usize>,
-    plan_pos: usize,
-    /// Bumped on every arm; a timer of an older one is stale.
-    timer_generation: u32,
-    next: Next,
-    next_due_ms: u64,
-    expires_mono_ms: u64,
-    in_flight: u32,
-}
 
 enum Started {
     Yes,
@@ -231,42 +206,18 @@ impl Machine {
         if recovered {
             msg.close_open_attempts("interrupted_by_restart", now.unix_ms);
         }
-        let tracked = Tracked {
-            msg,
-            generation: 0,
-            plan,
-            plan_pos: 0,
-            timer_generation: 0,
-            next: Next::Expiry,
-            next_due_ms: expires_mono_ms,
-            expires_mono_ms,
-            in_flight: 0,
-        };
+        let mut tracked = Tracked::new(msg, plan, expires_mono_ms);
+        fx.push(tracked.arm());
         self.pending.insert(id, tracked);
-        self.arm(id, fx);
         fx.push(Effect::Persist { id });
         self.start_attempt(id, now, devices, fx);
     }
 
-    /// Arms the message's single timer at min(next action, expiry).
-    fn arm(&mut self, id: u64, fx: &mut Vec<Effect>) {
-        if let Some(t) = self.pending.get_mut(&id) {
-            t.timer_generation = t.timer_generation.wrapping_add(1);
-            let due_ms = t.next_due_ms.min(t.expires_mono_ms);
-            fx.push(Effect::Schedule {
-                id,
-                generation: t.timer_generation,
-                due_ms,
-            });
-        }
-    }
-
+    /// Sets the message's next action and arms its one timer.
     fn set_next(&mut self, id: u64, next: Next, due_ms: u64, fx: &mut Vec<Effect>) {
         if let Some(t) = self.pending.get_mut(&id) {
-            t.next = next;
-            t.next_due_ms = due_ms;
+            fx.push(t.set_next(next, due_ms));
         }
-        self.arm(id, fx);
     }
 
     fn start_attempt(&mut self, id: u64, now: Now, devices: &dyn Presence, fx: &mut Vec<Effect>) {
@@ -275,29 +226,17 @@ impl Machine {
             self.finish(id, State::Expired, "ttl ran out", now, fx);
             return;
         }
-        if t.plan.is_empty() {
+        if !t.has_plan() {
             self.finish(id, State::Failed, "no mechanism satisfies the profile", now, fx);
             return;
         }
-        let attempts_done = t.msg.attempts.len() as u32;
-        if attempts_done >= t.msg.profile.retry.max_attempts {
-            let last = t
-                .msg
-                .attempts
-                .last()
-                .and_then(|a| a.outcome.clone())
-                .unwrap_or_default();
-            let detail = format!("{attempts_done} attempts failed, last: {last}");
+        if let Some(detail) = t.exhausted(None) {
             self.finish(id, State::Failed, detail, now, fx);
             return;
         }
-        t.generation = t.generation.wrapping_add(1);
-        t.in_flight = 0;
-        let parallel = policy::parallelism(&t.msg.profile).min(t.plan.len());
+        let choices = t.new_round();
+        let parallel = policy::parallelism(&t.msg.profile).min(choices.len());
         let qos0 = t.msg.qos == 0;
-        let choices: Vec<usize> = (0..t.plan.len())
-            .map(|k| t.plan[(t.plan_pos + k) % t.plan.len()])
-            .collect();
         let mut started = 0;
         let mut offline = false;
         for mechanism in choices {
@@ -341,7 +280,6 @@ impl Machine {
             generation: t.generation,
             mechanism,
         };
-        let n = t.msg.attempts.len() as u32 + 1;
         let timeout_ms = match &config.kind {
             Kind::Persistent => {
                 let Some(at) = devices.locate(&t.msg.device) else {
@@ -364,16 +302,7 @@ impl Machine {
                 config.timeout_ms + PUSH_WEBHOOK_TIMEOUT_SLACK_MS
             }
         };
-        t.msg.attempts.push(Attempt {
-            n,
-            mechanism: config.name.clone(),
-            started_ms: now.unix_ms,
-            outcome: None,
-            latency_ms: None,
-        });
-        t.in_flight += 1;
-        t.msg
-            .set_state(State::Sent, now.unix_ms, format!("attempt {n} on {}", config.name));
+        t.start(&config.name, now.unix_ms);
         bump(&self.counters.attempts);
         self.mechanisms[mechanism].stats.attempts += 1;
         fx.push(Effect::Persist { id });
@@ -398,15 +327,12 @@ impl Machine {
 
     fn schedule_retry(&mut self, id: u64, why: &str, now: Now, fx: &mut Vec<Effect>) {
         let Some(t) = self.pending.get_mut(&id) else { return };
-        let attempts = t.msg.attempts.len() as u32;
-        if attempts >= t.msg.profile.retry.max_attempts {
-            let detail = format!("{attempts} attempts failed, last: {why}");
+        if let Some(detail) = t.exhausted(Some(why)) {
             self.finish(id, State::Failed, detail, now, fx);
             return;
         }
-        if t.msg.profile.retry.on_failure == OnFailure::NextMechanism && !t.plan.is_empty() {
-            t.plan_pos = (t.plan_pos + 1) % t.plan.len();
-        }
+        t.fail_over();
+        let attempts = t.msg.attempts.len() as u32;
         let backoff_ms = t.msg.profile.retry.backoff_ms(attempts + 1);
         bump(&self.counters.retries);
         self.set_next(id, Next::Retry, now.mono_ms + backoff_ms, fx);
@@ -422,10 +348,7 @@ impl Machine {
         self.mechanisms[mechanism].stats.record_failure(now.mono_ms);
         let name = &self.mechanisms[mechanism].config.name;
         let Some(t) = self.pending.get_mut(&id) else { return };
-        if let Some(a) = t.msg.open_attempt(name) {
-            a.outcome = Some(reason.to_string());
-            a.latency_ms = Some(now.unix_ms.saturating_sub(a.started_ms));
-        }
+        t.close(name, reason, None, now.unix_ms);
         fx.push(Effect::Persist { id });
         if generation != t.generation {
             return;
@@ -449,10 +372,7 @@ impl Machine {
         self.mechanisms[mechanism].stats.record_success(latency_ms);
         let name = self.mechanisms[mechanism].config.name.clone();
         let Some(t) = self.pending.get_mut(&id) else { return };
-        if let Some(a) = t.msg.open_attempt(&name) {
-            a.outcome = Some(outcome.to_string());
-            a.latency_ms = Some(latency_ms);
-        }
+        t.close(&name, outcome, Some(latency_ms), now.unix_ms);
         self.finish(id, State::Delivered, format!("delivered by {name}"), now, fx);
     }
 
@@ -561,11 +481,12 @@ impl Machine {
                     return; // QoS 1 waits for PUBACK
                 }
                 // QoS 0 has no acknowledgement: handed to the device's connection is all we learn.
-                let name = &self.mechanisms[attempt.mechanism].config.name;
-                if let Some(a) = t.msg.open_attempt(name) {
-                    a.outcome = Some("sent_qos0".into());
-                    a.latency_ms = Some(0);
-                }
+                t.close(
+                    &self.mechanisms[attempt.mechanism].config.name,
+                    "sent_qos0",
+                    Some(0),
+                    now.unix_ms,
+                );
                 self.mechanisms[attempt.mechanism].stats.record_success(0);
                 self.finish(
                     attempt.id,
@@ -608,7 +529,7 @@ impl Machine {
 
     /// The timer of `id` armed with `generation` is due.
     pub fn on_timer(&mut self, id: u64, generation: u32, now: Now, devices: &dyn Presence, fx: &mut Vec<Effect>) {
-        let Some(t) = self.pending.get(&id) else { return };
+        let Some(t) = self.pending.get_mut(&id) else { return };
         if t.timer_generation != generation {
             return;
         }
@@ -616,38 +537,29 @@ impl Machine {
             self.finish(id, State::Expired, "ttl ran out", now, fx);
             return;
         }
-        if now.mono_ms < t.next_due_ms {
-            self.arm(id, fx); // early (cannot happen with an exact timer; harmless)
+        if now.mono_ms < t.next_due_ms || t.next == Next::Expiry {
+            fx.push(t.arm()); // early: cannot happen with an exact timer, harmless
             return;
         }
-        match t.next {
-            Next::Expiry => self.arm(id, fx),
-            Next::AttemptTimeout => {
-                let generation = t.generation;
-                let open: Vec<usize> = t
-                    .msg
-                    .attempts
-                    .iter()
-                    .filter(|a| a.outcome.is_none())
-                    .filter_map(|a| self.mechanisms.iter().position(|m| m.config.name == a.mechanism))
-                    .collect();
-                if open.is_empty() {
-                    self.schedule_retry(id, "timeout", now, fx);
-                    return;
-                }
-                if let Some(t) = self.pending.get_mut(&id) {
-                    t.in_flight = open.len() as u32;
-                }
-                for mechanism in open {
-                    let attempt = AttemptRef {
-                        id,
-                        generation,
-                        mechanism,
-                    };
-                    self.attempt_failed(attempt, "timeout", now, fx);
-                }
-            }
-            Next::Retry => self.start_attempt(id, now, devices, fx),
+        if t.next == Next::Retry {
+            self.start_attempt(id, now, devices, fx);
+            return;
+        }
+        // The attempts of this round have had their time.
+        let open = t.open_mechanisms(&self.mechanisms);
+        if open.is_empty() {
+            self.schedule_retry(id, "timeout", now, fx);
+            return;
+        }
+        t.in_flight = open.len() as u32;
+        let generation = t.generation;
+        for mechanism in open {
+            let attempt = AttemptRef {
+                id,
+                generation,
+                mechanism,
+            };
+            self.attempt_failed(attempt, "timeout", now, fx);
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::*;
 use crate::delivery::Location;
 use crate::outbound::{PostOutcome, PostRequest};
-use crate::push::message::Event;
+use crate::push::message::{Attempt, Event};
 use crate::push::profile::{Goal, Profile};
 use crate::push::timers::Timers;
 

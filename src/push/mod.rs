@@ -31,6 +31,7 @@ pub mod profile;
 pub mod service;
 pub mod submit;
 pub mod timers;
+pub mod tracked;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
