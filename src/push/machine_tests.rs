@@ -108,10 +108,7 @@ impl Sim {
     /// Moves the clock to `to_ms`, firing every timer due on the way, in order.
     fn advance(&mut self, to_ms: u64) -> Vec<Effect> {
         let mut all = Vec::new();
-        loop {
-            let Some(due) = self.timers.next_due_ms().filter(|&d| d <= to_ms) else {
-                break;
-            };
+        while let Some(due) = self.timers.next_due_ms().filter(|&d| d <= to_ms) {
             self.now_ms = self.now_ms.max(due);
             let mut expired = Vec::new();
             self.timers.expired(self.now_ms, usize::MAX, &mut expired);
