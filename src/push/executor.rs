@@ -222,3 +222,7 @@ impl PushService {
 fn read(machine: &Machine, id: u64) -> Option<Vec<u8>> {
     machine.message(id).and_then(|m| serde_json::to_vec(m).ok())
 }
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;
