@@ -3,12 +3,18 @@
 //! The unit of delivery (`Push`) and the events shards report back
 //! (`DeliveryEvent`) live in `crate::delivery`, below both.
 //!
-//! Built as a pure state machine (`machine`: transitions return effects, time
-//! is an argument) composed of small owners (`offline`, `collapse`,
-//! `callbacks`), and an executor (`executor`) that performs the effects on the
-//! device side (`devices::Devices`, implemented by the gateway), the outbound
-//! pool, its timers (`timers`) and the store (`persist`, group commit without
-//! waiting). `service` holds the public types.
+//! Built as a pure state machine plus an executor:
+//! - `machine`: the transitions (requests, delivery events, hand-off and POST
+//!   results, timers); time is an argument, effects (`effects`) are returned.
+//!   It composes `tracked` (one message's record), `offline` (store and
+//!   forward, bounded), `collapse`, `callbacks` (with their backoff),
+//!   `finished` (retention) and `posts` (outbound tags, request shapes).
+//! - `executor`: the thread; performs the effects on the device side
+//!   (`devices::Devices`, implemented by the gateway), the outbound pool, its
+//!   timer heap (`timers`) and the store (`persist`: group commit without
+//!   waiting, dirty ids kept until a commit of them succeeds).
+//! - `service`: the public types (requests, typed errors, configuration);
+//!   `counters` for /metrics.
 //!
 //! Owns message tracking. Must never touch sockets or shard state: shards
 //! deliver, the service decides what to deliver and tracks the outcome.
