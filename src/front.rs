@@ -126,7 +126,7 @@ impl ApiFront {
         match rx.recv_timeout(Duration::from_millis(SERVICE_REPLY_TIMEOUT_MS)) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(ServiceError::NotFound)) => Err(ApiError::NotFound("no such message".into())),
-            Ok(Err(ServiceError::Conflict(m))) => Err(ApiError::Conflict(m)),
+            Ok(Err(e @ ServiceError::Conflict { .. })) => Err(ApiError::Conflict(e.to_string())),
             Err(_) => Err(ApiError::Overloaded { retry_after_s: 1 }),
         }
     }

@@ -15,13 +15,14 @@ use crossbeam_channel::Receiver;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::coordinator::{CoordinatorEnv, CoordinatorGauges};
-use crate::delivery::{DeliveryEvent, Reporter};
+use crate::delivery::{DeliveryEvent, Location, Push, Reporter};
 use crate::front::{FrontEnv, ServiceHandle};
 use crate::metrics::MetricsSources;
 use crate::push::PushIds;
 use crate::registry::{Registry, ReliefMemory};
 use crate::shard::admission::Admission;
 use crate::shard::env::{BackendInUse, DELIVERY_EVENTS_MAX, RELIEVED_IDS_MAX, ShardEnv};
+use crate::shard::mailbox::{Command, PostError};
 use crate::shard::peers::Peers;
 
 /// Every owner that more than one thread reads, built once.
@@ -112,5 +113,41 @@ impl Owners {
     /// The receiving end of delivery events (taken once, by the push service).
     pub fn take_delivery_events(&self) -> Option<Receiver<DeliveryEvent>> {
         self.deliveries.lock().ok().and_then(|mut g| g.take())
+    }
+}
+
+/// The push service's view of the device side: the registry says where a
+/// device is, its shard's mailbox takes the push.
+pub struct DeviceRoutes {
+    registry: Arc<Registry>,
+    peers: Arc<Peers>,
+}
+
+impl Owners {
+    pub fn device_routes(&self) -> DeviceRoutes {
+        DeviceRoutes {
+            registry: self.registry.clone(),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+impl crate::push::Presence for DeviceRoutes {
+    fn locate(&self, client_id: &str) -> Option<Location> {
+        self.registry.lookup(client_id)
+    }
+}
+
+impl crate::push::Devices for DeviceRoutes {
+    fn deliver(&self, at: Location, push: Push) -> Result<(), crate::push::DeliverError> {
+        let command = Command::Push {
+            key: at.key,
+            generation: at.generation,
+            push,
+        };
+        self.peers.post(at.shard, command).map_err(|e| match e {
+            PostError::Full => crate::push::DeliverError::Full,
+            PostError::Closed => crate::push::DeliverError::Closed,
+        })
     }
 }

@@ -72,3 +72,59 @@ pub const OUTBOUND_WORKERS_MAX: usize = 256;
 const _: () = assert!(API_REQUESTS_QUEUE_MAX_CEILING <= STORE_QUEUE_OPS_MAX_CEILING);
 // An HTTP header block at its ceiling is a slow consumer's worth, no more.
 const _: () = assert!(HTTP_MAX_HEADER_BYTES_CEILING <= SEND_BACKLOG_BYTES_MAX);
+
+// ----- push service (src/push/) -----
+
+/// Requests, delivery events and outbound results each handled per push-service
+/// loop turn; the rest wait for the next turn.
+pub const PUSH_EVENTS_PER_TURN_MAX: usize = 4_096;
+
+/// Longest the push service sleeps with nothing due, so shutdown and its
+/// gauges are never stale by more than this.
+pub const PUSH_LOOP_SLEEP_MS_MAX: u64 = 250;
+
+/// How often devices with held messages are checked against the registry (an
+/// online event lost to a full channel is found this late at most).
+pub const PUSH_SWEEP_EVERY_MS: u64 = 1_000;
+
+/// Devices checked per sweep.
+pub const PUSH_SWEEP_DEVICES_MAX: usize = 10_000;
+
+/// Slack on top of a webhook's own timeout before the service gives up on it
+/// (the outbound pool reports its own timeout first).
+pub const PUSH_WEBHOOK_TIMEOUT_SLACK_MS: u64 = 1_000;
+
+/// Outbound POSTs (webhook attempts and callbacks) queued for the pool's workers.
+pub const PUSH_OUTBOUND_QUEUE_MAX: usize = 65_536;
+
+/// First callback retry delay; each later one doubles, up to
+/// `PUSH_CALLBACK_BACKOFF_SHIFT_MAX` doublings.
+pub const PUSH_CALLBACK_BACKOFF_MS_MIN: u64 = 500;
+pub const PUSH_CALLBACK_BACKOFF_SHIFT_MAX: u32 = 10;
+
+/// A callback the outbound queue refused is tried again this much later.
+pub const PUSH_CALLBACK_REQUEUE_MS: u64 = 1_000;
+
+/// After a failed store commit, the dirty messages are resubmitted this much
+/// later, doubling per consecutive failure up to the max.
+pub const PUSH_PERSIST_RETRY_MS_MIN: u64 = 100;
+pub const PUSH_PERSIST_RETRY_MS_MAX: u64 = 5_000;
+
+/// Store deletes (messages past their retention) waiting while the store
+/// fails; beyond it the oldest are dropped and counted (a stale record comes
+/// back at recovery as a finished message and is deleted again).
+pub const PUSH_PERSIST_DELETES_MAX: usize = 1 << 20;
+
+/// Stale entries the push service's timer heap may hold beyond two per live
+/// timer before it is rebuilt from the live ones.
+pub const PUSH_TIMER_HEAP_SLACK: usize = 1_024;
+
+/// Longest shutdown waits for the push service's last commit.
+pub const PUSH_SHUTDOWN_FLUSH_MS: u64 = 10_000;
+
+const _: () = assert!(PUSH_LOOP_SLEEP_MS_MAX <= PUSH_SWEEP_EVERY_MS);
+const _: () = assert!(PUSH_PERSIST_RETRY_MS_MIN > 0 && PUSH_PERSIST_RETRY_MS_MIN <= PUSH_PERSIST_RETRY_MS_MAX);
+const _: () = assert!(PUSH_CALLBACK_BACKOFF_MS_MIN > 0);
+const _: () = assert!(PUSH_CALLBACK_BACKOFF_SHIFT_MAX < 32);
+const _: () = assert!((PUSH_CALLBACK_BACKOFF_MS_MIN << PUSH_CALLBACK_BACKOFF_SHIFT_MAX) < u32::MAX as u64);
+const _: () = assert!(PUSH_EVENTS_PER_TURN_MAX <= PUSH_OUTBOUND_QUEUE_MAX);

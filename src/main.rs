@@ -220,8 +220,7 @@ fn start_push_service(
     let mut mechanisms = vec![mechanism::persistent(cfg.persistent_ack_timeout_ms)];
     mechanisms.extend(cfg.mechanisms.iter().cloned());
     let parts = ServiceParts {
-        registry: owners.registry.clone(),
-        peers: owners.peers.clone(),
+        devices: Arc::new(owners.device_routes()),
         committer,
         requests: requests_rx,
         deliveries,

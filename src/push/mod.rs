@@ -3,19 +3,46 @@
 //! The unit of delivery (`Push`) and the events shards report back
 //! (`DeliveryEvent`) live in `crate::delivery`, below both.
 //!
+//! Built as a pure state machine plus an executor:
+//! - `machine`: the transitions (requests, delivery events, hand-off and POST
+//!   results, timers); time is an argument, effects (`effects`) are returned.
+//!   It composes `tracked` (one message's record), `offline` (store and
+//!   forward, bounded), `collapse`, `callbacks` (with their backoff),
+//!   `finished` (retention) and `posts` (outbound tags, request shapes).
+//! - `executor`: the thread; performs the effects on the device side
+//!   (`devices::Devices`, implemented by the gateway), the outbound pool, its
+//!   timer heap (`timers`) and the store (`persist`: group commit without
+//!   waiting, dirty ids kept until a commit of them succeeds).
+//! - `service`: the public types (requests, typed errors, configuration);
+//!   `counters` for /metrics.
+//!
 //! Owns message tracking. Must never touch sockets or shard state: shards
 //! deliver, the service decides what to deliver and tracks the outcome.
 
+pub mod callbacks;
+pub mod collapse;
+pub mod counters;
+pub mod devices;
+pub mod effects;
+pub mod executor;
+pub mod finished;
+pub mod machine;
 pub mod mechanism;
 pub mod message;
+pub mod offline;
+pub mod persist;
 pub mod policy;
+pub mod posts;
 pub mod profile;
 pub mod service;
 pub mod submit;
+pub mod timers;
+pub mod tracked;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use crate::delivery::{DeliveryEvent, HELD_IN_SESSION, Push};
+pub use crate::delivery::{DeliveryEvent, HELD_IN_SESSION, Location, Push};
+pub use devices::{DeliverError, Devices, Presence};
 
 /// Parses the text form of a push id.
 pub fn parse_id(text: &str) -> Option<u64> {

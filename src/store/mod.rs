@@ -30,7 +30,7 @@ pub mod group_commit;
 pub mod mem_store;
 pub mod redb_store;
 
-pub use group_commit::{GroupCommitConfig, GroupCommitStats, GroupCommitter};
+pub use group_commit::{GroupCommitConfig, GroupCommitStats, GroupCommitter, Ticket};
 pub use mem_store::MemStore;
 pub use redb_store::RedbStore;
 

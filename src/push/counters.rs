@@ -1,0 +1,59 @@
+//! The push service's counters, read by `/metrics` and by the API's admission
+//! check (`pending`, `queued`).
+//!
+//! Owns these relaxed atomics. Must never hold state a decision depends on:
+//! the machine decides from its own tables and only reports here.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::message::State;
+
+/// Counters read by /metrics.
+#[derive(Default)]
+pub struct ServiceCounters {
+    pub pending: AtomicU64,
+    /// Pending messages held for offline devices (evictable).
+    pub queued: AtomicU64,
+    pub accepted: AtomicU64,
+    pub delivered: AtomicU64,
+    pub confirmed: AtomicU64,
+    pub failed: AtomicU64,
+    pub expired: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub collapsed: AtomicU64,
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub callbacks_ok: AtomicU64,
+    pub callbacks_failed: AtomicU64,
+    /// Failed store commits (or refused submissions) of state changes; the
+    /// changes themselves are kept and committed again.
+    pub store_errors: AtomicU64,
+    /// Store deletes dropped while the store kept failing (their records come
+    /// back at recovery as finished messages and are deleted then).
+    pub store_deletes_dropped: AtomicU64,
+}
+
+impl ServiceCounters {
+    /// The outcome counter of a message that reached `state`.
+    pub fn terminal(&self, state: State) -> &AtomicU64 {
+        match state {
+            State::Delivered => &self.delivered,
+            State::Confirmed => &self.confirmed,
+            State::Failed => &self.failed,
+            State::Expired => &self.expired,
+            State::Cancelled => &self.cancelled,
+            State::Collapsed => &self.collapsed,
+            State::Accepted | State::Queued | State::Sent => &self.failed,
+        }
+    }
+}
+
+/// Adds one.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sets a gauge.
+pub fn set(gauge: &AtomicU64, value: u64) {
+    gauge.store(value, Ordering::Relaxed);
+}

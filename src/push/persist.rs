@@ -1,0 +1,298 @@
+//! Durability of message state changes without blocking the service loop: the
+//! ids the machine changed are collected in a dirty set, written by one group
+//! commit at a time (`GroupCommitter::submit`, a ticket polled each turn), and
+//! kept until a commit covering them succeeds. A failed commit (or a refused
+//! submission) is counted in `store_errors`, its ids go back into the dirty
+//! set, and the commit is retried after a backoff (`PUSH_PERSIST_RETRY_MS_*`),
+//! resuming the committer's sticky failure because everything lost is
+//! resubmitted. What is written is always the message's value at submit time,
+//! so a retry supersedes whatever the lost commit held.
+//!
+//! Owns the dirty set, pending deletes and the commit in flight. Must never
+//! wait for a commit in the loop (only `shutdown` waits, bounded) and never
+//! drop a dirty id before a commit of it succeeded.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::counters::{ServiceCounters, bump};
+use crate::limits::{PUSH_PERSIST_DELETES_MAX, PUSH_PERSIST_RETRY_MS_MAX, PUSH_PERSIST_RETRY_MS_MIN};
+use crate::store::{GroupCommitter, StoreError, StoreOp, Ticket};
+
+struct InFlight {
+    ticket: Ticket,
+    puts: Vec<u64>,
+    deletes: Vec<u64>,
+}
+
+pub struct Persister {
+    committer: Arc<GroupCommitter>,
+    counters: Arc<ServiceCounters>,
+    dirty: BTreeSet<u64>,
+    /// Ids whose records go (retention passed), oldest first, bounded.
+    deleted: VecDeque<u64>,
+    in_flight: Option<InFlight>,
+    /// Failed commits in a row (0 = healthy).
+    failures: u32,
+    /// No submission before this (after a failure).
+    retry_at_ms: u64,
+}
+
+impl Persister {
+    pub fn new(committer: Arc<GroupCommitter>, counters: Arc<ServiceCounters>) -> Persister {
+        Persister {
+            committer,
+            counters,
+            dirty: BTreeSet::new(),
+            deleted: VecDeque::new(),
+            in_flight: None,
+            failures: 0,
+            retry_at_ms: 0,
+        }
+    }
+
+    /// `id` changed: write its current value.
+    pub fn mark(&mut self, id: u64) {
+        self.dirty.insert(id);
+    }
+
+    /// `id` is gone from the service: delete its record.
+    pub fn forget(&mut self, id: u64) {
+        self.dirty.remove(&id);
+        if self.deleted.len() >= PUSH_PERSIST_DELETES_MAX {
+            // Only while the store keeps failing; see PUSH_PERSIST_DELETES_MAX.
+            self.deleted.pop_front();
+            bump(&self.counters.store_deletes_dropped);
+        }
+        self.deleted.push_back(id);
+    }
+
+    /// Settles the commit in flight, if it has an answer; then, unless one is
+    /// still in flight or a retry is not due, submits everything dirty.
+    /// `read` gives a message's current bytes (None: it no longer exists).
+    pub fn turn(&mut self, now_ms: u64, read: impl Fn(u64) -> Option<Vec<u8>>) {
+        if let Some(f) = &self.in_flight {
+            match f.ticket.poll() {
+                None => return,
+                Some(result) => self.settle(result, now_ms),
+            }
+        }
+        if now_ms < self.retry_at_ms || (self.dirty.is_empty() && self.deleted.is_empty()) {
+            return;
+        }
+        if self.failures > 0 && self.committer.is_failed() {
+            // Everything the failed commit held is in `dirty`/`deleted` again.
+            self.committer.resume();
+        }
+        let puts: Vec<u64> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let deletes: Vec<u64> = self.deleted.drain(..).collect();
+        let mut ops = Vec::with_capacity(puts.len() + deletes.len());
+        for &id in &puts {
+            if let Some(value) = read(id) {
+                ops.push(StoreOp::Put { id, value });
+            }
+        }
+        ops.extend(deletes.iter().map(|&id| StoreOp::Delete { id }));
+        if ops.is_empty() {
+            return;
+        }
+        match self.committer.submit(ops) {
+            Ok(ticket) => self.in_flight = Some(InFlight { ticket, puts, deletes }),
+            Err(_) => self.failed(puts, deletes, now_ms),
+        }
+    }
+
+    fn settle(&mut self, result: Result<(), StoreError>, now_ms: u64) {
+        let Some(f) = self.in_flight.take() else { return };
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.retry_at_ms = 0;
+            }
+            Err(_) => self.failed(f.puts, f.deletes, now_ms),
+        }
+    }
+
+    fn failed(&mut self, puts: Vec<u64>, deletes: Vec<u64>, now_ms: u64) {
+        bump(&self.counters.store_errors);
+        self.dirty.extend(puts);
+        for id in deletes.into_iter().rev() {
+            self.deleted.push_front(id);
+        }
+        while self.deleted.len() > PUSH_PERSIST_DELETES_MAX {
+            self.deleted.pop_front();
+            bump(&self.counters.store_deletes_dropped);
+        }
+        let backoff_ms = (PUSH_PERSIST_RETRY_MS_MIN << self.failures.min(16)).min(PUSH_PERSIST_RETRY_MS_MAX);
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at_ms = now_ms + backoff_ms;
+    }
+
+    /// The commit in flight's answer channel (the loop wakes on it).
+    pub fn waiting_on(&self) -> Option<&Ticket> {
+        self.in_flight.as_ref().map(|f| &f.ticket)
+    }
+
+    /// When the next submission may go (a retry after a failure).
+    pub fn next_due_ms(&self) -> Option<u64> {
+        let work = !self.dirty.is_empty() || !self.deleted.is_empty();
+        (work && self.in_flight.is_none()).then_some(self.retry_at_ms)
+    }
+
+    /// Ids waiting to be written (not counting the commit in flight).
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    pub fn is_dirty(&self, id: u64) -> bool {
+        self.dirty.contains(&id) || self.in_flight.as_ref().is_some_and(|f| f.puts.contains(&id))
+    }
+
+    /// Nothing waiting and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.dirty.is_empty() && self.deleted.is_empty()
+    }
+
+    /// At shutdown: commits what is left, waiting at most `budget`, retrying
+    /// a failure. True if everything landed.
+    pub fn shutdown(&mut self, budget: Duration, read: impl Fn(u64) -> Option<Vec<u8>>) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.is_idle() {
+                return true;
+            }
+            let Some(left) = budget.checked_sub(start.elapsed()) else {
+                return false;
+            };
+            let now_ms = start.elapsed().as_millis() as u64;
+            if let Some(f) = &self.in_flight {
+                if let Some(result) = f.ticket.wait(left) {
+                    self.settle(result, now_ms);
+                }
+                continue;
+            }
+            // No backoff at shutdown beyond a short pause between failures.
+            self.retry_at_ms = 0;
+            self.turn(now_ms, &read);
+            if self.in_flight.is_none() && !self.is_idle() {
+                std::thread::sleep(Duration::from_millis(PUSH_PERSIST_RETRY_MS_MIN).min(left));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+    use crate::store::{GroupCommitConfig, MemStore, Store};
+
+    /// A store that fails every commit while `failing` is set.
+    #[derive(Default)]
+    struct FlakyStore {
+        inner: MemStore,
+        failing: AtomicBool,
+        commits: AtomicU64,
+    }
+
+    impl Store for FlakyStore {
+        fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StoreError::Io("disk unplugged".into()));
+            }
+            self.inner.commit(ops)
+        }
+        fn load_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            self.inner.load_all()
+        }
+        fn len(&self) -> Result<u64, StoreError> {
+            self.inner.len()
+        }
+    }
+
+    /// Turns until the commit in flight has an answer (the writer is a thread).
+    fn settle(p: &mut Persister, now_ms: u64, values: &HashMap<u64, Vec<u8>>) {
+        for _ in 0..5_000 {
+            if p.waiting_on().is_none() {
+                return;
+            }
+            p.turn(now_ms, |id| values.get(&id).cloned());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("commit never answered");
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_dirty_set_and_it_lands_once_the_store_works() {
+        let store = Arc::new(FlakyStore::default());
+        store
+            .inner
+            .commit(&[StoreOp::Put {
+                id: 9,
+                value: b"old".to_vec(),
+            }])
+            .expect("seed");
+        let committer = Arc::new(GroupCommitter::start(store.clone(), GroupCommitConfig::default()));
+        let counters = Arc::new(ServiceCounters::default());
+        let mut p = Persister::new(committer.clone(), counters.clone());
+        let mut values: HashMap<u64, Vec<u8>> = HashMap::new();
+        values.insert(1, b"one".to_vec());
+        values.insert(2, b"two".to_vec());
+
+        store.failing.store(true, Ordering::SeqCst);
+        p.mark(1);
+        p.mark(2);
+        p.forget(9);
+        p.turn(0, |id| values.get(&id).cloned());
+        assert!(p.waiting_on().is_some(), "submitted without waiting");
+        settle(&mut p, 0, &values);
+        assert_eq!(
+            counters.store_errors.load(Ordering::Relaxed),
+            1,
+            "the failure is counted"
+        );
+        assert!(p.is_dirty(1) && p.is_dirty(2), "nothing dropped");
+        assert!(!p.is_idle());
+
+        // Changed again while the store is down; no retry before the backoff.
+        values.insert(1, b"one, later".to_vec());
+        p.mark(1);
+        let commits = store.commits.load(Ordering::SeqCst);
+        p.turn(PUSH_PERSIST_RETRY_MS_MIN - 1, |id| values.get(&id).cloned());
+        assert!(p.waiting_on().is_none());
+        assert_eq!(store.commits.load(Ordering::SeqCst), commits);
+        assert_eq!(p.next_due_ms(), Some(PUSH_PERSIST_RETRY_MS_MIN));
+
+        // Still failing at the retry: counted again, the backoff doubles.
+        p.turn(PUSH_PERSIST_RETRY_MS_MIN, |id| values.get(&id).cloned());
+        settle(&mut p, PUSH_PERSIST_RETRY_MS_MIN, &values);
+        assert_eq!(counters.store_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(p.next_due_ms(), Some(3 * PUSH_PERSIST_RETRY_MS_MIN));
+
+        store.failing.store(false, Ordering::SeqCst);
+        p.turn(3 * PUSH_PERSIST_RETRY_MS_MIN, |id| values.get(&id).cloned());
+        settle(&mut p, 3 * PUSH_PERSIST_RETRY_MS_MIN, &values);
+        assert!(p.is_idle(), "everything landed");
+        assert_eq!(
+            store.load_all().expect("load"),
+            vec![(1, b"one, later".to_vec()), (2, b"two".to_vec())],
+            "the latest values, and the delete, once the store works"
+        );
+        assert!(!committer.is_failed());
+        assert_eq!(counters.store_errors.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn shutdown_commits_what_is_left() {
+        let store = Arc::new(FlakyStore::default());
+        let committer = Arc::new(GroupCommitter::start(store.clone(), GroupCommitConfig::default()));
+        let mut p = Persister::new(committer, Arc::new(ServiceCounters::default()));
+        p.mark(5);
+        assert!(p.shutdown(Duration::from_secs(5), |id| Some(id.to_le_bytes().to_vec())));
+        assert_eq!(store.load_all().expect("load"), vec![(5, 5u64.to_le_bytes().to_vec())]);
+    }
+}
