@@ -4,8 +4,11 @@
 //! (3.1.1 or 5.0) connection; application servers push to them over HTTP.
 //!
 //! ## Architecture in a page
-//! - `main` parses `config::Config`, raises RLIMIT_NOFILE (`sys::rlimit`),
-//!   probes io_uring (`sys::uring`) and starts the shards and the HTTP API.
+//! - `main` parses `config::Config` (every setting declared once, in
+//!   `config/table.rs`), raises RLIMIT_NOFILE (`sys::rlimit`), probes io_uring
+//!   (`sys::uring`); `gateway::Owners` builds the shared owners and hands each
+//!   thread its narrow environment (`shard::env::ShardEnv`,
+//!   `coordinator::CoordinatorEnv`, `front::FrontEnv`).
 //! - `shard`: one pinned thread per shard. Each owns a listener bound with
 //!   SO_REUSEPORT, one event loop (`shard::event_loop`) generic over the
 //!   completion interface `sys::io::Io`: `sys::uring_io` (multishot accept
@@ -15,8 +18,11 @@
 //!   (≤ 64 bytes each; an `Active` box only while a connection is busy), and a
 //!   hierarchical `shard::wheel::TimerWheel` for connect timeouts, keep-alive
 //!   expiry (1.5 x keep-alive, re-armed lazily from the last-activity time) and
-//!   close linger. The protocol logic (`shard::core`, `shard::packets`,
-//!   `shard::deliver`) is sans-IO and shared by both backends.
+//!   close linger. The protocol logic is sans-IO and shared by every backend:
+//!   `shard::core` is a facade over owners that hold their own state
+//!   (`connections` with the recycled `active_pool`, `deliver`'s sessions and
+//!   QoS 1 window, `migrate`'s moves, `control`'s dispersal and relief,
+//!   `packets`' handlers).
 //! - `registry`: client id -> (shard, slot, generation), striped mutexes; also
 //!   stored offline sessions (clean start false) with their undelivered pushes.
 //! - `shard::mailbox`: bounded crossbeam channels + wake-ups (eventfd read kept
@@ -27,11 +33,12 @@
 //!   cross-shard rebalancing).
 //! - `api`: HTTP/1.1 (httparse + serde_json): `POST /v1/messages`, `GET /metrics`.
 //! - `protocol::mqtt`: the sans-IO codec, one file per packet type.
-//!
 //! - `coordinator`: its own thread; reads counters, runs the pure policies of
 //!   `policy` (dispersal, admission, relief, rebalancing), posts commands.
-//! - `push`: the SP-facing service (tracking, retries, mechanisms, callbacks),
-//!   durable through `store`; webhooks and callbacks go out through `outbound`.
+//! - `push`: the SP-facing service: a pure state machine (`push::machine`)
+//!   whose transitions return effects, and an executor that performs them
+//!   (shards through `push::Devices`, asynchronous group commits to `store`,
+//!   webhooks and callbacks through `outbound`).
 //! - `delivery`: the plain values that cross those boundaries (`Push`,
 //!   `Location`, `DeliveryEvent`).
 //! - `sdk`: the device side, used by the `pulsegate-device` example and loadgen.
