@@ -242,6 +242,11 @@ pub fn render(src: &MetricsSources) -> String {
                 "Failed store commits of state changes.",
                 &c.store_errors,
             ),
+            (
+                "pulsegate_store_deletes_dropped_total",
+                "Store deletes given up while the store kept failing (the record is deleted again at recovery).",
+                &c.store_deletes_dropped,
+            ),
         ] {
             let _ = writeln!(
                 out,
