@@ -10,6 +10,7 @@ pub mod bufring;
 pub mod epoll_io;
 pub mod io;
 pub mod rlimit;
+pub mod sim_faults;
 pub mod sim_io;
 pub mod socket;
 pub mod uring;
