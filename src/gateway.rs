@@ -8,91 +8,73 @@
 //! top of the layers) and never hold state of its own beyond the start-up.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::coordinator::{CoordinatorEnv, CoordinatorGauges};
-use crate::delivery::{DeliveryEvent, Location, Push, Reporter};
+use crate::delivery::{DeliveryEvent, Location, Push};
 use crate::front::{FrontEnv, ServiceHandle};
 use crate::metrics::MetricsSources;
 use crate::push::PushIds;
-use crate::registry::{Registry, ReliefMemory};
-use crate::shard::admission::Admission;
-use crate::shard::env::{BackendInUse, DELIVERY_EVENTS_MAX, RELIEVED_IDS_MAX, ShardEnv};
+use crate::registry::Registry;
+use crate::shard::env::{BackendInUse, ShardEnv};
 use crate::shard::mailbox::{Command, PostError};
 use crate::shard::peers::Peers;
 
-/// Every owner that more than one thread reads, built once.
+/// Every owner that more than one thread reads, built once. The shard-side
+/// owners (registry, peers, reporter, admission, relief memory, authenticator,
+/// epoch) are the ones in `shard`; the others read the same `Arc`s from it.
 pub struct Owners {
-    pub cfg: Arc<Config>,
     pub backend: BackendInUse,
-    pub registry: Arc<Registry>,
-    pub peers: Arc<Peers>,
-    pub reports: Arc<Reporter>,
-    pub admission: Arc<Admission>,
-    pub relieved: Arc<ReliefMemory>,
+    pub shard: ShardEnv,
     pub gauges: Arc<CoordinatorGauges>,
-    pub auth: Arc<dyn Authenticator>,
     pub push_ids: Arc<PushIds>,
-    pub epoch: Instant,
     /// The receiving end of delivery events, taken once by the push service.
     deliveries: Mutex<Option<Receiver<DeliveryEvent>>>,
 }
 
 impl Owners {
     pub fn new(cfg: Arc<Config>, auth: Arc<dyn Authenticator>, backend: BackendInUse) -> Owners {
-        let (reports, deliveries) = Reporter::bounded(DELIVERY_EVENTS_MAX);
+        let (shard, deliveries) = ShardEnv::new(cfg, auth);
         Owners {
-            registry: Arc::new(Registry::new(cfg.stored_sessions_max)),
-            admission: Arc::new(Admission::new(cfg.max_heartbeats_per_s)),
-            cfg,
             backend,
-            peers: Arc::new(Peers::new()),
-            reports: Arc::new(reports),
-            relieved: Arc::new(ReliefMemory::new(RELIEVED_IDS_MAX)),
+            shard,
             gauges: Arc::default(),
-            auth,
             push_ids: Arc::new(PushIds::new()),
-            epoch: Instant::now(),
             deliveries: Mutex::new(Some(deliveries)),
         }
     }
 
+    pub fn cfg(&self) -> &Arc<Config> {
+        &self.shard.cfg
+    }
+
     pub fn shard_env(&self) -> ShardEnv {
-        ShardEnv {
-            cfg: self.cfg.clone(),
-            registry: self.registry.clone(),
-            peers: self.peers.clone(),
-            reports: self.reports.clone(),
-            admission: self.admission.clone(),
-            relieved: self.relieved.clone(),
-            auth: self.auth.clone(),
-            epoch: self.epoch,
-        }
+        self.shard.clone()
     }
 
     pub fn coordinator_env(&self) -> CoordinatorEnv {
         CoordinatorEnv {
-            cfg: self.cfg.clone(),
-            peers: self.peers.clone(),
-            admission: self.admission.clone(),
+            cfg: self.shard.cfg.clone(),
+            peers: self.shard.peers.clone(),
+            admission: self.shard.admission.clone(),
             gauges: self.gauges.clone(),
-            epoch: self.epoch,
+            epoch: self.shard.epoch,
         }
     }
 
     pub fn metrics_sources(&self, service: Option<&ServiceHandle>) -> MetricsSources {
+        let s = &self.shard;
         MetricsSources {
             backend: self.backend,
-            epoch: self.epoch,
-            peers: self.peers.clone(),
-            registry: self.registry.clone(),
-            reports: self.reports.clone(),
-            relieved: self.relieved.clone(),
-            admission: self.admission.clone(),
+            epoch: s.epoch,
+            peers: s.peers.clone(),
+            registry: s.registry.clone(),
+            reports: s.reports.clone(),
+            relieved: s.relieved.clone(),
+            admission: s.admission.clone(),
             gauges: self.gauges.clone(),
             service: service.map(|s| (s.counters.clone(), s.committer.clone())),
         }
@@ -101,10 +83,10 @@ impl Owners {
     pub fn front_env(&self, service: ServiceHandle) -> FrontEnv {
         FrontEnv {
             metrics: self.metrics_sources(Some(&service)),
-            cfg: self.cfg.clone(),
-            registry: self.registry.clone(),
+            cfg: self.shard.cfg.clone(),
+            registry: self.shard.registry.clone(),
             push_ids: self.push_ids.clone(),
-            admission: self.admission.clone(),
+            admission: self.shard.admission.clone(),
             gauges: self.gauges.clone(),
             service,
         }
@@ -126,8 +108,8 @@ pub struct DeviceRoutes {
 impl Owners {
     pub fn device_routes(&self) -> DeviceRoutes {
         DeviceRoutes {
-            registry: self.registry.clone(),
-            peers: self.peers.clone(),
+            registry: self.shard.registry.clone(),
+            peers: self.shard.peers.clone(),
         }
     }
 }

@@ -151,7 +151,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("pulsegate: stopping");
-    owners.peers.shutdown_all();
+    owners.shard.peers.shutdown_all();
     http.shutdown();
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_JOIN_MS);
     for t in shards.threads.into_iter().chain([service_thread, coordinator_thread]) {
@@ -179,7 +179,7 @@ fn start_push_service(
     owners: &Owners,
     stop: &Arc<AtomicBool>,
 ) -> Result<(std::thread::JoinHandle<()>, ServiceHandle), String> {
-    let cfg = &owners.cfg;
+    let cfg = owners.cfg();
     let store = RedbStore::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
     let records = store.load_all().map_err(|e| format!("cannot read the store: {e}"))?;

@@ -55,10 +55,9 @@ pub const RELIEVED_IDS_MAX: usize = 1 << 20;
 pub const DELIVERY_EVENTS_MAX: usize = 262_144;
 
 impl ShardEnv {
-    /// A self-contained environment for shards that stand alone (tests,
-    /// benches): every device admitted, no peers installed yet; the receiver
-    /// gets what the shards report.
-    pub fn standalone(cfg: Arc<Config>) -> (ShardEnv, Receiver<DeliveryEvent>) {
+    /// Builds every owner a shard reads (none shared with anything yet, no
+    /// peers installed); the receiver gets what the shards report.
+    pub fn new(cfg: Arc<Config>, auth: Arc<dyn Authenticator>) -> (ShardEnv, Receiver<DeliveryEvent>) {
         let (reports, rx) = Reporter::bounded(DELIVERY_EVENTS_MAX);
         let env = ShardEnv {
             registry: Arc::new(Registry::new(cfg.stored_sessions_max)),
@@ -67,9 +66,15 @@ impl ShardEnv {
             peers: Arc::new(Peers::new()),
             reports: Arc::new(reports),
             relieved: Arc::new(ReliefMemory::new(RELIEVED_IDS_MAX)),
-            auth: Arc::new(AllowAll),
+            auth,
             epoch: Instant::now(),
         };
         (env, rx)
+    }
+
+    /// A self-contained environment for shards that stand alone (tests,
+    /// benches): every device admitted.
+    pub fn standalone(cfg: Arc<Config>) -> (ShardEnv, Receiver<DeliveryEvent>) {
+        ShardEnv::new(cfg, Arc::new(AllowAll))
     }
 }
