@@ -57,7 +57,7 @@
 //! config: runtime settings, parsed and validated once
 //! delivery: values crossing boundaries
 //! api outbound store sdk: HTTP server / HTTP client / durable storage / device side
-//! protocol sys limits: sans-IO codecs / the only unsafe code / compile-time limits
+//! protocol sys limits tls: sans-IO codecs / the only unsafe code / compile-time limits / certificates and rustls configs
 //! layers:end
 //! ```
 #![deny(unsafe_code)]
@@ -81,3 +81,4 @@ pub mod shard;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tls;

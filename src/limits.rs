@@ -128,3 +128,9 @@ const _: () = assert!(PUSH_CALLBACK_BACKOFF_MS_MIN > 0);
 const _: () = assert!(PUSH_CALLBACK_BACKOFF_SHIFT_MAX < 32);
 const _: () = assert!((PUSH_CALLBACK_BACKOFF_MS_MIN << PUSH_CALLBACK_BACKOFF_SHIFT_MAX) < u32::MAX as u64);
 const _: () = assert!(PUSH_EVENTS_PER_TURN_MAX <= PUSH_OUTBOUND_QUEUE_MAX);
+
+/// TLS 1.2 sessions remembered for resumption by session id, per listener
+/// (TLS 1.3 resumes from stateless tickets and needs none).
+pub const TLS_SESSION_CACHE_ENTRIES: usize = 32_768;
+/// Largest PEM file (certificate chain, key, CA bundle, JWT key) read at start or on SIGHUP.
+pub const KEY_FILE_BYTES_MAX: u64 = 1 << 20;

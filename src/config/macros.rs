@@ -54,6 +54,8 @@ macro_rules! settings {
             profiles: std::collections::BTreeMap<String, super::profile::Profile>,
             #[serde(default)]
             mechanisms: Vec<super::mechanism::MechanismConfig>,
+            #[serde(default)]
+            device_auth: Option<super::DeviceAuthSection>,
         }
 
         /// The effective configuration.

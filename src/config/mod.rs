@@ -55,6 +55,41 @@ pub enum ReliefRule {
     MatchDegree,
 }
 
+/// How devices prove who they are in CONNECT (`[device_auth] kind`).
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
+pub enum DeviceAuthKind {
+    /// Everyone is welcome (must be chosen explicitly to silence the start-up warning).
+    None,
+    /// The CONNECT password is a JWT whose `clientid` claim is the client id.
+    Jwt,
+}
+
+/// The JWT signature algorithm (`[device_auth] algorithm`).
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret (the key file's raw bytes).
+    #[value(name = "HS256")]
+    HS256,
+    /// RSA PKCS#1 v1.5 SHA-256 (the key file is the PEM public key).
+    #[value(name = "RS256")]
+    RS256,
+    /// ECDSA P-256 SHA-256 (the key file is the PEM public key).
+    #[value(name = "ES256")]
+    ES256,
+}
+
+/// The `[device_auth]` section: the same settings as the `device_auth_*` flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceAuthSection {
+    kind: Option<DeviceAuthKind>,
+    algorithm: Option<JwtAlgorithm>,
+    key_file: Option<PathBuf>,
+    leeway_s: Option<u32>,
+}
+
 /// An application server allowed to push (`[[sps]]` in the config file).
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +184,7 @@ impl Config {
                 })?
             }
         };
+        let file = file.fold_device_auth()?;
         let mut config = table::merge(flags, file)?;
         config.validate()?;
         config.listen_shards = config.listen_shards.min(config.shards);

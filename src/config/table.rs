@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use super::macros::settings;
 use super::value::{Range, SettingValue, network, same, some};
-use super::{BackendChoice, ConfigError, ReliefRule, SettingInfo};
+use super::{BackendChoice, ConfigError, DeviceAuthKind, JwtAlgorithm, ReliefRule, SettingInfo};
 use crate::limits;
 
 const fn int(min: u64, max: u64) -> Range {
@@ -49,6 +49,50 @@ settings! {
     /// HTTP API listen address.
     http_listen: SocketAddr, flag SocketAddr, via same,
         default SocketAddr::from(([127, 0, 0, 1], 8080)), unit "", range Range::Any;
+    /// MQTT over TLS listen address (8883 by convention; unset: no TLS listener).
+    /// Needs tls_cert_file and tls_key_file.
+    mqtt_tls_listen: Option<SocketAddr>, flag SocketAddr, via some,
+        default None, unit "", range Range::Any;
+    /// PEM certificate chain (leaf first) for the MQTT TLS listener and the
+    /// HTTPS API; re-read on SIGHUP.
+    tls_cert_file: Option<PathBuf>, flag PathBuf, via some,
+        default None, unit "", range Range::Any;
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert_file; re-read on SIGHUP.
+    tls_key_file: Option<PathBuf>, flag PathBuf, via some,
+        default None, unit "", range Range::Any;
+    /// Serve the SP HTTP API over TLS (HTTPS) with tls_cert_file and tls_key_file.
+    http_tls: bool, flag bool, via same,
+        default false, unit "", range Range::Any;
+    /// Extra PEM CA certificates trusted for outbound HTTPS (webhooks and
+    /// callbacks), besides the system roots.
+    outbound_ca_file: Option<PathBuf>, flag PathBuf, via some,
+        default None, unit "", range Range::Any;
+    /// New MQTT connections accepted per second over both listeners; beyond it
+    /// a connection is closed at accept, before any TLS or CONNECT work (unset: no limit).
+    accept_rate_per_s: Option<u32>, flag u32, via some,
+        default None, unit "connections/s", range int(1, 10_000_000);
+    /// New MQTT connections accepted per second from one source IP (token
+    /// bucket, burst accept_per_ip_burst); mind carrier-grade NAT (unset: no limit).
+    accept_per_ip_rate_per_s: Option<u32>, flag u32, via some,
+        default None, unit "connections/s", range int(1, 10_000_000);
+    /// Burst of the per-source-IP accept bucket.
+    accept_per_ip_burst: u32, flag u32, via same,
+        default 64, unit "connections", range int(1, 10_000_000);
+    /// Device authentication: jwt (the CONNECT password is a JWT) or none
+    /// (everyone; unset also means everyone, with a start-up warning).
+    /// Also `kind` in the file's `[device_auth]` section.
+    device_auth_kind: Option<DeviceAuthKind>, flag DeviceAuthKind, via some,
+        default None, unit "", range Range::Any, arg(value_enum);
+    /// JWT signature algorithm (`[device_auth] algorithm`).
+    device_auth_algorithm: JwtAlgorithm, flag JwtAlgorithm, via same,
+        default JwtAlgorithm::HS256, unit "", range Range::Any, arg(value_enum);
+    /// The HS256 secret (raw bytes) or the RS256/ES256 PEM public key
+    /// (`[device_auth] key_file`); re-read on SIGHUP.
+    device_auth_key_file: Option<PathBuf>, flag PathBuf, via some,
+        default None, unit "", range Range::Any;
+    /// Clock leeway for the JWT `exp` and `nbf` claims (`[device_auth] leeway_s`).
+    device_auth_leeway_s: u32, flag u32, via same,
+        default 30, unit "s", range int(0, 3600);
     /// Shard threads, pinned round-robin (default: number of CPUs). May exceed
     /// the CPU count: each io_uring shard has its own fixed-file table.
     shards: usize, flag usize, via same,
@@ -182,4 +226,31 @@ settings! {
     /// rebalancing; mostly for demonstrating it); default all.
     listen_shards: usize, flag usize, via same,
         default usize::MAX => "all", unit "shards", range int(1, u64::MAX);
+}
+
+impl FileConfig {
+    /// Moves the `[device_auth]` section onto the `device_auth_*` keys; the
+    /// same setting given both ways is refused.
+    pub(super) fn fold_device_auth(mut self) -> Result<FileConfig, ConfigError> {
+        let Some(section) = self.device_auth.take() else {
+            return Ok(self);
+        };
+        fn fold<T>(flat: &mut Option<T>, nested: Option<T>, name: &str) -> Result<(), ConfigError> {
+            if nested.is_some() {
+                if flat.is_some() {
+                    return Err(ConfigError::Invalid {
+                        setting: format!("device_auth.{name}"),
+                        why: format!("also given as device_auth_{name}; keep one"),
+                    });
+                }
+                *flat = nested;
+            }
+            Ok(())
+        }
+        fold(&mut self.device_auth_kind, section.kind, "kind")?;
+        fold(&mut self.device_auth_algorithm, section.algorithm, "algorithm")?;
+        fold(&mut self.device_auth_key_file, section.key_file, "key_file")?;
+        fold(&mut self.device_auth_leeway_s, section.leeway_s, "leeway_s")?;
+        Ok(self)
+    }
 }

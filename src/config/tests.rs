@@ -173,6 +173,20 @@ rebalance_ratio = 1.5
 rebalance_hold_s = 30
 rebalance_moves_per_round_max = 77
 listen_shards = 11
+mqtt_tls_listen = "127.0.0.1:8883"
+tls_cert_file = "/etc/pg/cert.pem"
+tls_key_file = "/etc/pg/key.pem"
+http_tls = true
+outbound_ca_file = "/etc/pg/ca.pem"
+accept_rate_per_s = 5000
+accept_per_ip_rate_per_s = 20
+accept_per_ip_burst = 40
+
+[device_auth]
+kind = "jwt"
+algorithm = "ES256"
+key_file = "/etc/pg/jwt.pem"
+leeway_s = 5
 
 [[sps]]
 name = "acme"
@@ -363,4 +377,37 @@ fn connections_are_split_over_shards() {
         ..Config::default()
     };
     assert_eq!(c.connections_per_shard(), 34);
+}
+
+#[test]
+fn device_auth_section_and_tls_settings_are_checked() {
+    let parse = |text: &str| {
+        let file = Config::parse_file(text).map_err(|e| e.to_string())?;
+        let file = file.fold_device_auth().map_err(|e| e.to_string())?;
+        let c = table::merge(&Flags::default(), file).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok::<Config, String>(c)
+    };
+    let c = parse("[device_auth]\nkind = \"jwt\"\nkey_file = \"k\"\n").unwrap();
+    assert_eq!(c.device_auth_kind, Some(DeviceAuthKind::Jwt));
+    assert_eq!(c.device_auth_algorithm, JwtAlgorithm::HS256);
+    assert_eq!(c.device_auth_leeway_s, 30);
+    let err = parse("[device_auth]\nkind = \"jwt\"\n").unwrap_err();
+    assert!(err.contains("needs key_file"), "{err}");
+    let err = parse("device_auth_leeway_s = 3\n[device_auth]\nleeway_s = 4\n").unwrap_err();
+    assert!(
+        err.contains("device_auth.leeway_s") && err.contains("keep one"),
+        "{err}"
+    );
+    let err = parse("[device_auth]\nkind = \"ldap\"\n").unwrap_err();
+    assert!(err.contains("ldap"), "{err}");
+    let err = parse("[device_auth]\nalgorithm = \"none\"\n").unwrap_err();
+    assert!(err.contains("none"), "{err}");
+    let err = parse("mqtt_tls_listen = \"127.0.0.1:8883\"\n").unwrap_err();
+    assert!(
+        err.contains("mqtt_tls_listen") && err.contains("tls_cert_file"),
+        "{err}"
+    );
+    let err = parse("http_tls = true\ntls_cert_file = \"c\"\n").unwrap_err();
+    assert!(err.contains("http_tls"), "{err}");
 }

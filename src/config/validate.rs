@@ -53,6 +53,27 @@ impl Config {
                 range: batch,
             });
         }
+        let tls_wanted = if self.mqtt_tls_listen.is_some() {
+            Some("mqtt_tls_listen")
+        } else if self.http_tls {
+            Some("http_tls")
+        } else {
+            None
+        };
+        if let Some(setting) = tls_wanted
+            && (self.tls_cert_file.is_none() || self.tls_key_file.is_none())
+        {
+            return Err(ConfigError::Invalid {
+                setting: setting.into(),
+                why: "needs tls_cert_file and tls_key_file (PEM certificate chain and private key)".into(),
+            });
+        }
+        if self.device_auth_kind == Some(super::DeviceAuthKind::Jwt) && self.device_auth_key_file.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "device_auth.kind".into(),
+                why: "jwt needs key_file (the HS256 secret or the RS256/ES256 PEM public key)".into(),
+            });
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::{BackendChoice, ReliefRule};
+use super::{BackendChoice, DeviceAuthKind, JwtAlgorithm, ReliefRule};
 
 /// A setting's value as a range sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -215,7 +215,7 @@ macro_rules! choice_setting {
         }
     )*};
 }
-choice_setting!(BackendChoice, ReliefRule);
+choice_setting!(BackendChoice, ReliefRule, DeviceAuthKind, JwtAlgorithm);
 
 /// `via` conversions of the table: the flag/file value as the setting's own.
 pub(super) fn same<T>(v: T) -> Result<T, String> {
