@@ -75,6 +75,7 @@ impl Owners {
             reports: s.reports.clone(),
             relieved: s.relieved.clone(),
             admission: s.admission.clone(),
+            auth: s.auth.clone(),
             gauges: self.gauges.clone(),
             service: service.map(|s| (s.counters.clone(), s.committer.clone())),
         }

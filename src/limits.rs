@@ -134,3 +134,7 @@ const _: () = assert!(PUSH_EVENTS_PER_TURN_MAX <= PUSH_OUTBOUND_QUEUE_MAX);
 pub const TLS_SESSION_CACHE_ENTRIES: usize = 32_768;
 /// Largest PEM file (certificate chain, key, CA bundle, JWT key) read at start or on SIGHUP.
 pub const KEY_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Longest JWT accepted as a CONNECT password; a longer one is refused unread.
+pub const JWT_BYTES_MAX: usize = 4096;
+/// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size).
+pub const JWT_HS256_SECRET_BYTES_MIN: usize = 32;

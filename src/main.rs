@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use pulsegate::api::{HttpConfig, HttpServer};
-use pulsegate::auth::AllowAll;
 use pulsegate::config::{BackendChoice, Config, Flags};
 use pulsegate::front::{ApiFront, ServiceHandle};
 use pulsegate::gateway::Owners;
@@ -53,8 +52,29 @@ fn main() {
     };
 
     println!("# pulsegate effective configuration\n{}", cfg.render());
-    let owners = Owners::new(cfg.clone(), Arc::new(AllowAll), backend);
+    let auth = match pulsegate::auth::from_config(&cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pulsegate: device authentication: {e}");
+            std::process::exit(1);
+        }
+    };
+    if cfg.device_auth_kind.is_none() {
+        eprintln!(
+            "pulsegate: WARNING: no [device_auth] configured: any MQTT client may connect as any client id \
+             and take that device's session over; set [device_auth] kind = \"jwt\" (or kind = \"none\" to accept this)"
+        );
+    } else {
+        eprintln!("pulsegate: device authentication: {}", auth.kind());
+    }
+    let owners = Owners::new(cfg.clone(), auth.clone(), backend);
     let stop = Arc::new(AtomicBool::new(false));
+    // SIGHUP re-reads keys and certificates (see `Reloads`); caught from here on.
+    let hangup = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone()) {
+        eprintln!("pulsegate: cannot install the SIGHUP handler (key reloads): {e}");
+        std::process::exit(1);
+    }
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
             eprintln!("pulsegate: cannot install signal handler: {e}");
@@ -147,8 +167,14 @@ fn main() {
         }
     }
 
+    let mut reloads = Reloads::default();
+    let auth_for_reload = auth.clone();
+    reloads.add("device auth", move || auth_for_reload.reload());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if hangup.swap(false, Ordering::Relaxed) {
+            reloads.run();
+        }
     }
     eprintln!("pulsegate: stopping");
     owners.shard.peers.shutdown_all();
@@ -163,6 +189,28 @@ fn main() {
         }
     }
     eprintln!("pulsegate: stopped");
+}
+
+/// What SIGHUP re-reads (keys and certificates; never the settings), each
+/// on its own: one that fails keeps its previous material and says why.
+#[derive(Default)]
+struct Reloads {
+    items: Vec<(&'static str, Box<dyn Fn() -> Result<String, String>>)>,
+}
+
+impl Reloads {
+    fn add(&mut self, what: &'static str, reload: impl Fn() -> Result<String, String> + 'static) {
+        self.items.push((what, Box::new(reload)));
+    }
+
+    fn run(&self) {
+        for (what, reload) in &self.items {
+            match reload() {
+                Ok(done) => eprintln!("pulsegate: SIGHUP: {what}: {done}"),
+                Err(e) => eprintln!("pulsegate: SIGHUP: {what}: reload failed, keeping the previous keys: {e}"),
+            }
+        }
+    }
 }
 
 /// Writes `text` to `path` so a reader never sees it half-written (write a

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use crate::auth::{Authenticator, Refusal};
 use crate::coordinator::CoordinatorGauges;
 use crate::delivery::Reporter;
 use crate::push::service::ServiceCounters;
@@ -28,6 +29,8 @@ pub struct MetricsSources {
     pub reports: Arc<Reporter>,
     pub relieved: Arc<ReliefMemory>,
     pub admission: Arc<Admission>,
+    /// The device authenticator (accepted and refused CONNECTs, key reloads).
+    pub auth: Arc<dyn Authenticator>,
     pub gauges: Arc<CoordinatorGauges>,
     /// The push service's counters and its store's committer, once it runs.
     pub service: Option<(Arc<ServiceCounters>, Arc<GroupCommitter>)>,
@@ -43,6 +46,40 @@ fn per_shard(out: &mut String, peers: &Peers, name: &str, kind: &str, help: &str
 fn total(out: &mut String, peers: &Peers, name: &str, help: &str, get: impl Fn(&ShardCounters) -> u64) {
     let sum: u64 = peers.all().iter().map(|h| get(&h.counters)).sum();
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {sum}");
+}
+
+fn device_auth(out: &mut String, auth: &dyn Authenticator) {
+    let c = auth.counters();
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_device_auth_accepted_total CONNECTs the device authenticator accepted.\n\
+         # TYPE pulsegate_device_auth_accepted_total counter\n\
+         pulsegate_device_auth_accepted_total{{kind=\"{}\"}} {}",
+        auth.kind(),
+        c.accepted()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_device_auth_refused_total CONNECTs refused by the device authenticator, by reason \
+         (CONNACK 0x86 / 3.1.1 code 4; client_id_mismatch: 0x87 / 5).\n\
+         # TYPE pulsegate_device_auth_refused_total counter"
+    );
+    for r in Refusal::ALL {
+        let _ = writeln!(
+            out,
+            "pulsegate_device_auth_refused_total{{reason=\"{}\"}} {}",
+            r.label(),
+            c.refused(r)
+        );
+    }
+    let (ok, failed) = c.reloads();
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_device_auth_key_reloads_total Device key reloads (SIGHUP), by result.\n\
+         # TYPE pulsegate_device_auth_key_reloads_total counter\n\
+         pulsegate_device_auth_key_reloads_total{{result=\"ok\"}} {ok}\n\
+         pulsegate_device_auth_key_reloads_total{{result=\"failed\"}} {failed}"
+    );
 }
 
 pub fn render(src: &MetricsSources) -> String {
@@ -178,6 +215,7 @@ pub fn render(src: &MetricsSources) -> String {
         "Bytes sent to devices.",
         |c| c.bytes_sent.load(Relaxed),
     );
+    device_auth(&mut out, src.auth.as_ref());
     let _ = writeln!(
         out,
         "# HELP pulsegate_closes_total Connections closed, by reason.\n# TYPE pulsegate_closes_total counter"

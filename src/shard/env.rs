@@ -75,6 +75,6 @@ impl ShardEnv {
     /// A self-contained environment for shards that stand alone (tests,
     /// benches): every device admitted.
     pub fn standalone(cfg: Arc<Config>) -> (ShardEnv, Receiver<DeliveryEvent>) {
-        ShardEnv::new(cfg, Arc::new(AllowAll))
+        ShardEnv::new(cfg, Arc::new(AllowAll::default()))
     }
 }

@@ -278,13 +278,14 @@ impl Packets<'_> {
         } else {
             Arc::from(c.client_id)
         };
+        // Before the registry is asked: a refused CONNECT never takes a session over.
         let auth = AuthRequest {
-            client_id: &client_id,
+            client_id: c.client_id,
             username: c.username,
             password: c.password,
         };
-        if let Err(code) = ctx.env.auth.authenticate(&auth) {
-            return self.refuse_connect(key, version, code, None, CloseReason::NotAuthorized);
+        if let Err(refusal) = ctx.env.auth.authenticate(&auth) {
+            return self.refuse_connect(key, version, refusal.reason_code(), None, CloseReason::NotAuthorized);
         }
 
         let props = c.properties;
