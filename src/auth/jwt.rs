@@ -59,10 +59,12 @@ impl JwtKeys {
                 }
                 Ok(DecodingKey::from_secret(&bytes))
             }
-            JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&bytes)
-                .map_err(|e| format!("{file}: not a PEM RSA public key: {e}")),
-            JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&bytes)
-                .map_err(|e| format!("{file}: not a PEM EC (P-256) public key: {e}")),
+            JwtAlgorithm::RS256 => {
+                DecodingKey::from_rsa_pem(&bytes).map_err(|e| format!("{file}: not a PEM RSA public key: {e}"))
+            }
+            JwtAlgorithm::ES256 => {
+                DecodingKey::from_ec_pem(&bytes).map_err(|e| format!("{file}: not a PEM EC (P-256) public key: {e}"))
+            }
         }
     }
 }
@@ -183,7 +185,12 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
 
     fn hs256(claims: serde_json::Value, secret: &[u8]) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     fn check(auth: &JwtAuthenticator, client_id: &str, password: Option<&str>) -> Result<(), Refusal> {
@@ -204,7 +211,10 @@ mod tests {
         assert_eq!(check(&auth, "", Some(&ok)), Err(Refusal::ClientIdMismatch));
         assert_eq!(check(&auth, "phone-42", None), Err(Refusal::MissingPassword));
         assert_eq!(check(&auth, "phone-42", Some("")), Err(Refusal::MissingPassword));
-        assert_eq!(check(&auth, "phone-42", Some("not.a.jwt")), Err(Refusal::MalformedToken));
+        assert_eq!(
+            check(&auth, "phone-42", Some("not.a.jwt")),
+            Err(Refusal::MalformedToken)
+        );
         let forged = hs256(
             json!({"clientid": "phone-42", "exp": now_s() + 600}),
             b"another-secret-another-secret-another",
@@ -215,7 +225,10 @@ mod tests {
         assert_eq!(check(&auth, "phone-42", Some(&expired)), Err(Refusal::Expired));
         let in_leeway = hs256(json!({"clientid": "phone-42", "exp": now_s() - 10}), SECRET);
         assert_eq!(check(&auth, "phone-42", Some(&in_leeway)), Ok(()));
-        let early = hs256(json!({"clientid": "phone-42", "exp": now_s() + 600, "nbf": now_s() + 300}), SECRET);
+        let early = hs256(
+            json!({"clientid": "phone-42", "exp": now_s() + 600, "nbf": now_s() + 300}),
+            SECRET,
+        );
         assert_eq!(check(&auth, "phone-42", Some(&early)), Err(Refusal::NotYetValid));
         let no_exp = hs256(json!({"clientid": "phone-42"}), SECRET);
         assert_eq!(check(&auth, "phone-42", Some(&no_exp)), Err(Refusal::MalformedToken));
@@ -259,7 +272,12 @@ mod tests {
         let auth = JwtAuthenticator::load(JwtAlgorithm::ES256, key_file.clone(), 30).unwrap();
         let sign = |kp: &rcgen::KeyPair| {
             let key = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
-            encode(&Header::new(Algorithm::ES256), &json!({"clientid": "d", "exp": now_s() + 600}), &key).unwrap()
+            encode(
+                &Header::new(Algorithm::ES256),
+                &json!({"clientid": "d", "exp": now_s() + 600}),
+                &key,
+            )
+            .unwrap()
         };
         assert_eq!(check(&auth, "d", Some(&sign(&first))), Ok(()));
         let second = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

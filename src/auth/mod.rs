@@ -108,7 +108,10 @@ impl AuthCounters {
 
     /// Key reloads that succeeded and that failed (the old key stayed).
     pub fn reloads(&self) -> (u64, u64) {
-        (self.reloads_ok.load(Ordering::Relaxed), self.reloads_failed.load(Ordering::Relaxed))
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
     }
 
     fn count_reload(&self, ok: bool) {

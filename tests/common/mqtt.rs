@@ -21,6 +21,8 @@ pub struct ConnectOpts {
     pub clean_start: bool,
     pub keepalive_s: u16,
     pub props: ConnectProperties,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
 }
 
 impl ConnectOpts {
@@ -31,7 +33,16 @@ impl ConnectOpts {
             clean_start: true,
             keepalive_s: 60,
             props: ConnectProperties::default(),
+            username: None,
+            password: None,
         }
+    }
+
+    /// CONNECT with a user name and password (e.g. a device JWT).
+    pub fn credentials(mut self, username: Option<&str>, password: Option<&[u8]>) -> Self {
+        self.username = username.map(str::to_string);
+        self.password = password.map(<[u8]>::to_vec);
+        self
     }
 
     pub fn keepalive(mut self, s: u16) -> Self {
@@ -65,8 +76,8 @@ impl ConnectOpts {
             clean_start: self.clean_start,
             keepalive_s: self.keepalive_s,
             client_id: &self.client_id,
-            username: None,
-            password: None,
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
             will: None,
             properties: self.props,
         };
