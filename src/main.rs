@@ -195,8 +195,11 @@ fn main() {
 /// on its own: one that fails keeps its previous material and says why.
 #[derive(Default)]
 struct Reloads {
-    items: Vec<(&'static str, Box<dyn Fn() -> Result<String, String>>)>,
+    items: Vec<(&'static str, Reload)>,
 }
+
+/// Re-reads one set of keys: what was loaded, or why not.
+type Reload = Box<dyn Fn() -> Result<String, String>>;
 
 impl Reloads {
     fn add(&mut self, what: &'static str, reload: impl Fn() -> Result<String, String> + 'static) {
