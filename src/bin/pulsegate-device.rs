@@ -67,6 +67,10 @@ struct Args {
     /// Location label, stored with the state.
     #[arg(long, default_value = "")]
     location: String,
+    /// A file holding the device's JWT, sent as the CONNECT password (user
+    /// name: the client id); read once at start.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 fn say(line: std::fmt::Arguments<'_>) {
@@ -278,7 +282,30 @@ fn main() {
         mcc_mnc: args.mcc_mnc.clone(),
         location: args.location.clone(),
         seed,
+        username: None,
+        password: None,
     };
+    let mut cfg = cfg;
+    if let Some(path) = &args.token_file {
+        match std::fs::read_to_string(path) {
+            Ok(token) if !token.trim().is_empty() && token.len() <= pulsegate::limits::JWT_BYTES_MAX => {
+                cfg.username = Some(args.client_id.clone());
+                cfg.password = Some(token.trim().as_bytes().to_vec());
+            }
+            Ok(_) => {
+                eprintln!(
+                    "pulsegate-device: --token-file {}: empty or longer than {} bytes",
+                    path.display(),
+                    pulsegate::limits::JWT_BYTES_MAX
+                );
+                std::process::exit(2);
+            }
+            Err(e) => {
+                eprintln!("pulsegate-device: --token-file {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        }
+    }
     let state_file = args.state_file.as_deref();
     let stored = state_file.and_then(load_state);
     let mut session = match Session::new(cfg, &args.server, stored.as_ref()) {

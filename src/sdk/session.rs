@@ -48,6 +48,10 @@ pub struct SessionConfig {
     pub location: String,
     /// Seed of the jitter generator.
     pub seed: u64,
+    /// CONNECT user name and password, e.g. the client id and a device JWT
+    /// (a refused token ends the attempt with `CloseCause::Refused` 0x86/0x87).
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
 }
 
 impl SessionConfig {
@@ -63,6 +67,8 @@ impl SessionConfig {
             mcc_mnc: String::new(),
             location: String::new(),
             seed: 0x9E37_79B9_7F4A_7C15,
+            username: None,
+            password: None,
         }
     }
 }
@@ -251,8 +257,8 @@ impl Session {
             clean_start: true,
             keepalive_s: self.hb.connect_keepalive_s(&self.cfg.heartbeat),
             client_id: &self.cfg.client_id,
-            username: None,
-            password: None,
+            username: self.cfg.username.as_deref(),
+            password: self.cfg.password.as_deref(),
             will: None,
             properties: ConnectProperties {
                 maximum_packet_size_bytes: Some(self.cfg.max_packet_bytes),

@@ -477,3 +477,23 @@ fn garbage_never_panics() {
         events(&mut s);
     }
 }
+
+#[test]
+fn credentials_ride_in_connect_and_a_refused_token_is_a_refusal() {
+    let mut c = cfg(HeartbeatPolicy::fixed(60));
+    c.username = Some("dev-1".into());
+    c.password = Some(b"header.claims.signature".to_vec());
+    let mut s = Session::new(c, "127.0.0.1:1883", None).unwrap();
+    s.on_transport_open(0);
+    let bytes = s.take_output();
+    match decode_packet(&bytes, V).expect("a CONNECT") {
+        Packet::Connect(connect) => {
+            assert_eq!(connect.username, Some("dev-1"));
+            assert_eq!(connect.password, Some(&b"header.claims.signature"[..]));
+        }
+        other => panic!("expected CONNECT, got {other:?}"),
+    }
+    s.on_bytes(1, &connack(reason::BAD_USER_NAME_OR_PASSWORD, None, None));
+    let (cause, _) = closed(&events(&mut s)).unwrap();
+    assert_eq!(cause, CloseCause::Refused { reason: 0x86 });
+}
