@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: Debian's mosquitto
-# clients (and broker, for the loadgen's peer tests), curl, and paho-mqtt/pytest.
+# clients (and broker, for the loadgen's peer tests), curl, openssl (test certificates),
+# and paho-mqtt/pytest/PyJWT.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 missing=()
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -16,6 +18,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
 fi
-if ! python3 -c 'import paho.mqtt, pytest' >/dev/null 2>&1; then
+if ! python3 -c 'import paho.mqtt, pytest, jwt, cryptography' >/dev/null 2>&1; then
   python3 -m pip install -q -r "$here/python/requirements.txt"
 fi
