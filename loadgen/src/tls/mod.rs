@@ -11,6 +11,8 @@
 //! more tickets than its bound, or hand out a TLS 1.3 ticket twice.
 
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 use rustls::client::{ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::pem::PemObject;
@@ -274,7 +276,7 @@ pub fn error_kind(e: &rustls::Error) -> String {
     };
     let head = |d: String| snake(d.split(['(', ' ', '{']).next().unwrap_or("").to_string());
     match e {
-        E::InvalidCertificate(c) => format!("cert_{}", head(format!("{c:?}"))),
+        E::InvalidCertificate(c) => format!("cert_{}", head(format!("{c:?}")).trim_end_matches("_context")),
         E::AlertReceived(a) => format!("alert_{}", head(format!("{a:?}"))),
         E::PeerMisbehaved(_) => "peer_misbehaved".into(),
         E::PeerIncompatible(_) => "peer_incompatible".into(),
@@ -287,7 +289,7 @@ pub fn error_kind(e: &rustls::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+mod unit_tests {
     use super::*;
 
     #[test]
@@ -314,6 +316,12 @@ mod tests {
             "alert_handshake_failure"
         );
         assert_eq!(error_kind(&Error::DecryptError), "decrypt_error");
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let ctx = CertificateError::NotValidForNameContext {
+            expected: name,
+            presented: vec![],
+        };
+        assert_eq!(error_kind(&Error::InvalidCertificate(ctx)), "cert_not_valid_for_name");
         assert_eq!(error_kind(&Error::NoApplicationProtocol), "no_application_protocol");
         assert_eq!(error_kind(&Error::General("x y".into())), "general");
     }
@@ -339,10 +347,9 @@ mod tests {
     }
 
     #[test]
-    fn pool_is_bounded_and_hands_out_each_ticket_once() {
-        // Tickets only come out of real handshakes: the end-to-end test drives the
-        // pool through a storm. Here: the bound and the TLS 1.2 / hint bookkeeping
-        // that needs no ticket value.
+    fn pool_hint_and_empty_lookups() {
+        // Tickets only come out of real handshakes (tls/tests.rs); here the
+        // bookkeeping that needs no session value.
         let pool = TicketPool::new(3);
         let name = ServerName::try_from("localhost").unwrap();
         assert!(pool.take_tls13_ticket(&name).is_none());
