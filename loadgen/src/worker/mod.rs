@@ -560,19 +560,15 @@ impl Worker {
         mqtt::encode_disconnect(&mut disconnect);
         for slot in &mut self.slots {
             if let Some(mut sock) = slot.sock.take() {
-                match slot.tls.take() {
-                    Some(mut t) if slot.dev.phase == Phase::Connected => {
-                        // Best effort, one write: DISCONNECT and close_notify.
-                        if t.conn.writer().write_all(&disconnect).is_ok() {
-                            t.conn.send_close_notify();
-                            let _ = t.conn.write_tls(&mut sock);
-                        }
+                let connected = slot.dev.phase == Phase::Connected;
+                if let Some(mut t) = slot.tls.take() {
+                    // Best effort, one write: DISCONNECT and close_notify.
+                    if connected && t.conn.writer().write_all(&disconnect).is_ok() {
+                        t.conn.send_close_notify();
+                        let _ = t.conn.write_tls(&mut sock);
                     }
-                    Some(_) => {}
-                    None if slot.dev.phase == Phase::Connected && slot.tx_tail.is_empty() => {
-                        let _ = sock.write(&disconnect);
-                    }
-                    None => {}
+                } else if connected && slot.tx_tail.is_empty() {
+                    let _ = sock.write(&disconnect);
                 }
             }
             slot.dev.stop();
