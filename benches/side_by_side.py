@@ -19,6 +19,21 @@ then for each server, on a free 127.0.0.1 port, with a fresh server process per 
 Optionally (--pulsegate-connections M) a pulsegate-only `hold` with M devices and
 ceil(M / 19000) shards: connections that Mosquitto cannot reach (fd limit).
 
+--tls: the devices connect over TLS. A CA and a server certificate for localhost are made
+with `openssl` in the work dir; Mosquitto gets a TLS listener (`listener PORT 127.0.0.1`,
+`certfile`, `keyfile`; plus its plain listener for the push bridge), pulsegate gets
+`--mqtt-tls-listen 127.0.0.1:PORT --tls-cert-file --tls-key-file`, and the loadgen
+`--tls --tls-ca-file`. The hold run's "server RSS per connection" is then the RSS per idle
+TLS connection of each server, from the same run, with the ratio; TLS handshake rows follow.
+
+Above 19,000 connections one Mosquitto process runs out of descriptors (RLIMIT_NOFILE
+20,000), so the Mosquitto hold runs ceil(N / 19,000) Mosquitto processes on their own
+ports (--mosquitto-instances overrides), each loaded by its own loadgen with an equal
+share of N at the same time; RSS, CPU, connections and keep-alives are summed over the
+instances (RSS per connection = summed RSS growth / summed connections), ping RTT p99 is
+the worst instance's. The report says how many instances ran (`mosquitto_instances`).
+The push run needs one instance (the bridge talks to one broker) and is skipped above it.
+
 Prints a table (metric | pulsegate | peers | ratio, >1 = pulsegate better) and writes every
 raw loadgen report, the bridge stats, server log tails and the table as one JSON file:
 `<target>/bench-results/side-by-side-<unix time>.json` ($BENCH_RESULTS_DIR overrides the dir).
@@ -47,6 +62,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO_DEFAULT = "/usr/sbin/mosquitto"
 SHARD_CONNECTIONS = 19_000  # connections per pulsegate shard (fd table of ~20,000 - 64)
+MOSQUITTO_CONNECTIONS = 19_000  # connections per Mosquitto process (RLIMIT_NOFILE 20,000 less margin)
 
 # --------------------------------------------------------------------------------------
 # child process bookkeeping: everything we start is registered and killed by pid
@@ -189,22 +205,54 @@ def proc_limit_nofile(pid):
 
 
 class Server:
-    def __init__(self, name, proc, mqtt_port, http_port, log_path, info):
+    def __init__(self, name, proc, mqtt_port, http_port, log_path, info, tls_port=None):
         self.name = name
         self.proc = proc
         self.mqtt_port = mqtt_port
         self.http_port = http_port
         self.log_path = log_path
         self.info = info
+        self.tls_port = tls_port
+
+    @property
+    def target_port(self):
+        """Where the devices connect: the TLS listener with --tls, else the plain one."""
+        return self.tls_port or self.mqtt_port
 
     @property
     def pid(self):
         return self.proc.pid
 
 
+def make_pki(workdir):
+    """A CA and a server certificate for localhost / 127.0.0.1 signed by it (EC P-256),
+    made with openssl: {"ca", "cert", "key"} paths."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        sys.exit("side_by_side: --tls needs openssl (apt-get install openssl)")
+    d = workdir / "pki"
+    d.mkdir(exist_ok=True)
+    paths = {"ca": d / "ca.pem", "ca_key": d / "ca.key", "cert": d / "server.pem", "key": d / "server.key"}
+    ext = d / "server.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    steps = [
+        [openssl, "req", "-x509", *ec, "-keyout", paths["ca_key"], "-out", paths["ca"], "-days", "3",
+         "-subj", "/CN=side-by-side test CA"],
+        [openssl, "req", *ec, "-keyout", paths["key"], "-out", d / "server.csr", "-subj", "/CN=localhost"],
+        [openssl, "x509", "-req", "-in", d / "server.csr", "-CA", paths["ca"], "-CAkey", paths["ca_key"],
+         "-CAcreateserial", "-out", paths["cert"], "-days", "3", "-extfile", ext],
+    ]
+    for cmd in steps:
+        subprocess.run([str(c) for c in cmd], check=True, capture_output=True, timeout=60)
+    return paths
+
+
 def start_server(name, args, bins, workdir, connections, shards=None):
     """Starts one server on free loopback port(s) and waits until it accepts TCP."""
     mqtt_port = free_port()
+    tls_port = free_port() if args.tls else None
     http_port = None
     log_path = workdir / f"{name}-{mqtt_port}.log"
     info = {}
@@ -226,7 +274,14 @@ def start_server(name, args, bins, workdir, connections, shards=None):
             "--shards", str(shards),
             "--data-dir", str(data_dir),
             "--ready-file", str(ready_path),
-        ] + args.pulsegate_arg
+        ]
+        if tls_port:
+            cmd += [
+                "--mqtt-tls-listen", f"127.0.0.1:{tls_port}",
+                "--tls-cert-file", str(args.pki["cert"]),
+                "--tls-key-file", str(args.pki["key"]),
+            ]
+        cmd += args.pulsegate_arg
         info["shards"] = shards
     elif name == "mosquitto":
         conf = workdir / f"mosquitto-{mqtt_port}.conf"
@@ -244,6 +299,13 @@ def start_server(name, args, bins, workdir, connections, shards=None):
                     "log_type warning",
                     "log_dest stderr",
                 ]
+                + (
+                    # Run as root, Mosquitto would switch to an account that cannot read
+                    # the key in this private temp dir.
+                    (["user root"] if os.geteuid() == 0 else [])
+                    + [f"listener {tls_port} 127.0.0.1", f"certfile {args.pki['cert']}", f"keyfile {args.pki['key']}"]
+                    if tls_port else []
+                )
             )
             + "\n"
         )
@@ -297,7 +359,7 @@ next_connection_delay_ms = 0
     )
     logf.close()
     deadline = time.monotonic() + args.server_start_timeout_s
-    ports = [p for p in (mqtt_port, http_port) if p]
+    ports = [p for p in (mqtt_port, http_port, tls_port) if p]
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode} before listening:\n{tail(log_path)}")
@@ -310,7 +372,7 @@ next_connection_delay_ms = 0
     if ready_path:
         info["ready"] = json.loads(ready_path.read_text())
     info["nofile"] = proc_limit_nofile(proc.pid)
-    return Server(name, proc, mqtt_port, http_port, log_path, info)
+    return Server(name, proc, mqtt_port, http_port, log_path, info, tls_port)
 
 
 def stop_server(server):
@@ -331,13 +393,20 @@ def stop_server(server):
 
 
 def run_loadgen(args, bins, workdir, scenario, server, connections, duration_s, http_addr=None, push_start_s=None):
-    json_path = workdir / f"loadgen-{server.name}-{scenario}-{connections}.json"
-    out_path = workdir / f"loadgen-{server.name}-{scenario}-{connections}.out"
-    err_path = workdir / f"loadgen-{server.name}-{scenario}-{connections}.err"
+    return finish_loadgen(start_loadgen(args, bins, workdir, scenario, server, connections, duration_s,
+                                        http_addr, push_start_s))
+
+
+def start_loadgen(args, bins, workdir, scenario, server, connections, duration_s, http_addr=None, push_start_s=None,
+                  tag="", client_id_prefix=None):
+    stem = f"loadgen-{server.name}{tag}-{scenario}-{connections}"
+    json_path = workdir / f"{stem}.json"
+    out_path = workdir / f"{stem}.out"
+    err_path = workdir / f"{stem}.err"
     max_duration_s = duration_s + 60
     cmd = [
         str(bins["loadgen"]), scenario,
-        "--target", f"127.0.0.1:{server.mqtt_port}",
+        "--target", f"127.0.0.1:{server.target_port}",
         "--connections", str(connections),
         "--duration-s", str(duration_s),
         "--max-duration-s", str(max_duration_s),
@@ -357,6 +426,10 @@ def run_loadgen(args, bins, workdir, scenario, server, connections, duration_s, 
         ]
         if push_start_s is not None:
             cmd += ["--push-start-s", str(push_start_s)]
+    if args.tls:
+        cmd += ["--tls", "--tls-ca-file", str(args.pki["ca"]), "--tls-server-name", "localhost"]
+    if client_id_prefix:
+        cmd += ["--client-id-prefix", client_id_prefix]
     cmd += args.loadgen_arg
     # The loadgen's own stop grace is 15 s + N/5000 s; add margin for report writing.
     deadline_s = max_duration_s + 15 + connections / 5000 + 30
@@ -366,9 +439,16 @@ def run_loadgen(args, bins, workdir, scenario, server, connections, duration_s, 
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True),
             "loadgen",
         )
+    return {"proc": proc, "cmd": cmd, "deadline": time.monotonic() + deadline_s, "json_path": json_path,
+            "out_path": out_path, "err_path": err_path}
+
+
+def finish_loadgen(started):
+    proc, cmd, json_path = started["proc"], started["cmd"], started["json_path"]
+    out_path, err_path = started["out_path"], started["err_path"]
     timed_out = False
     try:
-        rc = proc.wait(timeout=deadline_s)
+        rc = proc.wait(timeout=max(1.0, started["deadline"] - time.monotonic()))
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_child(proc, "loadgen", grace_s=30.0)
@@ -646,6 +726,28 @@ def start_bridge(args, workdir, server, max_s):
     return proc, http_port, stats, log_path
 
 
+def hold_instances(args, bins, workdir, name, n, instances):
+    """The hold run over several server processes at once: one loadgen per instance
+    with an equal share of the devices (distinct client ids), started together."""
+    shares = [n // instances + (1 if i < n % instances else 0) for i in range(instances)]
+    servers, started, run = [], [], {}
+    try:
+        for share in shares:
+            servers.append(start_server(name, args, bins, workdir, share))
+        for i, (srv, share) in enumerate(zip(servers, shares)):
+            started.append(start_loadgen(args, bins, workdir, "hold", srv, share, args.duration_s,
+                                         tag=f"-{i}", client_id_prefix=f"lg{i}-"))
+        runs = [finish_loadgen(st) for st in started]
+    finally:
+        run["servers"] = [stop_server(srv) for srv in servers]
+    run["instances"] = runs
+    run["report"] = combine_reports([r.get("report") for r in runs])
+    run["exit_code"] = next((r["exit_code"] for r in runs if r["exit_code"] not in (0, None)), 0)
+    run["timed_out"] = any(r["timed_out"] for r in runs)
+    run["stderr_tail"] = "\n".join(r["stderr_tail"] for r in runs)
+    return run
+
+
 def stop_bridge(proc, stats, log_path):
     _kill_child(proc, "bridge", grace_s=5.0)
     try:
@@ -669,12 +771,75 @@ def g(d, *path):
     return d
 
 
+def combine_reports(reports):
+    """One hold report from several loadgens run at once against several server
+    instances: counts and server RSS/CPU summed, RSS per connection = summed RSS growth /
+    summed connections, connect rate = summed connections / the slowest instance's time,
+    ping RTT p99 and keep-alive peak/mean = the worst instance's."""
+    reps = [r for r in reports if r]
+    if not reps:
+        return None
+    if len(reps) == 1 and len(reports) == 1:
+        return reps[0]
+
+    def total(key):
+        vals = [r.get(key) for r in reps]
+        return sum(v for v in vals if v is not None) if any(v is not None for v in vals) else None
+
+    def worst(*path):
+        vals = [g(r, *path) for r in reps]
+        vals = [v for v in vals if v is not None]
+        return max(vals) if vals else None
+
+    out = {k: total(k) for k in ["established", "connections_requested", "connect_attempts", "failed_total",
+                                 "reconnects", "pings_sent", "keepalives", "control_messages", "server_cpu_s",
+                                 "server_cpu_s_steady", "server_rss_bytes", "server_rss_bytes_before",
+                                 "loadgen_rss_bytes"]}
+    out["scenario"] = reps[0].get("scenario")
+    out["instances"] = len(reports)
+    out["instances_reported"] = len(reps)
+    after = worst("established_after_s")
+    out["established_after_s"] = after
+    out["connect_rate_per_s"] = out["established"] / after if after and out["established"] else None
+    out["steady_s"] = min((r["steady_s"] for r in reps if r.get("steady_s") is not None), default=None)
+    if out["server_rss_bytes"] is not None and out["server_rss_bytes_before"] is not None and out["established"]:
+        out["server_rss_per_conn_bytes"] = (out["server_rss_bytes"] - out["server_rss_bytes_before"]) / out["established"]
+    if out["loadgen_rss_bytes"] and out["established"]:
+        out["loadgen_rss_per_conn_bytes"] = out["loadgen_rss_bytes"] / out["established"]
+    out["ping_rtt_ms"] = {"p99": worst("ping_rtt_ms", "p99")}
+    out["keepalive_peak_to_mean"] = worst("keepalive_peak_to_mean")
+    for key in ["failed", "closed"]:
+        merged = {}
+        for r in reps:
+            for k, v in (r.get(key) or {}).items():
+                merged[k] = merged.get(k, 0) + v
+        out[key] = merged
+    out["worker_errors"] = [e for r in reps for e in (r.get("worker_errors") or [])]
+    tls = [r["tls"] for r in reps if r.get("tls")]
+    if tls:
+        t = {k: sum(x.get(k) or 0 for x in tls) for k in [
+            "handshakes", "handshakes_full", "handshakes_resumed", "errors_total", "full_per_s_peak",
+            "resumed_per_s_peak", "handshakes_per_s_peak"]}
+        t["handshake_ms"] = {"p99": max((g(x, "handshake_ms", "p99") or 0) for x in tls),
+                             "p50": max((g(x, "handshake_ms", "p50") or 0) for x in tls)}
+        t["peaks_note"] = "per-second peaks summed over instances run at the same time"
+        out["tls"] = t
+    return out
+
+
 def hold_metrics(rep):
     if not rep:
         return {}
     ka = rep.get("keepalives") or 0
     cpu = rep.get("server_cpu_s_steady")
+    tls = rep.get("tls") or {}
     return {
+        "instances": rep.get("instances", 1),
+        "loadgen_rss_per_conn_bytes": rep.get("loadgen_rss_per_conn_bytes"),
+        "tls_handshakes": tls.get("handshakes"),
+        "tls_full_per_s_peak": tls.get("full_per_s_peak"),
+        "tls_handshake_p99_ms": g(tls, "handshake_ms", "p99") if tls else None,
+        "tls_errors_total": tls.get("errors_total"),
         "established": rep.get("established"),
         "connections_requested": rep.get("connections_requested"),
         "connect_rate_per_s": rep.get("connect_rate_per_s"),
@@ -735,9 +900,17 @@ def ratio(pg, peer, higher_better):
     return pg / peer if higher_better else peer / pg
 
 
-def build_table(results, peers, big):
+TLS_METRICS = [
+    ("tls_full_per_s_peak", "TLS full handshakes in the busiest second (ramp)", "/s", True, "hold"),
+    ("tls_handshake_p99_ms", "TLS handshake p99 (TCP connected -> done)", "ms", False, "hold"),
+]
+
+
+def build_table(results, peers, big, tls=False):
     rows = []
-    for key, label, unit, hib, src in METRICS:
+    for key, label, unit, hib, src in METRICS + (TLS_METRICS if tls else []):
+        if tls and key == "rss_per_conn_bytes":
+            label = "server RSS per idle TLS connection"
         row = {"metric": label, "unit": unit, "better": "higher" if hib else "lower", "values": {}, "ratios": {}}
         for name in ["pulsegate"] + peers:
             m = results.get(name, {}).get(f"{src}_metrics", {})
@@ -751,7 +924,10 @@ def build_table(results, peers, big):
         ("cpu_pct_of_core_steady", "server CPU after all connected", "% of a core", "hold"),
         ("control_messages", "$pulse control msgs to devices (hold)", "", "hold"),
         ("keepalive_peak_to_mean", "keep-alive peak/mean per second (1 = spread)", "", "hold"),
-    ]:
+        ("instances", "server processes in the hold run (RSS/CPU summed)", "", "hold"),
+        ("loadgen_rss_per_conn_bytes", "loadgen RSS per connection (its own memory)", "bytes", "hold"),
+    ] + ([("tls_handshakes", "TLS handshakes completed (hold)", "", "hold"),
+          ("tls_errors_total", "TLS errors (hold)", "", "hold")] if tls else []):
         row = {"metric": label, "unit": unit, "better": None, "values": {}, "ratios": {}}
         for name in ["pulsegate"] + peers:
             row["values"][name] = results.get(name, {}).get(f"{src}_metrics", {}).get(key)
@@ -834,6 +1010,8 @@ def check_run(problems, who, run, expect_n, keepalive_s):
         problems.append(f"{who}: established connections lost {rep['closed']} (reconnects {rep.get('reconnects')})")
     if rep.get("worker_errors"):
         problems.append(f"{who}: worker errors {rep['worker_errors']}")
+    if (rep.get("tls") or {}).get("errors_total"):
+        problems.append(f"{who}: TLS errors {rep['tls'].get('errors')}")
     if rep.get("pings_sent", 0) > rep.get("keepalives", 0) + rep.get("established", 0) * 0.01 + 10:
         problems.append(f"{who}: {rep['pings_sent'] - rep['keepalives']} PINGREQs without PINGRESP")
     steady = rep.get("steady_s") or 0
@@ -870,7 +1048,8 @@ def parse_args(argv):
         description="pulsegate vs Mosquitto (and rumqttd) side by side, driven by pulsegate-loadgen.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--connections", type=int, default=18_000, help="devices per server (Mosquitto: < 20,000 fds)")
+    ap.add_argument("--connections", type=int, default=18_000,
+                    help="devices per server (above 19,000 Mosquitto runs as several processes)")
     ap.add_argument("--duration-s", type=float, default=60.0, help="length of each hold run (ramp included)")
     ap.add_argument("--keepalive-s", type=int, default=10, help="MQTT keep-alive of the devices")
     ap.add_argument("--mqtt-version", type=int, choices=[4, 5], default=4)
@@ -886,6 +1065,10 @@ def parse_args(argv):
     ap.add_argument("--bridge-stamp", choices=["publish", "request"], default="publish",
                     help="broker push latency from the bridge's PUBLISH (publish) or from the loadgen's HTTP request (request)")
     ap.add_argument("--mosquitto", default=MOSQUITTO_DEFAULT)
+    ap.add_argument("--mosquitto-instances", type=int, default=0,
+                    help=f"Mosquitto processes for the hold run (0 = ceil(N / {MOSQUITTO_CONNECTIONS:,}): one holds "
+                         "< 20,000 fds); RSS/CPU are summed over them")
+    ap.add_argument("--tls", action="store_true", help="devices connect over TLS (certificates made with openssl)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--target-dir", default=None, help="cargo target dir (default $CARGO_TARGET_DIR or ./target)")
     ap.add_argument("--cooldown-s", type=float, default=3.0, help="pause between runs")
@@ -931,8 +1114,7 @@ def main(argv):
             servers.append("rumqttd")
     else:
         servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-        if "pulsegate" not in servers:
-            servers.insert(0, "pulsegate")
+        # An explicit list without pulsegate runs the peers alone (its column is n/a).
     peers = [s for s in servers if s != "pulsegate"]
 
     runs = {r.strip() for r in args.runs.split(",") if r.strip()}
@@ -946,6 +1128,8 @@ def main(argv):
         f"hold {args.duration_s:g} s, push {push_duration_s:g} s at {args.push_rate:g}/s; roughly {est_s / 60:.0f} min")
 
     workdir = Path(tempfile.mkdtemp(prefix="pulsegate-sbs-"))
+    args.pki = make_pki(workdir) if args.tls else None
+    mosq_instances = args.mosquitto_instances or max(1, math.ceil(n / MOSQUITTO_CONNECTIONS))
     results = {}
     big = None
     nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -957,8 +1141,19 @@ def main(argv):
                 version = subprocess.run([args.mosquitto, "-h"], capture_output=True, text=True, timeout=10).stdout.splitlines()[:1]
             res["version"] = version[0] if version else None
             # 1. hold
-            if "hold" in runs:
-                log(f"\n== {name}: hold {n:,} connections for {args.duration_s:g} s")
+            if "hold" in runs and name == "mosquitto" and mosq_instances > 1:
+                log(f"\n== {name}: hold {n:,} connections over {mosq_instances} Mosquitto processes for "
+                    f"{args.duration_s:g} s{' (TLS)' if args.tls else ''}")
+                run = hold_instances(args, bins, workdir, name, n, mosq_instances)
+                for i, sv in enumerate(run["servers"]):
+                    if sv["exited_during_run"]:
+                        problems.append(f"{name}#{i}: server exited during the hold run (code {sv['exit_code_during_run']})")
+                check_run(problems, f"{name} hold", run, n, args.keepalive_s)
+                res["hold"] = run
+                res["hold_metrics"] = hold_metrics(run.get("report"))
+                time.sleep(args.cooldown_s)
+            elif "hold" in runs:
+                log(f"\n== {name}: hold {n:,} connections for {args.duration_s:g} s{' (TLS)' if args.tls else ''}")
                 srv = start_server(name, args, bins, workdir, n)
                 run = {}
                 try:
@@ -975,6 +1170,10 @@ def main(argv):
             if "push" not in runs:
                 continue
             if name != "pulsegate" and not args.subscribe:
+                res["push_metrics"] = {}
+                continue
+            if name == "mosquitto" and mosq_instances > 1:
+                problems.append(f"mosquitto: push run skipped ({mosq_instances} instances; the bridge talks to one broker)")
                 res["push_metrics"] = {}
                 continue
             log(f"\n== {name}: push at {args.push_rate:g}/s to {n:,} connections for {push_duration_s:g} s")
@@ -1027,7 +1226,7 @@ def main(argv):
     finally:
         cleanup()
 
-    rows = build_table(results, peers, big)
+    rows = build_table(results, peers, big, tls=args.tls)
     text = print_table(rows, peers, n)
     if problems:
         print("\nproblems / warnings:")
@@ -1043,7 +1242,14 @@ def main(argv):
         "metric_definitions": {
             "established": "loadgen `established`: peak devices connected at once (hold run)",
             "connect_rate_per_s": "loadgen `connect_rate_per_s` = established / established_after_s",
-            "rss_per_conn_bytes": "loadgen `server_rss_per_conn_bytes` = (VmRSS at end of hold - VmRSS before) / established",
+            "rss_per_conn_bytes": "loadgen `server_rss_per_conn_bytes` = (VmRSS at end of hold - VmRSS before) / established; "
+                                  "with --tls the connections are TLS (idle but for keep-alives); with several Mosquitto "
+                                  "processes: summed VmRSS growth / summed established",
+            "mosquitto_instances": f"{mosq_instances} Mosquitto process(es) in the hold run"
+                                   + (" (RSS, CPU, connections and keep-alives summed; ping p99 = worst instance)"
+                                      if mosq_instances > 1 else ""),
+            "tls": "--tls: devices use TLS (rustls client, resumption on; first connects are full handshakes)"
+                   if args.tls else "plain TCP",
             "cpu_s_per_million_keepalives": "loadgen server_cpu_s_steady / keepalives * 1e6 (server utime+stime from all-connected to end of hold)",
             "ping_rtt_p99_ms": "loadgen ping_rtt_ms.p99 (PINGREQ -> PINGRESP, hold run)",
             "push_latency_p99_ms": "loadgen push_latency_ms.p99 (push run; device receive time - lgts stamp)",
@@ -1052,6 +1258,7 @@ def main(argv):
         "table_text": text,
         "results": results,
         "pulsegate_max": big,
+        "mosquitto_instances": mosq_instances,
         "problems": problems,
         "workdir": str(workdir) if args.keep_logs else None,
     }

@@ -104,6 +104,36 @@ pub struct ConnArgs {
     /// seeds/004); 0 = whatever the server asks.
     #[arg(long, default_value_t = 0)]
     pub heartbeat_max_s: u16,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// TLS and device tokens; every scenario has them and passes them to its workers.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityArgs {
+    /// Connect with TLS (rustls client, ring provider).
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificate(s) to trust (default: the system roots).
+    #[arg(long, requires = "tls")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Server name sent in SNI and checked against the certificate.
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
+    /// Every handshake in full: no shared session cache (default: each worker
+    /// process resumes with TLS 1.3 tickets / TLS 1.2 sessions it was given).
+    #[arg(long)]
+    pub no_tls_resume: bool,
+    /// ALPN protocols offered, comma list, or "none".
+    #[arg(long, default_value = "mqtt")]
+    pub tls_alpn: String,
+    /// HS256 secret: each CONNECT carries a JWT (claims clientid, iat, exp) as its
+    /// password, with the client id as user name.
+    #[arg(long)]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Lifetime of the device tokens, seconds (exp = iat + this).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwt_ttl_s: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -286,6 +316,8 @@ pub struct WorkerArgs {
     /// Time between waves.
     #[arg(long, default_value_t = 0)]
     pub wave_interval_ms: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Resolves HOST:PORT and enforces the loopback rule.
@@ -335,6 +367,57 @@ mod tests {
         assert_eq!(c.per_process_max, 18_000);
         assert_eq!(c.client_id_prefix, "lg-");
         assert!(c.source_ips.is_none() && c.json.is_none() && c.server_pid.is_none() && !c.allow_remote);
+        let sec = &c.security;
+        assert!(!sec.tls && !sec.no_tls_resume && sec.tls_ca_file.is_none() && sec.jwt_secret_file.is_none());
+        assert_eq!(
+            (sec.tls_server_name.as_str(), sec.tls_alpn.as_str(), sec.jwt_ttl_s),
+            ("localhost", "mqtt", 3600)
+        );
+    }
+
+    #[test]
+    fn security_options() {
+        let base = [
+            "storm",
+            "--target",
+            "127.0.0.1:8883",
+            "--connections",
+            "5",
+            "--duration-s",
+            "3",
+        ];
+        let mut v = base.to_vec();
+        v.extend([
+            "--tls",
+            "--tls-ca-file",
+            "/tmp/ca.pem",
+            "--tls-server-name",
+            "broker.test",
+            "--no-tls-resume",
+            "--tls-alpn",
+            "none",
+            "--jwt-secret-file",
+            "/tmp/s",
+            "--jwt-ttl-s",
+            "60",
+        ]);
+        let Command::Storm(s) = parse(&v).unwrap().command else {
+            panic!("not storm")
+        };
+        let sec = s.conn.security;
+        assert!(sec.tls && sec.no_tls_resume);
+        assert_eq!(sec.tls_ca_file.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
+        assert_eq!(
+            (sec.tls_server_name.as_str(), sec.tls_alpn.as_str(), sec.jwt_ttl_s),
+            ("broker.test", "none", 60)
+        );
+        // A CA file without --tls is a mistake, and a zero TTL is refused.
+        let mut bad = base.to_vec();
+        bad.extend(["--tls-ca-file", "/tmp/ca.pem"]);
+        assert!(parse(&bad).is_err());
+        let mut bad = base.to_vec();
+        bad.extend(["--jwt-secret-file", "/tmp/s", "--jwt-ttl-s", "0"]);
+        assert!(parse(&bad).is_err());
     }
 
     #[test]

@@ -98,6 +98,59 @@ pub fn render_page(r: &Report, json_text: &str) -> String {
             format!("{:.2} s (+{:.2} s shutdown)", r.duration_s, r.shutdown_s),
         ),
     ];
+    if !r.connack_refused.is_empty() {
+        let codes: Vec<String> = r
+            .connack_refused
+            .iter()
+            .map(|(k, v)| format!("{}={v}", esc(k)))
+            .collect();
+        rows.push(("CONNACK refused".into(), codes.join(" ")));
+    }
+    if let Some(rss) = r.loadgen_rss_bytes {
+        rows.push((
+            "loadgen RSS".into(),
+            format!(
+                "{:.1} MiB, {:.0} bytes per connection",
+                rss as f64 / 1048576.0,
+                r.loadgen_rss_per_conn_bytes.unwrap_or(0.0)
+            ),
+        ));
+    }
+    if let Some(t) = &r.tls {
+        rows.push((
+            "TLS handshakes".into(),
+            format!(
+                "{} (full {}, <b>resumed {}</b>; TLS 1.3 {}, TLS 1.2 {}); reconnects: full {}, resumed {}; storm: full {}, resumed <b>{}</b>",
+                t.handshakes,
+                t.handshakes_full,
+                t.handshakes_resumed,
+                t.handshakes_tls13,
+                t.handshakes_tls12,
+                t.reconnect_handshakes_full,
+                t.reconnect_handshakes_resumed,
+                t.storm_handshakes_full,
+                t.storm_handshakes_resumed
+            ),
+        ));
+        rows.push((
+            "TLS handshakes/s".into(),
+            format!(
+                "peak {} (full {}, resumed {}), {:.0} per busy second; latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                t.handshakes_per_s_peak,
+                t.full_per_s_peak,
+                t.resumed_per_s_peak,
+                t.handshakes_per_busy_s,
+                t.handshake_ms.p50,
+                t.handshake_ms.p99,
+                t.handshake_ms.max
+            ),
+        ));
+        let errors: Vec<String> = t.errors.iter().map(|(k, v)| format!("{}={v}", esc(k))).collect();
+        rows.push((
+            "TLS errors".into(),
+            format!("{} [{}]", t.errors_total, errors.join(" ")),
+        ));
+    }
     if let Some(st) = &r.storm {
         rows.push((
             "storm".into(),

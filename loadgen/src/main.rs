@@ -18,6 +18,8 @@ mod scenario;
 mod scrape;
 mod srcip;
 mod timeline;
+mod tls;
+mod token;
 mod worker;
 
 use clap::Parser;

@@ -1,8 +1,9 @@
 //! Client-side MQTT framing (3.1.1 = protocol level 4, 5.0 = level 5).
 //!
-//! Owns: encoding of the few packets a device sends (CONNECT, SUBSCRIBE, PINGREQ,
-//! PUBACK, DISCONNECT) and bounded decoding of what a server sends (fixed header,
-//! CONNACK, PUBLISH, PINGRESP, SUBACK, DISCONNECT).
+//! Owns: encoding of the few packets a device sends (CONNECT with an optional user
+//! name and password, SUBSCRIBE, PINGREQ, PUBACK, DISCONNECT) and bounded decoding
+//! of what a server sends (fixed header, CONNACK, PUBLISH, PINGRESP, SUBACK,
+//! DISCONNECT).
 //! Must never: panic, index out of bounds or allocate on bytes that came from the
 //! server; do any I/O; keep state between calls.
 
@@ -83,23 +84,51 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[..len]);
 }
 
-/// Appends a CONNECT with clean start/session, no will, no credentials.
+/// What a device presents in CONNECT besides its client id: a user name and a
+/// password (a device token), both optional; 3.1.1 allows a password only with a
+/// user name, so a password alone is sent with an empty user name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    pub username: Option<&'a [u8]>,
+    pub password: Option<&'a [u8]>,
+}
+
+/// Appends a CONNECT with clean start/session, no will, and the given credentials.
 /// `protocol_level` is 4 (3.1.1) or 5.
-pub fn encode_connect(out: &mut Vec<u8>, protocol_level: u8, client_id: &[u8], keepalive_s: u16) {
-    let mut body_len = 2 + 4 + 1 + 1 + 2 + 2 + client_id.len().min(u16::MAX as usize);
+pub fn encode_connect(out: &mut Vec<u8>, protocol_level: u8, client_id: &[u8], keepalive_s: u16, creds: Credentials) {
+    let field = |s: &[u8]| 2 + s.len().min(u16::MAX as usize);
+    let username = match (creds.username, creds.password) {
+        (None, Some(_)) => Some(&b""[..]),
+        (u, _) => u,
+    };
+    let mut body_len = 2 + 4 + 1 + 1 + 2 + field(client_id);
+    body_len += username.map_or(0, field) + creds.password.map_or(0, field);
     if protocol_level == 5 {
         body_len += 1; // empty properties
+    }
+    let mut flags = 0x02; // clean session / clean start
+    if username.is_some() {
+        flags |= 0x80;
+    }
+    if creds.password.is_some() {
+        flags |= 0x40;
     }
     out.push(0x10);
     put_varint(out, body_len);
     put_str(out, b"MQTT");
     out.push(protocol_level);
-    out.push(0x02); // clean session / clean start
+    out.push(flags);
     out.extend_from_slice(&keepalive_s.to_be_bytes());
     if protocol_level == 5 {
         out.push(0); // property length
     }
     put_str(out, client_id);
+    if let Some(u) = username {
+        put_str(out, u);
+    }
+    if let Some(p) = creds.password {
+        put_str(out, p);
+    }
 }
 
 /// Appends a SUBSCRIBE for one topic filter at `qos`.
@@ -263,7 +292,7 @@ mod tests {
     #[test]
     fn connect_v4_layout() {
         let mut out = Vec::new();
-        encode_connect(&mut out, 4, b"dev1", 60);
+        encode_connect(&mut out, 4, b"dev1", 60, Credentials::default());
         assert_eq!(
             out,
             [0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 4, b'd', b'e', b'v', b'1']
@@ -273,11 +302,40 @@ mod tests {
     #[test]
     fn connect_v5_has_empty_properties() {
         let mut out = Vec::new();
-        encode_connect(&mut out, 5, b"a", 300);
+        encode_connect(&mut out, 5, b"a", 300, Credentials::default());
         assert_eq!(
             out,
             [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 1, 44, 0, 0, 1, b'a']
         );
+    }
+
+    #[test]
+    fn connect_carries_username_and_password() {
+        let mut out = Vec::new();
+        let creds = Credentials {
+            username: Some(b"u1"),
+            password: Some(b"tok"),
+        };
+        encode_connect(&mut out, 4, b"d", 30, creds);
+        assert_eq!(
+            out,
+            [
+                0x10, 22, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30, 0, 1, b'd', 0, 2, b'u', b'1', 0, 3, b't', b'o',
+                b'k'
+            ]
+        );
+        // v5: properties before the payload; a password alone gets an empty user name.
+        let mut out = Vec::new();
+        let creds = Credentials {
+            username: None,
+            password: Some(b"p"),
+        };
+        encode_connect(&mut out, 5, b"d", 30, creds);
+        assert_eq!(
+            out,
+            [0x10, 19, 0, 4, b'M', b'Q', b'T', b'T', 5, 0xC2, 0, 30, 0, 0, 1, b'd', 0, 0, 0, 1, b'p']
+        );
+        assert_eq!(out.len() - 2, 19);
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub struct WorkerStats {
     /// Present when this worker received "storm".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<WorkerStorm>,
+    /// Present with `--tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::stats::WorkerTls>,
+    /// The worker's own VmRSS at the end of the hold (all its devices still held).
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 /// What one worker's devices saw of heartbeat-load relief.
@@ -267,6 +273,18 @@ pub struct Report {
     /// Push / rushhour fields, flattened into the top level.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub push: Option<PushReport>,
+    /// CONNACK refusals by return/reason code ("0x86", "0x87"; "0x04", "0x05" for
+    /// 3.1.1), taken from `failed`.
+    pub connack_refused: BTreeMap<String, u64>,
+    /// The load generator's own memory: the workers' VmRSS summed, at the end of the
+    /// hold, and per established connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadgen_rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadgen_rss_per_conn_bytes: Option<f64>,
+    /// With `--tls`: handshakes, resumption, latency, errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::stats::TlsReport>,
     /// Storm fields, flattened into the top level.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormReport>,
@@ -459,6 +477,21 @@ impl Report {
                     "server cpu steady  {cpu:.2} s over {st:.1} s after all connected ({:.1}% of a core)",
                     if st > 0.0 { 100.0 * cpu / st } else { 0.0 }
                 ));
+            }
+        }
+        if !self.connack_refused.is_empty() {
+            line(format!("connack refused    [{}]", fmt_counts(&self.connack_refused)));
+        }
+        if let Some(rss) = self.loadgen_rss_bytes {
+            line(format!(
+                "loadgen rss        {:.1} MiB ({:.0} bytes per connection)",
+                rss as f64 / 1048576.0,
+                self.loadgen_rss_per_conn_bytes.unwrap_or(0.0)
+            ));
+        }
+        if let Some(t) = &self.tls {
+            for l in t.human() {
+                line(l);
             }
         }
         if let Some(p) = &self.push {

@@ -37,6 +37,12 @@ pub struct SlotCounts {
     /// Connect attempts refused by CONNACK (any non-zero code).
     #[serde(default)]
     pub refused: u64,
+    /// TLS handshakes completed in full (`--tls`).
+    #[serde(default)]
+    pub tls_full: u64,
+    /// TLS handshakes completed by resuming a session (`--tls`).
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 impl SlotCounts {
@@ -61,6 +67,8 @@ impl SlotCounts {
         self.hb_adjusts += o.hb_adjusts;
         self.overload_disconnects += o.overload_disconnects;
         self.refused += o.refused;
+        self.tls_full += o.tls_full;
+        self.tls_resumed += o.tls_resumed;
     }
 }
 
@@ -146,6 +154,8 @@ impl Timeline {
             hb_adjusts: col(|s| s.hb_adjusts),
             overload_disconnects: col(|s| s.overload_disconnects),
             refused: col(|s| s.refused),
+            tls_full: col(|s| s.tls_full),
+            tls_resumed: col(|s| s.tls_resumed),
         }
     }
 }
@@ -164,6 +174,8 @@ pub struct Series {
     pub hb_adjusts: Vec<u64>,
     pub overload_disconnects: Vec<u64>,
     pub refused: Vec<u64>,
+    pub tls_full: Vec<u64>,
+    pub tls_resumed: Vec<u64>,
 }
 
 /// Slots `[start, end)`, in seconds since the start of the run.

@@ -123,3 +123,66 @@ pub fn keepalives(r: &mut Report, tl: &Timeline, hold_end_s: f64, keepalive_s: u
     r.timeline = tl.series();
     r.connected_per_s = r.timeline.connected.clone();
 }
+
+/// CONNACK refusals by code, from the `connack_0x..` keys of `failed`.
+pub fn connack_refused(r: &mut Report) {
+    r.connack_refused = r
+        .failed
+        .iter()
+        .filter_map(|(k, &n)| k.strip_prefix("connack_").map(|code| (code.to_string(), n)))
+        .filter(|(code, _)| code.starts_with("0x"))
+        .collect();
+}
+
+/// The load generator's own RSS (summed over the workers that reported it).
+pub fn loadgen_rss(r: &mut Report, results: &[WorkerResult]) {
+    let rss: Vec<u64> = results
+        .iter()
+        .filter_map(|w| w.stats.and_then(|s| s.rss_bytes))
+        .collect();
+    if rss.is_empty() {
+        return;
+    }
+    let total: u64 = rss.iter().sum();
+    r.loadgen_rss_bytes = Some(total);
+    if r.established > 0 {
+        r.loadgen_rss_per_conn_bytes = Some(total as f64 / r.established as f64);
+    }
+}
+
+/// The `tls` section (with `--tls`); needs the per-second series in `r.timeline`.
+pub fn tls(r: &mut Report, conn: &ConnArgs, results: &[WorkerResult]) {
+    let Some(opts) = crate::tls::TlsOptions::from_cli(&conn.security) else {
+        return;
+    };
+    let workers: Vec<_> = results
+        .iter()
+        .filter_map(|w| w.stats.and_then(|s| s.tls.as_ref()))
+        .collect();
+    let settings = crate::tls::stats::Settings {
+        server_name: &opts.server_name,
+        alpn: &opts.alpn,
+        resume: opts.resume,
+    };
+    let (section, h) = crate::tls::stats::merge(settings, &workers, &r.timeline);
+    r.latency_curves.push(report::curve_ms("TLS handshake", &h));
+    r.tls = Some(section);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_by_code_come_from_failed() {
+        let mut r = Report::default();
+        r.failed.insert("connack_0x86".into(), 3);
+        r.failed.insert("connack_0x05".into(), 1);
+        r.failed.insert("connack_timeout".into(), 7);
+        r.failed.insert("connect_refused".into(), 2);
+        connack_refused(&mut r);
+        assert_eq!(r.connack_refused.len(), 2);
+        assert_eq!((r.connack_refused["0x86"], r.connack_refused["0x05"]), (3, 1));
+        assert!(r.human().contains("connack refused    [0x05=1 0x86=3]"));
+    }
+}

@@ -73,6 +73,14 @@ fn check(conn: &ConnArgs, scenario: &mut dyn Scenario) -> Result<Checked, String
         return Err("--duration-s, --ramp-per-s and --connect-timeout-s must be > 0".into());
     }
     scenario.validate(conn, http_addr)?;
+    // Read the CA and the token secret once here, so a bad file refuses the run
+    // (exit 2) instead of failing in every worker.
+    if let Some(opts) = crate::tls::TlsOptions::from_cli(&conn.security) {
+        crate::tls::ClientTls::new(&opts, 1)?;
+    }
+    if let Some(path) = &conn.security.jwt_secret_file {
+        crate::token::read_secret(path)?;
+    }
     let max_duration_s = conn.max_duration_s.unwrap_or(conn.duration_s + 120.0).max(0.1);
     let hard_limit = net::raise_nofile_limit().unwrap_or(1024);
     if conn.per_process_max == 0 || conn.per_process_max + 32 > hard_limit {
@@ -213,6 +221,9 @@ pub fn run(conn: &ConnArgs, scenario: &mut dyn Scenario) -> i32 {
     let mut tl = tl.clone();
     tl.truncate(hold.hold_end_s.floor() as usize);
     merge::keepalives(&mut r, &tl, hold.hold_end_s, conn.keepalive_s);
+    merge::connack_refused(&mut r);
+    merge::loadgen_rss(&mut r, &results);
+    merge::tls(&mut r, conn, &results);
     let stats: Vec<_> = results.iter().map(|w| w.stats).collect();
     let end = RunEnd {
         conn,

@@ -4,7 +4,7 @@
 //! Must never: signal any process but its own children, or wait for a stuck
 //! worker past its grace (it is killed).
 
-use crate::cli::ConnArgs;
+use crate::cli::{ConnArgs, SecurityArgs};
 use crate::report::{Progress, WorkerMsg, WorkerStats};
 use crate::scenario::WorkerControl;
 use crate::srcip::Slice;
@@ -107,12 +107,34 @@ impl WorkerPlan<'_> {
         if let Some(sub) = &conn.subscribe {
             cmd.args(["--subscribe", sub]);
         }
+        cmd.args(security_args(&conn.security));
         cmd.args(self.extra_args);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         cmd
     }
+}
+
+/// The worker's copy of the TLS and token options.
+fn security_args(s: &SecurityArgs) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    if s.tls {
+        v.push("--tls".into());
+    }
+    if let Some(ca) = &s.tls_ca_file {
+        v.extend(["--tls-ca-file".into(), ca.display().to_string()]);
+    }
+    v.extend(["--tls-server-name".into(), s.tls_server_name.clone()]);
+    if s.no_tls_resume {
+        v.push("--no-tls-resume".into());
+    }
+    v.extend(["--tls-alpn".into(), s.tls_alpn.clone()]);
+    if let Some(f) = &s.jwt_secret_file {
+        v.extend(["--jwt-secret-file".into(), f.display().to_string()]);
+    }
+    v.extend(["--jwt-ttl-s".into(), s.jwt_ttl_s.to_string()]);
+    v
 }
 
 /// What one worker left behind once reaped.
@@ -267,5 +289,56 @@ impl WorkerControl for Workers {
                     .and_then(|_| stdin.flush());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn security_options_reach_the_worker_unchanged() {
+        let sec = SecurityArgs {
+            tls: true,
+            tls_ca_file: Some("/tmp/ca.pem".into()),
+            tls_server_name: "broker.test".into(),
+            no_tls_resume: true,
+            tls_alpn: "mqtt,x".into(),
+            jwt_secret_file: Some("/tmp/secret".into()),
+            jwt_ttl_s: 90,
+        };
+        let mut argv: Vec<String> = ["pulsegate-loadgen", "worker", "--target-addr", "127.0.0.1:1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (k, v) in [
+            ("--first-index", "0"),
+            ("--count", "1"),
+            ("--ramp-per-s", "1"),
+            ("--max-inflight", "1"),
+            ("--keepalive-s", "1"),
+            ("--mqtt-version", "4"),
+            ("--source-ips", "none"),
+            ("--client-id-prefix", "x"),
+            ("--connect-timeout-ms", "1"),
+            ("--hard-stop-s", "1"),
+            ("--epoch-unix-ms", "1"),
+        ] {
+            argv.extend([k.to_string(), v.to_string()]);
+        }
+        argv.extend(security_args(&sec));
+        let Command::Worker(w) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not a worker")
+        };
+        assert_eq!(w.security, sec);
+        let plain = SecurityArgs {
+            tls_server_name: "localhost".into(),
+            tls_alpn: "mqtt".into(),
+            jwt_ttl_s: 3600,
+            ..Default::default()
+        };
+        assert!(!security_args(&plain).contains(&"--tls".to_string()));
     }
 }

@@ -34,6 +34,7 @@ impl Worker {
         slot.sock = None;
         slot.tx_tail = Vec::new();
         slot.rx_tail = Vec::new();
+        slot.tls = None;
         match slot.dev.phase {
             Phase::Connecting | Phase::AwaitConnack => {
                 self.inflight -= 1;
@@ -60,6 +61,9 @@ impl Worker {
     /// Writes `self.scratch` to the device (or queues it behind an unsent tail).
     /// Returns false if the connection was closed because of the write.
     pub(super) fn send_scratch(&mut self, idx: u32) -> bool {
+        if self.slots[idx as usize].tls.is_some() {
+            return self.tls_send(idx);
+        }
         let slot = &mut self.slots[idx as usize];
         let Some(sock) = slot.sock.as_mut() else { return false };
         if !slot.tx_tail.is_empty() {
@@ -142,15 +146,42 @@ impl Worker {
         if writable && !self.slots[idx as usize].tx_tail.is_empty() {
             self.flush_tail(idx);
         }
+        if writable && self.tls_wants_write(idx) {
+            self.tls_flush(idx);
+        }
         if readable && self.slots[idx as usize].sock.is_some() {
-            self.read_device(idx);
+            if self.slots[idx as usize].tls.is_some() {
+                self.tls_read(idx);
+            } else {
+                self.read_device(idx);
+            }
         }
     }
 
     fn on_tcp_connected(&mut self, idx: u32) {
+        if !self.tls_begin(idx) {
+            return;
+        }
         let global = self.args.first_index + idx as u64;
         self.id_buf.clear();
         let _ = write!(self.id_buf, "{}{}", self.args.client_id_prefix, global);
+        let token = match &self.minter {
+            Some(m) => match m.mint(&self.id_buf, net::unix_ms() / 1000) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    self.close(idx, "jwt_mint_failed");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let creds = match &token {
+            Some(t) => mqtt::Credentials {
+                username: Some(self.id_buf.as_bytes()),
+                password: Some(t.as_bytes()),
+            },
+            None => mqtt::Credentials::default(),
+        };
         self.scratch.clear();
         // The device's current heartbeat (kept across reconnects, as the SDK's stored state).
         let keepalive_s = self.slots[idx as usize].dev.heartbeat_s();
@@ -159,6 +190,7 @@ impl Worker {
             self.args.mqtt_version,
             self.id_buf.as_bytes(),
             keepalive_s,
+            creds,
         );
         self.slots[idx as usize].dev.on_connect_sent();
         self.send_scratch(idx);
@@ -199,7 +231,7 @@ impl Worker {
     }
 
     /// Handles every complete frame in `data`; keeps a partial frame as the tail.
-    fn process(&mut self, idx: u32, data: &[u8]) {
+    pub(super) fn process(&mut self, idx: u32, data: &[u8]) {
         let v5 = self.args.mqtt_version == 5;
         let mut at = 0;
         while at < data.len() {

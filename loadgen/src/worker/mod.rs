@@ -18,6 +18,9 @@ use crate::net;
 use crate::report::{self, Progress, WorkerMsg, WorkerOverload, WorkerStats, WorkerStorm};
 use crate::srcip;
 use crate::timeline::SlotAcc;
+use crate::tls::stats::WorkerTls;
+use crate::tls::{ClientTls, TlsOptions};
+use crate::token::Minter;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -30,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod conn;
+mod tls_io;
 
 const STDIN_TOKEN: Token = Token(usize::MAX - 1);
 const READ_BUF_BYTES: usize = 64 * 1024;
@@ -43,6 +47,8 @@ struct Slot {
     dev: Device,
     tx_tail: Vec<u8>,
     rx_tail: Vec<u8>,
+    /// With `--tls`, while the socket exists (rustls buffers the unsent bytes then).
+    tls: Option<Box<tls_io::TlsConn>>,
 }
 
 /// A storm in progress (or past) in this worker.
@@ -89,6 +95,12 @@ struct Worker {
     pushes_delivered: u64,
     ping_rtt: Histogram<u64>,
     push_latency: Histogram<u64>,
+    /// `--tls`: the config the connections share.
+    tls: Option<ClientTls>,
+    tls_stats: WorkerTls,
+    tls_handshake: Histogram<u64>,
+    /// `--jwt-secret-file`: a token per CONNECT.
+    minter: Option<Minter>,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
@@ -166,8 +178,17 @@ impl Worker {
                 dev: Device::new(keepalive_s),
                 tx_tail: Vec::new(),
                 rx_tail: Vec::new(),
+                tls: None,
             })
             .collect();
+        let tls = match TlsOptions::from_cli(&args.security) {
+            Some(opts) => Some(ClientTls::new(&opts, args.count as usize)?),
+            None => None,
+        };
+        let minter = match &args.security.jwt_secret_file {
+            Some(path) => Some(Minter::from_file(path, args.security.jwt_ttl_s)?),
+            None => None,
+        };
         let now_unix_ms = net::unix_ms();
         let epoch_offset_ms = now_unix_ms.saturating_sub(args.epoch_unix_ms);
         Ok(Worker {
@@ -205,6 +226,10 @@ impl Worker {
             pushes_delivered: 0,
             ping_rtt: report::new_histogram(),
             push_latency: report::new_histogram(),
+            tls,
+            tls_stats: WorkerTls::default(),
+            tls_handshake: report::new_histogram(),
+            minter,
             args,
         })
     }
@@ -444,6 +469,7 @@ impl Worker {
             }
             slot.tx_tail = Vec::new();
             slot.rx_tail = Vec::new();
+            slot.tls = None; // no close_notify: the link is gone
             slot.dev.on_storm_drop();
             self.ready.push_back(idx as u32);
             st.stats.dropped += 1;
@@ -492,6 +518,10 @@ impl Worker {
                 TimerAction::Timeout(kind) => {
                     let reason = match kind {
                         TimeoutKind::Connect => "connect_timeout",
+                        TimeoutKind::Connack if self.tls_handshaking(idx) => {
+                            self.tls_stats.on_error("handshake_timeout");
+                            "tls_handshake_timeout"
+                        }
                         TimeoutKind::Connack => "connack_timeout",
                         TimeoutKind::Ping => "ping_timeout",
                     };
@@ -524,16 +554,31 @@ impl Worker {
         let now_us = self.now_us();
         self.tick_seconds(now_us);
         emit(&WorkerMsg::Second(self.seconds.cur));
+        // Measured while every device still holds its socket (and TLS state).
+        let rss_bytes = crate::procstat::rss_bytes(std::process::id());
         let mut disconnect = Vec::new();
         mqtt::encode_disconnect(&mut disconnect);
         for slot in &mut self.slots {
             if let Some(mut sock) = slot.sock.take() {
-                if slot.dev.phase == Phase::Connected && slot.tx_tail.is_empty() {
+                let connected = slot.dev.phase == Phase::Connected;
+                if let Some(mut t) = slot.tls.take() {
+                    // Best effort, one write: DISCONNECT and close_notify.
+                    if connected && t.conn.writer().write_all(&disconnect).is_ok() {
+                        t.conn.send_close_notify();
+                        let _ = t.conn.write_tls(&mut sock);
+                    }
+                } else if connected && slot.tx_tail.is_empty() {
                     let _ = sock.write(&disconnect);
                 }
             }
             slot.dev.stop();
         }
+        let tls = self.tls.as_ref().map(|client| {
+            let mut t = std::mem::take(&mut self.tls_stats);
+            t.handshake_us = report::export(&self.tls_handshake);
+            t.pool_tickets = client.pool.as_ref().map_or(0, |p| p.tickets() as u64);
+            t
+        });
         let stats = WorkerStats {
             devices: self.slots.len() as u64,
             progress: self.progress,
@@ -551,6 +596,8 @@ impl Worker {
                 st.stats.reconnect_us = report::export(&st.reconnect);
                 st.stats
             }),
+            tls,
+            rss_bytes,
         };
         emit(&WorkerMsg::Final(Box::new(stats)));
     }
