@@ -2,8 +2,8 @@
 //! `clientid` (the device's MQTT client id), `iat` and `exp` = `iat` + `--jwt-ttl-s`,
 //! sent as the CONNECT password (the user name is the client id).
 //!
-//! Owns: reading the shared secret (bounded; trailing CR/LF trimmed, so a secret
-//! written with `echo` works) and minting tokens.
+//! Owns: reading the shared secret (bounded; its raw bytes, exactly as the
+//! gateway's `[device_auth] key_file` reads them) and minting tokens.
 //! Must never: read a clock (the time is passed in), keep a token per device
 //! (each CONNECT mints a fresh one, so reconnects after the TTL still work and
 //! idle devices hold nothing), or print the secret.
@@ -30,8 +30,8 @@ pub struct Minter {
     ttl_s: u64,
 }
 
-/// The secret in `path`: at most `SECRET_FILE_BYTES_MAX` bytes, trailing CR/LF
-/// trimmed, not empty.
+/// The secret in `path`: at most `SECRET_FILE_BYTES_MAX` bytes, raw (a trailing
+/// newline is part of the secret, as for the gateway), not empty.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
     if meta.len() > SECRET_FILE_BYTES_MAX {
@@ -41,10 +41,7 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
             meta.len()
         ));
     }
-    let mut secret = std::fs::read(path).map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
-    while matches!(secret.last(), Some(b'\n' | b'\r')) {
-        secret.pop();
-    }
+    let secret = std::fs::read(path).map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
     if secret.is_empty() {
         return Err(format!("--jwt-secret-file {}: the secret is empty", path.display()));
     }
@@ -128,16 +125,17 @@ mod tests {
     }
 
     #[test]
-    fn secret_file_is_bounded_and_trimmed() {
+    fn secret_file_is_bounded_and_read_raw() {
         let dir = std::env::temp_dir().join(format!("pulsegate-loadgen-token-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("secret");
         std::fs::write(&p, b"abc\r\n").unwrap();
-        assert_eq!(read_secret(&p).unwrap(), b"abc");
+        assert_eq!(read_secret(&p).unwrap(), b"abc\r\n");
         let m = Minter::from_file(&p, 10).unwrap();
         let token = m.mint("x", now_s()).unwrap();
-        assert!(decode_with(b"abc", &token, 0).is_ok());
-        std::fs::write(&p, b"\n").unwrap();
+        assert!(decode_with(b"abc\r\n", &token, 0).is_ok());
+        assert!(decode_with(b"abc", &token, 0).is_err());
+        std::fs::write(&p, b"").unwrap();
         assert!(read_secret(&p).unwrap_err().contains("empty"));
         std::fs::write(&p, vec![b'a'; SECRET_FILE_BYTES_MAX as usize + 1]).unwrap();
         assert!(read_secret(&p).unwrap_err().contains("more than"));
