@@ -57,7 +57,8 @@
 //! config: runtime settings, parsed and validated once
 //! delivery: values crossing boundaries
 //! api outbound store sdk: HTTP server / HTTP client / durable storage / device side
-//! protocol sys limits tls: sans-IO codecs / the only unsafe code / compile-time limits / certificates and rustls configs
+//! tls: certificates and keys into rustls configs
+//! protocol sys limits: sans-IO codecs / the only unsafe code / compile-time limits
 //! layers:end
 //! ```
 #![deny(unsafe_code)]
