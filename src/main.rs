@@ -53,7 +53,13 @@ fn main() {
     };
 
     println!("# pulsegate effective configuration\n{}", cfg.render());
-    let owners = Owners::new(cfg.clone(), Arc::new(AllowAll), backend);
+    let owners = match Owners::new(cfg.clone(), Arc::new(AllowAll), backend) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("pulsegate: {e}");
+            std::process::exit(1);
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
@@ -125,12 +131,16 @@ fn main() {
     };
     // One parseable line for scripts and tests: the addresses actually bound.
     println!(
-        "pulsegate: ready backend={} shards={} capacity={} mqtt={} http={}",
+        "pulsegate: ready backend={} shards={} capacity={} mqtt={} http={}{}",
         backend.label(),
         cfg.shards,
         total,
         shards.mqtt_addr,
-        http.local_addr()
+        http.local_addr(),
+        shards
+            .mqtt_tls_addr
+            .map(|a| format!(" mqtt_tls={a}"))
+            .unwrap_or_default()
     );
     if let Some(path) = &flags.ready_file {
         let ready = serde_json::json!({
@@ -140,6 +150,7 @@ fn main() {
             "capacity": total,
             "mqtt": shards.mqtt_addr.to_string(),
             "http": http.local_addr().to_string(),
+            "mqtt_tls": shards.mqtt_tls_addr.map(|a| a.to_string()),
         });
         if let Err(e) = write_ready_file(path, &ready.to_string()) {
             eprintln!("pulsegate: cannot write --ready-file {}: {e}", path.display());
