@@ -137,7 +137,9 @@ fn a_client_that_does_not_trust_the_ca_refuses(backend: &str) {
     let mut good = g.connect(&config, &ConnectOpts::new(V5, "trusting"));
     let other = TestPki::new(&scratch("other-ca"));
     let untrusting = other.client_config(&[&TLS13], true);
-    let err = tls_connect(g.addr, &untrusting).err().expect("the handshake fails");
+    let err = tls_connect(g.addr, &untrusting)
+        .map(|_| ())
+        .expect_err("the handshake fails");
     assert!(err.to_string().contains("certificate"), "{err}");
     g.gw.wait_metric("pulsegate_tls_handshake_failures_total", WAIT, |v| v == 1);
     g.gw.wait_metric("pulsegate_closes_total{reason=\"tls_error\"}", WAIT, |v| v == 1);
@@ -251,4 +253,239 @@ fn a_bad_certificate_file_stops_start_up_naming_the_file() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("server-key.pem"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements (run by hand: `cargo test --release --test mqtt_tls -- --ignored --nocapture`)
+// ---------------------------------------------------------------------------------------------
+
+/// Live heap bytes, counted by the global allocator of this test binary.
+// The one exception to "no unsafe outside sys/": a GlobalAlloc is an unsafe trait. It
+// only forwards to System and counts; nothing else in the tests is unsafe.
+#[allow(
+    unsafe_code,
+    reason = "a counting GlobalAlloc for the heap measurement; forwards to System"
+)]
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+    pub struct Counting;
+    pub static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+    // SAFETY: forwards to the system allocator unchanged; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            LIVE_BYTES.fetch_add(layout.size() as i64, Relaxed);
+            // SAFETY: the caller's contract is System's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            LIVE_BYTES.fetch_sub(layout.size() as i64, Relaxed);
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    pub fn live() -> i64 {
+        LIVE_BYTES.load(Relaxed)
+    }
+}
+
+#[global_allocator]
+static COUNTING: heap::Counting = heap::Counting;
+
+/// Plaintext sink for the in-memory server side.
+#[derive(Default)]
+struct Sink {
+    out: Vec<u8>,
+}
+
+impl pulsegate::shard::tls_conn::TlsApp for Sink {
+    fn deliver(&mut self, _plaintext: &[u8]) {}
+    fn with_plaintext(&mut self, seal: &mut dyn FnMut(&mut Vec<u8>)) {
+        seal(&mut self.out);
+    }
+    fn closing(&self) -> bool {
+        false
+    }
+}
+
+/// Runs the handshake of `server` against a rustls client in memory, then one MQTT
+/// exchange each way (CONNECT in, CONNACK out), so the connection is established and
+/// has carried traffic. Every buffer used is dropped before returning.
+fn handshake_in_memory(
+    server: &mut pulsegate::shard::tls_conn::TlsConn,
+    client_config: &std::sync::Arc<rustls::ClientConfig>,
+) {
+    use rustls::pki_types::ServerName;
+    let mut client =
+        rustls::ClientConnection::new(client_config.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    client
+        .writer()
+        .write_all(&ConnectOpts::new(V311, "m").encode())
+        .unwrap();
+    let mut sink = Sink::default();
+    let (mut tls_in, mut tls_out) = (Vec::new(), Vec::new());
+    for round in 0..8 {
+        while client.wants_write() {
+            client.write_tls(&mut tls_in).unwrap();
+        }
+        if round == 3 {
+            sink.out.extend_from_slice(&[0x20, 2, 0, 0]);
+        }
+        server.drive(&mut tls_in, &mut tls_out, &mut sink);
+        let mut rd = &tls_out[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+        }
+        tls_out.clear();
+        client.process_new_packets().unwrap();
+    }
+    assert!(server.is_established() && !client.is_handshaking());
+    let mut connack = [0u8; 4];
+    client.reader().read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+}
+
+#[test]
+#[ignore = "a measurement: prints heap bytes per idle established TLS connection"]
+fn measure_heap_per_idle_tls_connection() {
+    use pulsegate::tls::{ServerTls, ServerTlsFiles};
+    const N: usize = 1000;
+    let pki = TestPki::new(&scratch("heap"));
+    let server = ServerTls::load(ServerTlsFiles {
+        cert_file: pki.cert_file.clone(),
+        key_file: pki.key_file.clone(),
+        alpn: vec![b"mqtt".to_vec()],
+    })
+    .unwrap();
+    for (name, versions) in [("TLS 1.3", &[&TLS13][..]), ("TLS 1.2", &[&TLS12][..])] {
+        let client = pki.client_config(versions, true);
+        let config = server.current();
+        // Warm-up: one-time allocations (the session cache's table, lazy statics).
+        let mut warm = pulsegate::shard::tls_conn::TlsConns::default();
+        for key in 0..16 {
+            warm.start(key, config.clone()).unwrap();
+            handshake_in_memory(warm.get_mut(key).unwrap(), &client);
+        }
+        let before = heap::live();
+        let mut conns = pulsegate::shard::tls_conn::TlsConns::default();
+        for key in 0..N as u32 {
+            conns.start(key, config.clone()).unwrap();
+            handshake_in_memory(conns.get_mut(key).unwrap(), &client);
+        }
+        let after = heap::live();
+        // The buffered API for comparison: ServerConnection after the same exchange (its
+        // inline size counted too: the Vec holding them is allocated in the window).
+        let before_buffered = heap::live();
+        let mut buffered = Vec::with_capacity(N);
+        for _ in 0..N {
+            buffered.push(buffered_handshake(&config, &client));
+        }
+        let after_buffered = heap::live();
+        println!(
+            "{name}: heap per idle established TLS connection: unbuffered TlsConn {} bytes (incl. its \
+             Box and TlsConns slot), buffered rustls::ServerConnection {} bytes; size_of TlsConn = {}",
+            (after - before) / N as i64,
+            (after_buffered - before_buffered) / N as i64,
+            std::mem::size_of::<pulsegate::shard::tls_conn::TlsConn>(),
+        );
+        drop((conns, warm, buffered));
+    }
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+/// The same exchange on rustls' buffered `ServerConnection`.
+fn buffered_handshake(
+    config: &std::sync::Arc<rustls::ServerConfig>,
+    client_config: &std::sync::Arc<rustls::ClientConfig>,
+) -> rustls::ServerConnection {
+    use rustls::pki_types::ServerName;
+    let mut server = rustls::ServerConnection::new(config.clone()).unwrap();
+    let mut client =
+        rustls::ClientConnection::new(client_config.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    client
+        .writer()
+        .write_all(&ConnectOpts::new(V311, "m").encode())
+        .unwrap();
+    let mut plain = Vec::new();
+    for round in 0..8 {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut rd = &wire[..];
+        while !rd.is_empty() {
+            server.read_tls(&mut rd).unwrap();
+        }
+        server.process_new_packets().unwrap();
+        let _ = server.reader().read_to_end(&mut plain);
+        if round == 3 {
+            server.writer().write_all(&[0x20, 2, 0, 0]).unwrap();
+        }
+        let mut back = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut back).unwrap();
+        }
+        let mut rd = &back[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+        }
+        client.process_new_packets().unwrap();
+    }
+    assert!(!server.is_handshaking());
+    server
+}
+
+/// The gateway's resident anonymous memory (heap and stacks, not the mapped binary), KiB.
+fn rss_anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+#[ignore = "a measurement: prints the gateway's RSS per idle TLS connection (a few thousand)"]
+fn measure_rss_per_idle_tls_connection() {
+    const N: usize = 3000;
+    raise_nofile();
+    for backend in ["uring", "epoll"] {
+        let g = start(backend, 1, &["--max-connections", "10000"]);
+        let config = g.pki.client_config(&[&TLS13], true);
+        // Warm-up: pools, buffer rings and the first slab pages.
+        let mut warm: Vec<_> = (0..64)
+            .map(|i| g.connect(&config, &ConnectOpts::new(V311, &format!("warm-{i}"))))
+            .collect();
+        let mut plain: Vec<Client> = (0..64).map(|i| g.gw.connect_id(V311, &format!("pwarm-{i}"))).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let base = rss_anon_kib(g.gw.pid());
+        let mut plain_more: Vec<Client> = (0..N).map(|i| g.gw.connect_id(V311, &format!("p-{i}"))).collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let with_plain = rss_anon_kib(g.gw.pid());
+        let tls: Vec<_> = (0..N)
+            .map(|i| g.connect(&config, &ConnectOpts::new(V311, &format!("t-{i}"))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let with_tls = rss_anon_kib(g.gw.pid());
+        assert_eq!(g.gw.metric_sum("pulsegate_connections"), (2 * N + 128) as u64);
+        println!(
+            "{backend}: RssAnon {base} KiB -> +{N} plain MQTT {with_plain} KiB ({} B each) -> +{N} TLS {with_tls} KiB \
+             ({} B each)",
+            (with_plain - base) * 1024 / N as u64,
+            (with_tls - with_plain) * 1024 / N as u64
+        );
+        g.gw.assert_healthy(&mut warm[0]);
+        g.gw.assert_healthy(&mut plain[0]);
+        plain_more.clear();
+        drop(tls);
+    }
 }

@@ -117,13 +117,12 @@ pub(super) fn pump(
         },
     );
     let has_output = outgoing.len() > sent_before;
-    // Give the buffers back (the MQTT side may have released the box
-    // meanwhile: a fresh one is borrowed only if there is something to keep).
-    if !incoming.is_empty() || !outgoing.is_empty() {
-        if let Some(a) = conns.active(key) {
-            a.tls_in = incoming;
-            a.tls_out = outgoing;
-        }
+    // Give the buffers back, capacity and all (the MQTT side may have
+    // released the box meanwhile: one comes from the pool's free list; the
+    // box, buffers inside, goes back to it below if the connection is idle).
+    if let Some(a) = conns.active(key) {
+        a.tls_in = incoming;
+        a.tls_out = outgoing;
     }
     if has_output {
         conns.mark_dirty(key);
