@@ -1,5 +1,7 @@
 //! The shard loop generic over `sys::io::Io`: the same turn as the io_uring
-//! loop (accept -> `Core::accept`, bytes -> `Core::receive`, dirty keys ->
+//! loop (accept on each listener -> `Core::accept`, and `Core::start_tls`
+//! for the TLS one; the listener rides in the accept's key field; bytes ->
+//! `Core::receive`, dirty keys ->
 //! sends, closing keys -> close when ready, timers, mailbox commands, moves
 //! in and out, shutdown grace), written once against a completion interface
 //! so a simulated ring (`sys::sim_io::SimIo`) can drive it deterministically.

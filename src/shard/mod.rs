@@ -1,5 +1,6 @@
-//! Shards: one pinned thread each, owning its listener, its connections, its
-//! timer wheel and its event loop (io_uring, or epoll as the fallback).
+//! Shards: one pinned thread each, owning its listeners (MQTT, and MQTT over
+//! TLS when `mqtt_tls_listen` is set; both SO_REUSEPORT), its connections,
+//! its timer wheel and its event loop (io_uring, or epoll as the fallback).
 //!
 //! Owns shard start-up. Must never share a connection between threads: other
 //! threads reach a shard only through its mailbox and read its counters.
@@ -13,6 +14,8 @@ mod control;
 pub mod core;
 #[cfg(test)]
 mod core_tests;
+#[cfg(test)]
+mod core_tls_tests;
 pub mod counters;
 mod ctx;
 mod deliver;

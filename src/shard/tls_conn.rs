@@ -68,6 +68,8 @@ pub struct TlsConn {
     conn: UnbufferedServerConnection,
     handshake_done: bool,
     close_notify_sent: bool,
+    /// A drive failed: nothing more is read or sealed (the alert is out).
+    failed: bool,
 }
 
 impl TlsConn {
@@ -76,6 +78,7 @@ impl TlsConn {
             conn: UnbufferedServerConnection::new(config)?,
             handshake_done: false,
             close_notify_sent: false,
+            failed: false,
         })
     }
 
@@ -94,6 +97,15 @@ impl TlsConn {
     /// the app's sealed plaintext (once the handshake is done), alerts.
     pub fn drive(&mut self, incoming: &mut Vec<u8>, outgoing: &mut Vec<u8>, app: &mut dyn TlsApp) -> Driven {
         let was_established = self.handshake_done;
+        if self.failed {
+            // Reported once already; a failed connection only waits for its close.
+            incoming.clear();
+            return Driven {
+                end: TlsEnd::Open,
+                handshake_completed: None,
+                was_established,
+            };
+        }
         let mut failed: Option<rustls::Error> = None;
         let mut peer_closed = false;
         if incoming.len() > TLS_IN_BYTES_MAX {
@@ -155,6 +167,7 @@ impl TlsConn {
         }
         let end = match failed {
             Some(e) => {
+                self.failed = true;
                 incoming.clear();
                 self.drain_alert(outgoing);
                 TlsEnd::Failed(e)

@@ -181,6 +181,13 @@ fn an_oversize_record_is_refused_from_its_header() {
     assert!(matches!(d.end, TlsEnd::Failed(_)), "{:?}", d.end);
     assert!(d.was_established);
     assert!(!out.is_empty(), "the alert goes out");
+    // Failed once: later drives read nothing and seal nothing (no close_notify after the alert).
+    p.app.closing = true;
+    p.app.to_send.extend_from_slice(&[0xE0, 0]);
+    let mut more = vec![0x17, 0x03, 0x03, 0x00, 0x01, 0x00];
+    let mut after = Vec::new();
+    let d = p.server.drive(&mut more, &mut after, &mut p.app);
+    assert!(matches!(d.end, TlsEnd::Open) && after.is_empty() && more.is_empty());
 }
 
 #[test]
