@@ -22,6 +22,7 @@ use crate::registry::Registry;
 use crate::shard::env::{BackendInUse, ShardEnv};
 use crate::shard::mailbox::{Command, PostError};
 use crate::shard::peers::Peers;
+use crate::tls::{ServerTls, ServerTlsFiles};
 
 /// Every owner that more than one thread reads, built once. The shard-side
 /// owners (registry, peers, reporter, admission, relief memory, authenticator,
@@ -35,16 +36,45 @@ pub struct Owners {
     deliveries: Mutex<Option<Receiver<DeliveryEvent>>>,
 }
 
+/// ALPN protocol the MQTT-over-TLS listener offers (clients offering none are accepted too).
+pub const MQTT_ALPN: &[u8] = b"mqtt";
+
 impl Owners {
-    pub fn new(cfg: Arc<Config>, auth: Arc<dyn Authenticator>, backend: BackendInUse) -> Owners {
-        let (shard, deliveries) = ShardEnv::new(cfg, auth);
-        Owners {
+    /// Errs (naming the file) when `mqtt_tls_listen` is set and its
+    /// certificate or key cannot be loaded.
+    pub fn new(cfg: Arc<Config>, auth: Arc<dyn Authenticator>, backend: BackendInUse) -> Result<Owners, String> {
+        let tls = Owners::load_mqtt_tls(&cfg)?;
+        let (mut shard, deliveries) = ShardEnv::new(cfg, auth);
+        shard.tls = tls;
+        Ok(Owners {
             backend,
             shard,
             gauges: Arc::default(),
             push_ids: Arc::new(PushIds::new()),
             deliveries: Mutex::new(Some(deliveries)),
+        })
+    }
+
+    fn load_mqtt_tls(cfg: &Config) -> Result<Option<Arc<ServerTls>>, String> {
+        if cfg.mqtt_tls_listen.is_none() {
+            return Ok(None);
         }
+        let (Some(cert_file), Some(key_file)) = (cfg.tls_cert_file.clone(), cfg.tls_key_file.clone()) else {
+            return Err("mqtt_tls_listen needs tls_cert_file and tls_key_file".into());
+        };
+        let files = ServerTlsFiles {
+            cert_file,
+            key_file,
+            alpn: vec![MQTT_ALPN.to_vec()],
+        };
+        ServerTls::load(files)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| format!("MQTT TLS: {e}"))
+    }
+
+    /// The MQTT-over-TLS identity (for SIGHUP's `reload()`), if TLS is on.
+    pub fn mqtt_tls(&self) -> Option<Arc<ServerTls>> {
+        self.shard.tls.clone()
     }
 
     pub fn cfg(&self) -> &Arc<Config> {

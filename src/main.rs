@@ -67,7 +67,13 @@ fn main() {
     } else {
         eprintln!("pulsegate: device authentication: {}", auth.kind());
     }
-    let owners = Owners::new(cfg.clone(), auth.clone(), backend);
+    let owners = match Owners::new(cfg.clone(), auth.clone(), backend) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("pulsegate: {e}");
+            std::process::exit(1);
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     // SIGHUP re-reads keys and certificates (see `Reloads`); caught from here on.
     let hangup = Arc::new(AtomicBool::new(false));
@@ -145,12 +151,16 @@ fn main() {
     };
     // One parseable line for scripts and tests: the addresses actually bound.
     println!(
-        "pulsegate: ready backend={} shards={} capacity={} mqtt={} http={}",
+        "pulsegate: ready backend={} shards={} capacity={} mqtt={} http={}{}",
         backend.label(),
         cfg.shards,
         total,
         shards.mqtt_addr,
-        http.local_addr()
+        http.local_addr(),
+        shards
+            .mqtt_tls_addr
+            .map(|a| format!(" mqtt_tls={a}"))
+            .unwrap_or_default()
     );
     if let Some(path) = &flags.ready_file {
         let ready = serde_json::json!({
@@ -160,6 +170,7 @@ fn main() {
             "capacity": total,
             "mqtt": shards.mqtt_addr.to_string(),
             "http": http.local_addr().to_string(),
+            "mqtt_tls": shards.mqtt_tls_addr.map(|a| a.to_string()),
         });
         if let Err(e) = write_ready_file(path, &ready.to_string()) {
             eprintln!("pulsegate: cannot write --ready-file {}: {e}", path.display());
@@ -170,6 +181,11 @@ fn main() {
     let mut reloads = Reloads::default();
     let auth_for_reload = auth.clone();
     reloads.add("device auth", move || auth_for_reload.reload());
+    if let Some(tls) = owners.mqtt_tls() {
+        reloads.add("MQTT TLS certificate", move || {
+            tls.reload().map(|()| format!("reloaded {}", tls.files().cert_file.display()))
+        });
+    }
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if hangup.swap(false, Ordering::Relaxed) {

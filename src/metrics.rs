@@ -224,6 +224,27 @@ pub fn render(src: &MetricsSources) -> String {
         let n: u64 = src.peers.all().iter().map(|h| h.counters.get_close(r)).sum();
         let _ = writeln!(out, "pulsegate_closes_total{{reason=\"{}\"}} {n}", r.label());
     }
+    let sum = |get: fn(&ShardCounters) -> u64| -> u64 { src.peers.all().iter().map(|h| get(&h.counters)).sum() };
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_tls_handshakes_total MQTT-over-TLS handshakes completed, by kind (full, or resumed from a ticket or session id).\n# TYPE pulsegate_tls_handshakes_total counter\npulsegate_tls_handshakes_total{{kind=\"full\"}} {}\npulsegate_tls_handshakes_total{{kind=\"resumed\"}} {}",
+        sum(|c| c.tls_handshakes_full.load(Relaxed)),
+        sum(|c| c.tls_handshakes_resumed.load(Relaxed)),
+    );
+    total(
+        &mut out,
+        &src.peers,
+        "pulsegate_tls_handshake_failures_total",
+        "MQTT-over-TLS handshakes that failed (not TLS, no common parameters, certificate refused by the client).",
+        |c| c.tls_handshake_failures.load(Relaxed),
+    );
+    total(
+        &mut out,
+        &src.peers,
+        "pulsegate_tls_errors_total",
+        "Established MQTT-over-TLS connections ended by a bad record or an alert.",
+        |c| c.tls_errors.load(Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP pulsegate_protocol_errors_total Bad device input, by kind.\n# TYPE pulsegate_protocol_errors_total counter"

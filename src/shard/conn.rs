@@ -47,6 +47,9 @@ pub const IO_RECV_ARMED: u8 = 1 << 0;
 pub const IO_SEND_IN_FLIGHT: u8 = 1 << 1;
 pub const IO_CLOSE_SUBMITTED: u8 = 1 << 2;
 pub const IO_CLOSE_DONE: u8 = 1 << 3;
+/// The socket carries TLS: received bytes are ciphertext for the connection's
+/// rustls state (`tls_conn`), and what it sends is `Active::tls_out`.
+pub const IO_TLS: u8 = 1 << 4;
 /// Chosen to move to another shard: no new recv or send is started.
 pub const IO_MOVING: u8 = 1 << 5;
 /// The multishot recv's cancellation was submitted (moving).
@@ -108,8 +111,15 @@ pub struct Inflight {
 pub struct Active {
     /// Bytes of a packet that straddled receive buffers (≤ max_packet_bytes).
     pub partial: Vec<u8>,
-    /// Encoded packets waiting for the next send.
+    /// Encoded packets waiting for the next send (plaintext, for a TLS
+    /// connection: sealed into `tls_out` once its handshake is done).
     pub out: Vec<u8>,
+    /// TLS: ciphertext received and not yet processed (a partial record),
+    /// at most one record plus one receive.
+    pub tls_in: Vec<u8>,
+    /// TLS: ciphertext waiting for the next send (handshake flights, alerts,
+    /// sealed records).
+    pub tls_out: Vec<u8>,
     /// Bytes handed to the kernel; never touched while a send is in flight.
     pub sending: Vec<u8>,
     /// How much of `sending` the kernel has taken.
@@ -124,6 +134,8 @@ impl Active {
     pub fn is_idle(&self) -> bool {
         self.partial.is_empty()
             && self.out.is_empty()
+            && self.tls_in.is_empty()
+            && self.tls_out.is_empty()
             && self.sending.len() == self.sent_bytes
             && self.inflight.is_empty()
             && self.queued.is_empty()
@@ -131,7 +143,7 @@ impl Active {
 
     /// Bytes waiting to be sent, in flight or not.
     pub fn backlog_bytes(&self) -> usize {
-        self.out.len() + (self.sending.len() - self.sent_bytes)
+        self.out.len() + self.tls_out.len() + (self.sending.len() - self.sent_bytes)
     }
 
     /// Empties every part for reuse, keeping each buffer's capacity unless it
@@ -145,6 +157,8 @@ impl Active {
         }
         keep(&mut self.partial, keep_bytes_max);
         keep(&mut self.out, keep_bytes_max);
+        keep(&mut self.tls_in, keep_bytes_max);
+        keep(&mut self.tls_out, keep_bytes_max);
         keep(&mut self.sending, keep_bytes_max);
         keep(&mut self.inflight, keep_bytes_max);
         self.queued.clear();

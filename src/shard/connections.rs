@@ -8,7 +8,7 @@
 use slab::Slab;
 
 use super::active_pool::{ACTIVE_BUF_KEEP_BYTES_MAX, ACTIVE_POOL_PREALLOC, ActivePool};
-use super::conn::{Active, Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, IO_SEND_IN_FLIGHT, Phase};
+use super::conn::{Active, Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, IO_SEND_IN_FLIGHT, IO_TLS, Phase};
 use super::counters::{ShardCounters, bump};
 use super::wheel::TimerWheel;
 use crate::limits;
@@ -182,20 +182,23 @@ impl Connections {
     }
 
     /// The next bytes to hand the kernel for `key`, or None if nothing is
-    /// waiting or a send is in flight. Marks a send in flight.
+    /// waiting or a send is in flight. Marks a send in flight. A TLS
+    /// connection sends its ciphertext (`tls_out`), never `out`.
     pub fn next_send(&mut self, key: u32) -> Option<&[u8]> {
         let conn = self.slab.get_mut(key as usize)?;
         if conn.io_flags & IO_SEND_IN_FLIGHT != 0 {
             return None;
         }
+        let tls = conn.io_flags & IO_TLS != 0;
         let a = conn.active.as_mut()?;
         if a.sent_bytes == a.sending.len() {
-            if a.out.is_empty() {
+            let waiting = if tls { &mut a.tls_out } else { &mut a.out };
+            if waiting.is_empty() {
                 return None;
             }
             a.sending.clear();
             a.sent_bytes = 0;
-            std::mem::swap(&mut a.sending, &mut a.out);
+            std::mem::swap(&mut a.sending, waiting);
         }
         conn.io_flags |= IO_SEND_IN_FLIGHT;
         Some(&a.sending[a.sent_bytes..])

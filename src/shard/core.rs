@@ -3,7 +3,9 @@
 //! close. It composes the owners and routes each event to the one that owns
 //! it: `Connections` (slab, wheel, output), `Sessions` (QoS 1 window),
 //! `Moves` (cross-shard moves), `Control` (dispersal, relief), `Packets`
-//! (the protocol state machine) and `close` (how a connection ends).
+//! (the protocol state machine), `TlsConns` with `tls_path` (MQTT over
+//! TLS: records in, plaintext to `Packets`, sealed output) and `close` (how
+//! a connection ends).
 //!
 //! Owns the composition and the shard clock's advance. Must never hold
 //! protocol or connection logic of its own, and never perform I/O: backends
@@ -13,7 +15,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::close;
-use super::conn::{Conn, FLAG_DISPERSE, FLAG_FORCE_CLOSE, Phase};
+use super::conn::{Conn, FLAG_DISPERSE, FLAG_FORCE_CLOSE, IO_TLS, Phase};
 use super::connections::Connections;
 use super::control::Control;
 use super::counters::{CloseReason, ShardCounters, bump};
@@ -23,6 +25,8 @@ use super::env::ShardEnv;
 use super::mailbox::Command;
 use super::migrate::{MoveOut, MoveStep, Moves, Moving};
 use super::packets::Packets;
+use super::tls_conn::TlsConns;
+use super::tls_path;
 use crate::delivery::Push;
 use crate::limits;
 use crate::protocol::mqtt;
@@ -34,6 +38,7 @@ pub struct Core {
     sessions: Sessions,
     moves: Moves,
     control: Control,
+    tls: TlsConns,
 }
 
 impl Core {
@@ -46,6 +51,7 @@ impl Core {
             sessions: Sessions::new(),
             moves: Moves::default(),
             control: Control::default(),
+            tls: TlsConns::default(),
         }
     }
 
@@ -105,6 +111,21 @@ impl Core {
         accepted
     }
 
+    /// The connection `key` came in on the TLS listener: from now on its
+    /// bytes go through its own rustls state (closed at once if TLS is off).
+    pub fn start_tls(&mut self, key: u32) {
+        tls_path::start(&mut self.tls, &mut self.conns, &self.ctx, key);
+    }
+
+    /// TLS connections this shard holds.
+    pub fn tls_connections(&self) -> usize {
+        self.tls.len()
+    }
+
+    fn is_tls(&self, key: u32) -> bool {
+        self.conns.get(key).is_some_and(|c| c.io_flags & IO_TLS != 0)
+    }
+
     /// The connection behind (key, generation), if it is still that one.
     pub fn conn(&self, key: u32, generation_24: u32) -> Option<&Conn> {
         self.conns
@@ -119,6 +140,10 @@ impl Core {
     /// Bytes arrived for `key`.
     pub fn receive(&mut self, key: u32, data: &[u8]) {
         bump(&self.ctx.counters.bytes_received, data.len() as u64);
+        if self.is_tls(key) {
+            tls_path::pump(&mut self.tls, &mut self.conns, &mut self.sessions, &self.ctx, key, data);
+            return;
+        }
         Packets {
             conns: &mut self.conns,
             sessions: &mut self.sessions,
@@ -145,6 +170,7 @@ impl Core {
 
     /// The backend closed the socket and no operation is outstanding: free the slot.
     pub fn release(&mut self, key: u32) {
+        self.tls.remove(key);
         self.conns.release(key, &self.ctx.counters);
     }
 
@@ -161,6 +187,10 @@ impl Core {
     /// The next bytes to hand the kernel for `key`, or None if nothing is
     /// waiting or a send is in flight. Marks a send in flight.
     pub fn next_send(&mut self, key: u32) -> Option<&[u8]> {
+        if self.is_tls(key) {
+            // Seal what the MQTT side queued (and any session tickets due).
+            tls_path::pump(&mut self.tls, &mut self.conns, &mut self.sessions, &self.ctx, key, &[]);
+        }
         self.conns.next_send(key)
     }
 

@@ -22,10 +22,12 @@ pub enum CloseReason {
     NotAuthorized,
     ServerBusy,
     Overload,
+    /// TLS failed: a bad or oversize record, a failed handshake, an alert.
+    TlsError,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::ClientDisconnect,
         CloseReason::PeerClosed,
         CloseReason::IoError,
@@ -39,6 +41,7 @@ impl CloseReason {
         CloseReason::NotAuthorized,
         CloseReason::ServerBusy,
         CloseReason::Overload,
+        CloseReason::TlsError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -56,6 +59,7 @@ impl CloseReason {
             CloseReason::NotAuthorized => "not_authorized",
             CloseReason::ServerBusy => "server_busy",
             CloseReason::Overload => "overload",
+            CloseReason::TlsError => "tls_error",
         }
     }
 }
@@ -155,6 +159,14 @@ pub struct ShardCounters {
     pub connections_moved_in: AtomicU64,
     /// Moves abandoned (destination refused the socket); the connection stayed.
     pub move_failures: AtomicU64,
+    /// TLS handshakes completed in full / by resuming a session (ticket or id).
+    pub tls_handshakes_full: AtomicU64,
+    pub tls_handshakes_resumed: AtomicU64,
+    /// TLS handshakes that failed (garbage instead of a ClientHello, no
+    /// common version or cipher, a client that refused our certificate).
+    pub tls_handshake_failures: AtomicU64,
+    /// Established TLS connections ended by a bad record or an alert.
+    pub tls_errors: AtomicU64,
 }
 
 impl Default for ShardCounters {
@@ -189,6 +201,10 @@ impl Default for ShardCounters {
             connections_moved_out: AtomicU64::new(0),
             connections_moved_in: AtomicU64::new(0),
             move_failures: AtomicU64::new(0),
+            tls_handshakes_full: AtomicU64::new(0),
+            tls_handshakes_resumed: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            tls_errors: AtomicU64::new(0),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::auth::{AllowAll, Authenticator};
 use crate::config::Config;
 use crate::delivery::{DeliveryEvent, Reporter};
 use crate::registry::{Registry, ReliefMemory};
+use crate::tls::ServerTls;
 
 /// The backend the shards run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub struct ShardEnv {
     pub admission: Arc<Admission>,
     pub relieved: Arc<ReliefMemory>,
     pub auth: Arc<dyn Authenticator>,
+    /// The MQTT-over-TLS listener's identity (ALPN `mqtt`); None when
+    /// `mqtt_tls_listen` is off. New connections take `current()` at accept.
+    pub tls: Option<Arc<ServerTls>>,
     /// Shard clocks count milliseconds from here.
     pub epoch: Instant,
 }
@@ -67,6 +71,7 @@ impl ShardEnv {
             reports: Arc::new(reports),
             relieved: Arc::new(ReliefMemory::new(RELIEVED_IDS_MAX)),
             auth,
+            tls: None,
             epoch: Instant::now(),
         };
         (env, rx)

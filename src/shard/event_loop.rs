@@ -1,5 +1,7 @@
 //! The shard loop generic over `sys::io::Io`: the same turn as the io_uring
-//! loop (accept -> `Core::accept`, bytes -> `Core::receive`, dirty keys ->
+//! loop (accept on each listener -> `Core::accept`, and `Core::start_tls`
+//! for the TLS one; the listener rides in the accept's key field; bytes ->
+//! `Core::receive`, dirty keys ->
 //! sends, closing keys -> close when ready, timers, mailbox commands, moves
 //! in and out, shutdown grace), written once against a completion interface
 //! so a simulated ring (`sys::sim_io::SimIo`) can drive it deterministically.
@@ -15,7 +17,7 @@ use super::counters::{CloseReason, bump};
 use super::mailbox::MailboxReceiver;
 use super::migrate::{MoveOut, MoveStep};
 use crate::limits;
-use crate::sys::io::{Completion, Io};
+use crate::sys::io::{Completion, Io, Listener};
 use crate::sys::user_data::{Op, pack, unpack};
 
 /// Key used for operations that belong to no connection.
@@ -34,8 +36,10 @@ pub struct EventLoop<I: Io> {
     pub io: I,
     pub core: Core,
     mailbox: MailboxReceiver,
-    accept_armed: bool,
-    accept_retry_at_ms: u64,
+    /// By `Listener::index`.
+    accept_armed: [bool; 2],
+    /// By `Listener::index`: when an accept that failed may be re-armed.
+    accept_retry_at_ms: [u64; 2],
     wake_armed: bool,
     stop_deadline_ms: Option<u64>,
     completions: Vec<Completion>,
@@ -48,8 +52,8 @@ impl<I: Io> EventLoop<I> {
             io,
             core,
             mailbox,
-            accept_armed: false,
-            accept_retry_at_ms: 0,
+            accept_armed: [false; 2],
+            accept_retry_at_ms: [0; 2],
             wake_armed: false,
             stop_deadline_ms: None,
             completions: Vec::with_capacity(limits::COMPLETIONS_PER_TURN_MAX),
@@ -61,12 +65,12 @@ impl<I: Io> EventLoop<I> {
         self.core.set_now_ms(self.io.now_ms());
     }
 
-    fn arm_accept(&mut self) {
-        if !self.io.has_listener() {
+    fn arm_accept(&mut self, l: Listener) {
+        if !self.io.has_listener(l) {
             return;
         }
-        self.io.accept(pack(Op::Accept, NO_KEY, 0));
-        self.accept_armed = true;
+        self.io.accept(pack(Op::Accept, l as u32, 0), l);
+        self.accept_armed[l.index()] = true;
     }
 
     fn arm_wake(&mut self) {
@@ -132,7 +136,11 @@ impl<I: Io> EventLoop<I> {
                 continue;
             };
             match op {
-                Op::Accept => self.on_accept(c),
+                Op::Accept => {
+                    if let Some(l) = Listener::from_key(key) {
+                        self.on_accept(c, l);
+                    }
+                }
                 Op::Wake => self.on_wake(),
                 Op::Recv => self.on_recv(key, gen24, c),
                 Op::Send => self.on_send(key, gen24, c.result),
@@ -152,9 +160,9 @@ impl<I: Io> EventLoop<I> {
         self.io.publish_buffers();
     }
 
-    fn on_accept(&mut self, c: &Completion) {
+    fn on_accept(&mut self, c: &Completion, l: Listener) {
         if !c.more() {
-            self.accept_armed = false;
+            self.accept_armed[l.index()] = false;
         }
         if c.result < 0 {
             if self
@@ -171,12 +179,19 @@ impl<I: Io> EventLoop<I> {
                 );
             }
             bump(&self.core.counters().accept_errors, 1);
-            self.accept_retry_at_ms = self.core.now_ms() + ACCEPT_RETRY_MS;
+            self.accept_retry_at_ms[l.index()] = self.core.now_ms() + ACCEPT_RETRY_MS;
             return;
         }
         let io = c.result as u32;
         match self.core.accept(io) {
-            Some((key, _)) => self.arm_recv(key),
+            Some((key, _)) => {
+                // A TLS connection's bytes go through its rustls state from
+                // the first one (no config: it is closed at once).
+                if l == Listener::MqttTls {
+                    self.core.start_tls(key);
+                }
+                self.arm_recv(key)
+            }
             None => self.close_orphan(io),
         }
     }
@@ -355,8 +370,12 @@ impl<I: Io> EventLoop<I> {
             if self.core.connections() == 0 || self.core.now_ms() >= deadline {
                 return false;
             }
-        } else if !self.accept_armed && self.core.now_ms() >= self.accept_retry_at_ms {
-            self.arm_accept();
+        } else {
+            for l in Listener::ALL {
+                if !self.accept_armed[l.index()] && self.core.now_ms() >= self.accept_retry_at_ms[l.index()] {
+                    self.arm_accept(l);
+                }
+            }
         }
         if !self.wake_armed {
             self.arm_wake();

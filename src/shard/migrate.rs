@@ -17,7 +17,7 @@ use std::os::fd::OwnedFd;
 use super::close;
 use super::conn::{
     Conn, FLAG_DIRTY, FLAG_DISPERSE, FLAG_MOVED, FLAG_PERSISTENT, FLAG_REGISTERED, IO_CANCEL_SUBMITTED,
-    IO_CLOSE_SUBMITTED, IO_MOVING, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, Phase,
+    IO_CLOSE_SUBMITTED, IO_MOVING, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, IO_TLS, Phase,
 };
 use super::connections::Connections;
 use super::counters::{CloseReason, bump};
@@ -133,7 +133,8 @@ impl Moves {
             let movable = c.phase == Phase::Connected
                 && c.flags & (FLAG_REGISTERED | FLAG_MOVED) == FLAG_REGISTERED
                 && c.client_id.is_some()
-                && c.io_flags & (IO_MOVING | IO_CLOSE_SUBMITTED) == 0;
+                // TLS connections stay: their rustls state does not travel.
+                && c.io_flags & (IO_MOVING | IO_CLOSE_SUBMITTED | IO_TLS) == 0;
             if !movable {
                 continue;
             }

@@ -1,5 +1,6 @@
-//! Shards: one pinned thread each, owning its listener, its connections, its
-//! timer wheel and its event loop (io_uring, or epoll as the fallback).
+//! Shards: one pinned thread each, owning its listeners (MQTT, and MQTT over
+//! TLS when `mqtt_tls_listen` is set; both SO_REUSEPORT), its connections,
+//! its timer wheel and its event loop (io_uring, or epoll as the fallback).
 //!
 //! Owns shard start-up. Must never share a connection between threads: other
 //! threads reach a shard only through its mailbox and read its counters.
@@ -13,6 +14,8 @@ mod control;
 pub mod core;
 #[cfg(test)]
 mod core_tests;
+#[cfg(test)]
+mod core_tls_tests;
 pub mod counters;
 mod ctx;
 mod deliver;
@@ -27,6 +30,8 @@ mod packets;
 pub mod peers;
 #[cfg(test)]
 mod sim_tests;
+pub mod tls_conn;
+mod tls_path;
 pub mod wheel;
 
 use std::net::SocketAddr;
@@ -51,6 +56,8 @@ pub struct Shards {
     pub threads: Vec<JoinHandle<()>>,
     /// The MQTT address actually bound (port resolved when 0 was asked).
     pub mqtt_addr: SocketAddr,
+    /// The MQTT-over-TLS address actually bound, when `mqtt_tls_listen` is set.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     /// Connections each shard will hold.
     pub capacity_per_shard: u32,
 }
@@ -101,6 +108,7 @@ pub fn start(
     let cfg = env.cfg.clone();
     let capacity = capacity_per_shard(&cfg, backend, nofile_soft);
     let mut addr = cfg.mqtt_listen;
+    let mut tls_addr = cfg.mqtt_tls_listen;
     let mut handles = Vec::new();
     let mut parts = Vec::new();
     for i in 0..cfg.shards {
@@ -114,6 +122,18 @@ pub fn start(
             Some(l)
         } else {
             None
+        };
+        // The TLS listener, on the same shards (SO_REUSEPORT spreads its accepts too).
+        let tls_listener = match tls_addr {
+            Some(a) if i < cfg.listen_shards => {
+                let l =
+                    sys::socket::reuseport_listener(a, true).map_err(|error| StartError::Bind { addr: a, error })?;
+                if i == 0 {
+                    tls_addr = Some(l.local_addr().map_err(|error| StartError::Bind { addr: a, error })?);
+                }
+                Some(l)
+            }
+            _ => None,
         };
         let counters = Arc::new(counters::ShardCounters::default());
         let part = match backend {
@@ -148,13 +168,13 @@ pub fn start(
                 Part::Epoll { poll, rx }
             }
         };
-        parts.push((listener, counters, part));
+        parts.push((listener, tls_listener, counters, part));
     }
     env.peers.install(handles);
 
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<(usize, Result<(), String>)>(cfg.shards);
     let mut threads = Vec::new();
-    for (i, (listener, counters, part)) in parts.into_iter().enumerate() {
+    for (i, (listener, tls_listener, counters, part)) in parts.into_iter().enumerate() {
         let env = env.clone();
         let stop = stop.clone();
         let ready = ready_tx.clone();
@@ -189,6 +209,7 @@ pub fn start(
                                     ring_fd_of,
                                     env.epoch,
                                 )
+                                .map(|io| io.with_tls_listener(tls_listener))
                                 .map_err(|e| format!("provided buffer ring: {e}"))
                             });
                         match io {
@@ -210,7 +231,9 @@ pub fn start(
                         env.epoch,
                         limits::EPOLL_READ_BUF_BYTES,
                         limits::COMPLETIONS_PER_TURN_MAX,
-                    ) {
+                    )
+                    .and_then(|io| io.with_tls_listener(tls_listener))
+                    {
                         Ok(io) => {
                             let _ = ready.send((i, Ok(())));
                             event_loop::EventLoop::new(io, core, rx).run(&stop);
@@ -246,6 +269,7 @@ pub fn start(
     Ok(Shards {
         threads,
         mqtt_addr: addr,
+        mqtt_tls_addr: tls_addr,
         capacity_per_shard: capacity,
     })
 }

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use super::io::{CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE, Completion, Io};
+use super::io::{CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE, Completion, Io, Listener};
 
 const LISTENER: Token = Token(0);
 pub const WAKER: Token = Token(1);
-const FIRST_FD_TOKEN: usize = 2;
+const LISTENER_TLS: Token = Token(2);
+const FIRST_FD_TOKEN: usize = 3;
 /// Reads per readable event before yielding to other connections.
 const READS_PER_EVENT_MAX: usize = 16;
 /// Accepts per listener event before yielding.
@@ -49,12 +50,14 @@ struct Slot {
 pub struct EpollIo {
     poll: Poll,
     events: Events,
-    /// None on a shard that gets connections only by rebalancing.
-    listener: Option<TcpListener>,
+    /// By `Listener::index`: plain MQTT, MQTT over TLS. None on a shard that
+    /// gets connections only by rebalancing (and for TLS when it is off).
+    listeners: [Option<TcpListener>; 2],
     /// By fd.
     slots: Vec<Option<Slot>>,
     epoch: Instant,
-    accept: Option<u64>,
+    /// The armed accept's user_data, by `Listener::index`.
+    accept: [Option<u64>; 2],
     wake: Option<u64>,
     /// The waker fired while no wake read was armed.
     woken: bool,
@@ -93,10 +96,10 @@ impl EpollIo {
         Ok(EpollIo {
             poll,
             events: Events::with_capacity(events_per_wait_max),
-            listener,
+            listeners: [listener, None],
             slots: Vec::new(),
             epoch,
-            accept: None,
+            accept: [None, None],
             wake: None,
             woken: false,
             ready: Vec::with_capacity(events_per_wait_max),
@@ -108,6 +111,18 @@ impl EpollIo {
             read_scratch: Vec::new(),
             recv_fds: HashMap::new(),
         })
+    }
+
+    /// Adds the MQTT-over-TLS listener (accepts on it are `Listener::MqttTls`).
+    pub fn with_tls_listener(mut self, tls_listener: Option<std::net::TcpListener>) -> std::io::Result<EpollIo> {
+        if let Some(l) = tls_listener {
+            let mut l = TcpListener::from_std(l);
+            self.poll
+                .registry()
+                .register(&mut l, LISTENER_TLS, Interest::READABLE)?;
+            self.listeners[Listener::MqttTls.index()] = Some(l);
+        }
+        Ok(self)
     }
 
     fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
@@ -142,9 +157,9 @@ impl EpollIo {
         Some(fd)
     }
 
-    fn accept_all(&mut self) {
+    fn accept_all(&mut self, l: Listener) {
         for _ in 0..ACCEPTS_PER_EVENT_MAX {
-            let (Some(ud), Some(listener)) = (self.accept, self.listener.as_ref()) else {
+            let (Some(ud), Some(listener)) = (self.accept[l.index()], self.listeners[l.index()].as_ref()) else {
                 return;
             };
             match listener.accept() {
@@ -264,14 +279,17 @@ impl Io for EpollIo {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn has_listener(&self) -> bool {
-        self.listener.is_some()
+    fn has_listener(&self, l: Listener) -> bool {
+        self.listeners[l.index()].is_some()
     }
 
-    fn accept(&mut self, user_data: u64) {
-        self.accept = Some(user_data);
+    fn accept(&mut self, user_data: u64, l: Listener) {
+        if self.listeners[l.index()].is_none() {
+            return;
+        }
+        self.accept[l.index()] = Some(user_data);
         // The backlog may have filled while no accept was armed.
-        self.accept_all();
+        self.accept_all(l);
     }
 
     fn wake(&mut self, user_data: u64) {
@@ -388,7 +406,8 @@ impl Io for EpollIo {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_all(),
+                LISTENER => self.accept_all(Listener::Mqtt),
+                LISTENER_TLS => self.accept_all(Listener::MqttTls),
                 WAKER => match self.wake.take() {
                     Some(ud) => self.complete(ud, 8, 0),
                     None => self.woken = true,

@@ -22,6 +22,36 @@ pub const CQE_F_BUF_MORE: u32 = 1 << 4;
 /// Where the provided buffer id sits in the flags word.
 pub const CQE_BUFFER_SHIFT: u32 = 16;
 
+/// Which of a shard's listeners an accept is armed on. The event loop
+/// carries it in the accept's `user_data` key field (`listener as u32`), so
+/// a completion says which listener its descriptor came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Listener {
+    /// Plain MQTT (`mqtt_listen`).
+    Mqtt = 0,
+    /// MQTT over TLS (`mqtt_tls_listen`).
+    MqttTls = 1,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 2] = [Listener::Mqtt, Listener::MqttTls];
+
+    /// The listener a user_data key field names, if any.
+    pub fn from_key(key: u32) -> Option<Listener> {
+        match key {
+            0 => Some(Listener::Mqtt),
+            1 => Some(Listener::MqttTls),
+            _ => None,
+        }
+    }
+
+    /// Its place in per-listener arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// One completed operation, as the kernel reports it: `result` is the byte
 /// count, the descriptor, or a negated errno.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,11 +87,13 @@ pub trait Io {
     /// The shard clock, in ms since the gateway started (virtual in `SimIo`).
     fn now_ms(&self) -> u64;
 
-    /// Whether this shard has a listener (a shard past `listen_shards` has none).
-    fn has_listener(&self) -> bool;
+    /// Whether this shard has listener `l` (a shard past `listen_shards` has
+    /// none; `MqttTls` only when `mqtt_tls_listen` is set).
+    fn has_listener(&self, l: Listener) -> bool;
 
-    /// Multishot accept: one completion per connection, `result` = its descriptor.
-    fn accept(&mut self, user_data: u64);
+    /// Multishot accept on listener `l`: one completion per connection,
+    /// `result` = its descriptor. Nothing is submitted if there is no such listener.
+    fn accept(&mut self, user_data: u64, l: Listener);
 
     /// One completion when the shard's mailbox is woken.
     fn wake(&mut self, user_data: u64);

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::io::{CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE, Completion, Io};
+use super::io::{CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE, Completion, Io, Listener};
 pub use super::sim_faults::{SimFaults, SimRng};
 use super::waker::Wake;
 
@@ -467,12 +467,15 @@ impl Io for SimIo {
         self.net.borrow().now_ms
     }
 
-    fn has_listener(&self) -> bool {
-        self.net.borrow().backlogs[self.shard as usize].is_some()
+    /// Simulated devices speak plain MQTT only: no shard has a TLS listener.
+    fn has_listener(&self, l: Listener) -> bool {
+        l == Listener::Mqtt && self.net.borrow().backlogs[self.shard as usize].is_some()
     }
 
-    fn accept(&mut self, user_data: u64) {
-        self.push(Sub::Accept(user_data));
+    fn accept(&mut self, user_data: u64, l: Listener) {
+        if l == Listener::Mqtt {
+            self.push(Sub::Accept(user_data));
+        }
     }
 
     fn wake(&mut self, user_data: u64) {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::bufring::BufRing;
-use super::io::{Completion, Io};
+use super::io::{Completion, Io, Listener};
 use super::uring::ShardRing;
 use super::waker::EventFdWaker;
 
@@ -39,6 +39,8 @@ pub struct UringIo {
     waker: Arc<EventFdWaker>,
     /// None on a shard that gets connections only by rebalancing.
     listener: Option<TcpListener>,
+    /// The MQTT-over-TLS listener, when `mqtt_tls_listen` is set.
+    tls_listener: Option<TcpListener>,
     fixed_files: bool,
     ring_fd_of: RingFdOf,
     epoch: Instant,
@@ -67,12 +69,26 @@ impl UringIo {
             wake_buf: Box::new([0; 8]),
             waker,
             listener,
+            tls_listener: None,
             fixed_files: shard_ring.fixed_files > 0,
             ring_fd_of,
             epoch,
             stashed: Vec::new(),
             submit_errors: 0,
         })
+    }
+
+    /// Adds the MQTT-over-TLS listener (accepts on it are `Listener::MqttTls`).
+    pub fn with_tls_listener(mut self, tls_listener: Option<TcpListener>) -> UringIo {
+        self.tls_listener = tls_listener;
+        self
+    }
+
+    fn listener(&self, l: Listener) -> Option<&TcpListener> {
+        match l {
+            Listener::Mqtt => self.listener.as_ref(),
+            Listener::MqttTls => self.tls_listener.as_ref(),
+        }
     }
 
     /// The ring's fd (other shards pass sockets to it with MSG_RING).
@@ -143,19 +159,19 @@ impl Io for UringIo {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn has_listener(&self) -> bool {
-        self.listener.is_some()
+    fn has_listener(&self, l: Listener) -> bool {
+        self.listener(l).is_some()
     }
 
-    fn accept(&mut self, user_data: u64) {
-        let Some(listener) = self.listener.as_ref() else { return };
+    fn accept(&mut self, user_data: u64, l: Listener) {
+        let Some(listener) = self.listener(l) else { return };
         let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
             .allocate_file_index(self.fixed_files)
             // A direct descriptor has no process fd, so no CLOEXEC (the kernel refuses it).
             .flags(if self.fixed_files { 0 } else { libc::SOCK_CLOEXEC })
             .build()
             .user_data(user_data);
-        // SAFETY: the listener is a field of self, dropped after the ring.
+        // SAFETY: both listeners are fields of self, dropped after the ring.
         unsafe { self.push(entry) };
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use pulsegate::protocol::mqtt::{Packet, ProtocolVersion};
 
 use super::http::{HttpConn, metric_sum, metric_value};
-use super::mqtt::{Client, ConnAckInfo, ConnectOpts, Rx};
+use super::mqtt::{Client, ConnAckInfo, ConnectOpts, Rx, Wire};
 use super::{WAIT, accepted};
 
 /// Longest wait for the ready file after the spawn.
@@ -83,6 +83,9 @@ struct Ready {
     capacity: u64,
     mqtt: SocketAddr,
     http: SocketAddr,
+    /// Only when `--mqtt-tls-listen` was given.
+    #[serde(default)]
+    mqtt_tls: Option<SocketAddr>,
 }
 
 /// Longest wait, after the child exited, for its pipes to reach EOF.
@@ -132,6 +135,8 @@ pub struct Gateway {
     pub capacity: u64,
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
+    /// The MQTT-over-TLS address, when the gateway listens for TLS.
+    pub mqtt_tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     spec: Spawn,
     child: Child,
@@ -176,6 +181,7 @@ impl Gateway {
             capacity: ready.capacity,
             mqtt: ready.mqtt,
             http: ready.http,
+            mqtt_tls: ready.mqtt_tls,
             data_dir,
             spec,
             pid: ready.pid,
@@ -205,6 +211,7 @@ impl Gateway {
         self.pid = ready.pid;
         self.mqtt = ready.mqtt;
         self.http = ready.http;
+        self.mqtt_tls = ready.mqtt_tls;
         self.capacity = ready.capacity;
         self.exited = None;
         self.stdout = stdout;
@@ -454,7 +461,7 @@ impl Gateway {
     }
 
     /// The healthy-client check: `c` (connected earlier) still gets PINGRESP and a QoS 0 push.
-    pub fn assert_healthy(&self, c: &mut Client) {
+    pub fn assert_healthy<S: Wire>(&self, c: &mut Client<S>) {
         c.send(&Packet::PingReq);
         match c.recv(WAIT) {
             Ok(Rx::PingResp) => {}

@@ -141,15 +141,27 @@ pub enum RecvError {
     Decode(String),
 }
 
-pub struct Client {
-    pub stream: TcpStream,
+/// What a `Client` talks over: a plain TCP stream, or TLS over one
+/// (`super::tls`); timeouts and shutdown go to the TCP socket underneath.
+pub trait Wire: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Wire for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+pub struct Client<S: Wire = TcpStream> {
+    pub stream: S,
     pub version: ProtocolVersion,
     pub id: String,
     buf: Vec<u8>,
 }
 
-impl Client {
-    pub fn new(stream: TcpStream, version: ProtocolVersion) -> Client {
+impl<S: Wire> Client<S> {
+    pub fn new(stream: S, version: ProtocolVersion) -> Client<S> {
         Client {
             stream,
             version,
@@ -174,13 +186,13 @@ impl Client {
     }
 
     pub fn write_raw(&mut self, bytes: &[u8]) {
-        self.stream.set_write_timeout(Some(WAIT)).ok();
+        self.stream.tcp().set_write_timeout(Some(WAIT)).ok();
         self.stream.write_all(bytes).expect("write to gateway");
     }
 
     /// Writes, ignoring errors (the peer may already have closed).
     pub fn try_write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.set_write_timeout(Some(WAIT)).ok();
+        self.stream.tcp().set_write_timeout(Some(WAIT)).ok();
         self.stream.write_all(bytes)
     }
 
@@ -242,6 +254,7 @@ impl Client {
                 return Err(RecvError::Timeout);
             }
             self.stream
+                .tcp()
                 .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
                 .ok();
             let mut chunk = [0u8; 16 * 1024];
@@ -329,7 +342,7 @@ impl Client {
         loop {
             let now = Instant::now();
             assert!(now < deadline, "still open after {timeout:?} (received {got:02x?})");
-            self.stream.set_read_timeout(Some(deadline - now)).ok();
+            self.stream.tcp().set_read_timeout(Some(deadline - now)).ok();
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return got,
@@ -342,7 +355,7 @@ impl Client {
     }
 
     pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream.tcp().shutdown(Shutdown::Write);
     }
 }
 

@@ -30,7 +30,10 @@ class PahoDevice:
     (`next_message`) and recorded as (topic, payload, qos, monotonic time)
     (`wait_messages`, `payloads`)."""
 
-    def __init__(self, client_id: str, version: str = "v311", clean_session: bool = True):
+    def __init__(self, client_id: str, version: str = "v311", clean_session: bool = True,
+                 ca_certs: Optional[str] = None):
+        """`ca_certs`: a CA file; the device then speaks TLS (`tls_set`), verifying the
+        gateway's certificate against it."""
         self.client_id = client_id
         self.version = version
         self.protocol = PROTOCOLS[version]
@@ -44,6 +47,8 @@ class PahoDevice:
             reconnect_on_failure=False,
             **kwargs,
         )
+        if ca_certs is not None:
+            self.client.tls_set(ca_certs=ca_certs)
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.connack_reason = None

@@ -186,6 +186,9 @@ class Gateway:
         http_host, http_port = ready["http"].rsplit(":", 1)
         self.mqtt_port = int(mqtt_port)
         self.http_port = int(http_port)
+        # Only when the gateway listens for MQTT over TLS (--mqtt-tls-listen).
+        tls = ready.get("mqtt_tls")
+        self.mqtt_tls_port = int(tls.rsplit(":", 1)[1]) if tls else None
         problems = [what for ok, what in (
             (self.pid == self.proc.pid, f"pid {self.proc.pid}"),
             (self.backend_wanted in (None, self.backend), f"backend {self.backend_wanted}"),
