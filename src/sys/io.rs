@@ -1,5 +1,5 @@
 //! The completion-style I/O boundary a shard loop runs on: submit accept,
-//! recv, send, close, cancel and msg-ring (pass a connection's descriptor to
+//! (with the peer's address), recv, send, close, cancel and msg-ring (pass a connection's descriptor to
 //! another shard), drain completions into the caller's queue, wait with a
 //! timeout, read the clock. `shard::event_loop` is generic over it; `SimIo`
 //! (`sys::sim_io`) is the seeded, fault-injecting implementation the
@@ -62,6 +62,11 @@ pub trait Io {
 
     /// Multishot accept: one completion per connection, `result` = its descriptor.
     fn accept(&mut self, user_data: u64);
+
+    /// The peer address of descriptor `io`, which an accept completion just
+    /// returned (drained, not yet handled further); taken once: a second
+    /// call, or a descriptor that did not come from an accept, gives None.
+    fn accepted_peer(&mut self, io: u32) -> Option<std::net::IpAddr>;
 
     /// One completion when the shard's mailbox is woken.
     fn wake(&mut self, user_data: u64);
