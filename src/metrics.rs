@@ -100,7 +100,11 @@ pub fn render(src: &MetricsSources) -> String {
             .iter()
             .map(|h| h.counters.accepts_refused[reason.index()].load(Relaxed))
             .sum();
-        let _ = writeln!(out, "pulsegate_accepts_refused_total{{reason=\"{}\"}} {n}", reason.label());
+        let _ = writeln!(
+            out,
+            "pulsegate_accepts_refused_total{{reason=\"{}\"}} {n}",
+            reason.label()
+        );
     }
     let _ = writeln!(
         out,

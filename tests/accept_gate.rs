@@ -161,7 +161,11 @@ fn the_global_rate_holds_over_every_source(backend: &str) {
     // A second later the bucket has refilled.
     std::thread::sleep(Duration::from_millis(1_100));
     let later = burst(&gw, source(9), 1);
-    assert_eq!(count(&later, Fate::Open), 1, "{backend}: still refused after the refill");
+    assert_eq!(
+        count(&later, Fate::Open),
+        1,
+        "{backend}: still refused after the refill"
+    );
     assert_eq!(handshake_open(&gw, "later", later), 1);
 }
 
@@ -213,7 +217,11 @@ fn a_flood_from_one_source_is_refused_at_accept_and_others_still_connect(backend
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(rejected + admitted, made as u64, "{backend}: every flood connect decided once");
+    assert_eq!(
+        rejected + admitted,
+        made as u64,
+        "{backend}: every flood connect decided once"
+    );
     assert!(rejected > 0, "{backend}: nothing refused out of {made}");
     let allowed = 10 + (flood_s * 10.0).ceil() as u64 + 1;
     assert!(

@@ -117,17 +117,30 @@ struct Entry {
     tat_ns: u64,
 }
 
+/// What one stripe's lock guards.
+struct StripeState {
+    entries: Box<[Entry]>,
+    /// Entries taken over while their bucket was still draining (counted
+    /// here, under the lock already held, not on a line shared by all).
+    evicted_draining: u64,
+}
+
 /// One stripe, on its own cache line.
 #[repr(align(64))]
-struct Stripe(Mutex<Box<[Entry]>>);
+struct Stripe(Mutex<StripeState>);
+
+impl Stripe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StripeState> {
+        // A poisoned stripe holds plain numbers, each write whole: still valid.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 struct SourceTable {
     hasher: std::hash::RandomState,
     stripes: Box<[Stripe]>,
     sets_per_stripe: usize,
     shape: Shape,
-    /// Entries taken over while their bucket was still draining.
-    evicted_draining: AtomicU64,
 }
 
 impl SourceTable {
@@ -137,11 +150,15 @@ impl SourceTable {
         SourceTable {
             hasher: std::hash::RandomState::new(),
             stripes: (0..stripes)
-                .map(|_| Stripe(Mutex::new(vec![Entry::default(); per_stripe].into_boxed_slice())))
+                .map(|_| {
+                    Stripe(Mutex::new(StripeState {
+                        entries: vec![Entry::default(); per_stripe].into_boxed_slice(),
+                        evicted_draining: 0,
+                    }))
+                })
                 .collect(),
             sets_per_stripe: per_stripe / SOURCE_SET_WAYS,
             shape,
-            evicted_draining: AtomicU64::new(0),
         }
     }
 
@@ -151,9 +168,9 @@ impl SourceTable {
         let h = self.hasher.hash_one(key) as usize;
         let stripe = &self.stripes[h % self.stripes.len()];
         let set = (h / self.stripes.len()) % self.sets_per_stripe;
-        // A poisoned stripe holds plain numbers, each write whole: still valid.
-        let mut entries = stripe.0.lock().unwrap_or_else(|p| p.into_inner());
-        let ways = &mut entries[set * SOURCE_SET_WAYS..(set + 1) * SOURCE_SET_WAYS];
+        let mut state = stripe.lock();
+        let state = &mut *state;
+        let ways = &mut state.entries[set * SOURCE_SET_WAYS..(set + 1) * SOURCE_SET_WAYS];
         let slot = match ways.iter().position(|e| e.key == key && e.tat_ns != 0) {
             Some(i) => i,
             None => {
@@ -164,7 +181,7 @@ impl SourceTable {
                     .min_by_key(|(_, e)| e.tat_ns)
                     .expect("a set has SOURCE_SET_WAYS > 0 entries");
                 if victim.tat_ns > now_ns {
-                    self.evicted_draining.fetch_add(1, Relaxed);
+                    state.evicted_draining += 1;
                 }
                 ways[i] = Entry { key, tat_ns: 0 };
                 i
@@ -193,7 +210,12 @@ impl AcceptGate {
     /// `rate_per_s`: every source together (burst: `GLOBAL_BURST_MS` of it);
     /// `per_source`: (rate per second, burst) of one source. None = no limit.
     pub fn new(rate_per_s: Option<u32>, per_source: Option<(u32, u32)>) -> AcceptGate {
-        AcceptGate::with_table(rate_per_s, per_source, limits::ACCEPT_SOURCES_TRACKED_MAX, SOURCE_STRIPES)
+        AcceptGate::with_table(
+            rate_per_s,
+            per_source,
+            limits::ACCEPT_SOURCES_TRACKED_MAX,
+            SOURCE_STRIPES,
+        )
     }
 
     pub fn from_config(cfg: &Config) -> AcceptGate {
@@ -240,7 +262,9 @@ impl AcceptGate {
         let Some((shape, tat)) = &self.global else { return true };
         let mut seen = tat.load(Relaxed);
         for _ in 0..GLOBAL_CAS_ATTEMPTS_MAX {
-            let Some(next) = shape.admit(seen, now_ns) else { return false };
+            let Some(next) = shape.admit(seen, now_ns) else {
+                return false;
+            };
             match tat.compare_exchange(seen, next, Relaxed, Relaxed) {
                 Ok(_) => return true,
                 Err(current) => seen = current,
@@ -252,7 +276,8 @@ impl AcceptGate {
     /// Source entries taken over while their bucket was still draining (the
     /// table was full of sources limited more recently).
     pub fn sources_evicted_draining(&self) -> u64 {
-        self.sources.as_ref().map_or(0, |t| t.evicted_draining.load(Relaxed))
+        let Some(table) = &self.sources else { return 0 };
+        table.stripes.iter().map(|s| s.lock().evicted_draining).sum()
     }
 }
 
@@ -357,14 +382,17 @@ mod tests {
             assert_eq!(admitted(&gate, Some(peer), 5_000 + i as u64, 2), 1);
         }
         let table = gate.sources.as_ref().unwrap();
-        assert_eq!(table.stripes.len() * table.stripes[0].0.lock().unwrap().len(), SOURCE_SET_WAYS);
+        assert_eq!(
+            table.stripes.len() * table.stripes[0].lock().entries.len(),
+            SOURCE_SET_WAYS
+        );
     }
 
     #[test]
     fn the_real_table_is_the_named_size() {
         let gate = AcceptGate::new(None, Some((10, 10)));
         let table = gate.sources.as_ref().unwrap();
-        let entries: usize = table.stripes.iter().map(|s| s.0.lock().unwrap().len()).sum();
+        let entries: usize = table.stripes.iter().map(|s| s.lock().entries.len()).sum();
         assert_eq!(entries, limits::ACCEPT_SOURCES_TRACKED_MAX);
         // Many sources from many threads: each gets exactly its burst.
         let gate = std::sync::Arc::new(gate);

@@ -1,7 +1,7 @@
 //! The shard loop generic over `sys::io::Io`: the same turn as the io_uring
-//! loop (accept -> the accept gate -> `Core::accept`, bytes -> `Core::receive`, dirty keys ->
-//! sends, closing keys -> close when ready, timers, mailbox commands, moves
-//! in and out, shutdown grace), written once against a completion interface
+//! loop (accept -> `accept_gate` -> `Core::accept`, bytes -> `Core::receive`,
+//! dirty keys -> sends, closing keys -> close when ready, timers, mailbox
+//! commands, moves in and out, shutdown grace), written once against a completion interface
 //! so a simulated ring (`sys::sim_io::SimIo`) can drive it deterministically.
 //!
 //! Owns the operations in flight on its `Io`. Must never free a connection

@@ -1,7 +1,7 @@
-//! The completion-style I/O boundary a shard loop runs on: submit accept,
-//! (with the peer's address), recv, send, close, cancel and msg-ring (pass a connection's descriptor to
-//! another shard), drain completions into the caller's queue, wait with a
-//! timeout, read the clock. `shard::event_loop` is generic over it; `SimIo`
+//! The completion-style I/O boundary a shard loop runs on: submit accept
+//! (and take an accepted socket's peer address), recv, send, close, cancel
+//! and msg-ring (pass a connection's descriptor to another shard), drain
+//! completions into the caller's queue, wait with a timeout, read the clock. `shard::event_loop` is generic over it; `SimIo`
 //! (`sys::sim_io`) is the seeded, fault-injecting implementation the
 //! simulated tests run on.
 //!

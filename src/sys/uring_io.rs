@@ -7,10 +7,10 @@
 //! to another shard's ring, an eventfd read for mailbox wake-ups, timed waits.
 //!
 //! Owns the ring, its provided buffers, the wake buffer and the accept
-//! address slots. Must never let the
-//! kernel outlive a buffer it was given (field order is drop order: the ring
-//! goes first), and never recurse into completion handling from a submission
-//! (completions taken off a full CQ are stashed for the next drain).
+//! address slots. Must never let the kernel outlive a buffer it was given
+//! (field order is drop order: the ring goes first), and never recurse into
+//! completion handling from a submission (completions taken off a full CQ
+//! are stashed for the next drain).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
@@ -129,13 +129,18 @@ impl AcceptSlots {
         }
         self.armed[i] = false;
         if c.result >= 0 {
-            let peer = peer_of(&self.addrs[i], self.addr_lens[i]);
-            if let Some(peer) = peer {
-                if self.peers.len() >= limits::ACCEPTED_PEERS_WAITING_MAX {
-                    // Never taken (a caller that does not ask): stale, all of them.
-                    self.peers.clear();
+            let io = c.result as u32;
+            match peer_of(&self.addrs[i], self.addr_lens[i]) {
+                Some(peer) => {
+                    if self.peers.len() >= limits::ACCEPTED_PEERS_WAITING_MAX {
+                        // Never taken (a caller that does not ask): stale, all of them.
+                        self.peers.clear();
+                    }
+                    self.peers.insert(io, peer);
                 }
-                self.peers.insert(c.result as u32, peer);
+                None => {
+                    self.peers.remove(&io);
+                }
             }
             self.wanted[i] = self.user_data.is_some();
         }
@@ -499,6 +504,86 @@ impl Io for UringIo {
 mod tests {
     use super::*;
     use io_uring::cqueue;
+
+    const LOOP_ACCEPT: u64 = 0x0100_0000_FFFF_FFFF;
+
+    fn own(slots: &AcceptSlots, slot: usize, result: i32) -> Completion {
+        Completion {
+            user_data: slots.own_user_data(slot),
+            result,
+            flags: 0,
+        }
+    }
+
+    /// Writes an IPv4 peer into slot `i` as the kernel would.
+    fn write_v4(slots: &mut AcceptSlots, i: usize, ip: Ipv4Addr) {
+        // SAFETY: sockaddr_storage is sized and aligned for a sockaddr_in.
+        let a = unsafe { &mut *std::ptr::from_mut(&mut slots.addrs[i]).cast::<libc::sockaddr_in>() };
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from(ip).to_be();
+        slots.addr_lens[i] = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    }
+
+    #[test]
+    fn accept_slots_keep_the_multishot_contract() {
+        let mut slots = AcceptSlots::new(3, 0);
+        let mut accepts = Some(AcceptSlots::new(3, 0));
+        // Nothing armed before the loop asks.
+        assert!(slots.next_entry(true).is_none());
+        slots.arm(LOOP_ACCEPT);
+        let armed = std::iter::from_fn(|| slots.next_entry(true)).count();
+        assert_eq!(armed, ACCEPT_SLOTS);
+        // A connection on slot 3: the loop's user_data, MORE, the peer kept once.
+        write_v4(&mut slots, 3, Ipv4Addr::new(127, 0, 0, 2));
+        let c = slots.translate(own(&slots, 3, 41)).expect("one of ours");
+        assert_eq!((c.user_data, c.result, c.more()), (LOOP_ACCEPT, 41, true));
+        assert_eq!(slots.peers.remove(&41), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        assert_eq!(slots.peers.remove(&41), None);
+        // Slot 3 goes back to the kernel, the others are still there.
+        assert!(slots.next_entry(true).is_some());
+        assert!(slots.next_entry(true).is_none());
+        // Every slot fails: each retires; only the last ends the multishot.
+        let mores: Vec<bool> = (0..ACCEPT_SLOTS)
+            .map(|i| slots.translate(own(&slots, i, -libc::ENFILE)).expect("ours").more())
+            .collect();
+        assert!(mores[..ACCEPT_SLOTS - 1].iter().all(|&m| m));
+        assert!(!mores[ACCEPT_SLOTS - 1]);
+        assert!(slots.next_entry(true).is_none());
+        // A completion for a slot not armed, or of another listener, is not this one's.
+        assert!(slots.translate(own(&slots, 0, 7)).is_none());
+        assert!(AcceptSlots::new(3, 1).translate(own(&slots, 0, 7)).is_none());
+        // Everything else passes through untouched.
+        let other = Completion {
+            user_data: 0x0200_0001_0000_0005,
+            result: 12,
+            flags: CQE_F_MORE,
+        };
+        assert_eq!(translate(&mut accepts, other), Some(other));
+        // Re-armed by the loop: every slot again.
+        slots.arm(LOOP_ACCEPT);
+        assert_eq!(std::iter::from_fn(|| slots.next_entry(false)).count(), ACCEPT_SLOTS);
+    }
+
+    #[test]
+    fn peer_addresses_read_as_the_kernel_writes_them() {
+        let mut slots = AcceptSlots::new(3, 0);
+        write_v4(&mut slots, 0, Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(
+            peer_of(&slots.addrs[0], slots.addr_lens[0]),
+            Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
+        );
+        // Too short for its family: no address.
+        assert_eq!(peer_of(&slots.addrs[0], 4), None);
+        let v6: Ipv6Addr = "2001:db8::42".parse().unwrap();
+        // SAFETY: sockaddr_storage is sized and aligned for a sockaddr_in6.
+        let a = unsafe { &mut *std::ptr::from_mut(&mut slots.addrs[1]).cast::<libc::sockaddr_in6>() };
+        a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        a.sin6_addr.s6_addr = v6.octets();
+        let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        assert_eq!(peer_of(&slots.addrs[1], len), Some(IpAddr::V6(v6)));
+        // AF_UNIX or nothing written: no address.
+        assert_eq!(peer_of(&slots.addrs[2], 128), None);
+    }
 
     #[test]
     fn completion_flags_read_as_the_kernel_writes_them() {
