@@ -183,7 +183,8 @@ fn main() {
     reloads.add("device auth", move || auth_for_reload.reload());
     if let Some(tls) = owners.mqtt_tls() {
         reloads.add("MQTT TLS certificate", move || {
-            tls.reload().map(|()| format!("reloaded {}", tls.files().cert_file.display()))
+            tls.reload()
+                .map(|()| format!("reloaded {}", tls.files().cert_file.display()))
         });
     }
     while !stop.load(Ordering::Relaxed) {

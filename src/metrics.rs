@@ -13,6 +13,7 @@ use crate::coordinator::CoordinatorGauges;
 use crate::delivery::Reporter;
 use crate::push::service::ServiceCounters;
 use crate::registry::{Registry, ReliefMemory};
+use crate::shard::accept_gate::AcceptRefusal;
 use crate::shard::admission::Admission;
 use crate::shard::counters::{CloseReason, ProtocolErrorKind, ShardCounters};
 use crate::shard::env::{BackendInUse, RELIEVED_IDS_MAX};
@@ -125,6 +126,23 @@ pub fn render(src: &MetricsSources) -> String {
         "Accept failures (fd table full, ...).",
         |c| c.accept_errors.load(Relaxed),
     );
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_accepts_refused_total Connections closed at accept by the accept rates, before any byte was read (not in pulsegate_accepts_total).\n# TYPE pulsegate_accepts_refused_total counter"
+    );
+    for reason in AcceptRefusal::ALL {
+        let n: u64 = src
+            .peers
+            .all()
+            .iter()
+            .map(|h| h.counters.accepts_refused[reason.index()].load(Relaxed))
+            .sum();
+        let _ = writeln!(
+            out,
+            "pulsegate_accepts_refused_total{{reason=\"{}\"}} {n}",
+            reason.label()
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP pulsegate_connects_total Accepted CONNECTs by protocol version.\n# TYPE pulsegate_connects_total counter"

@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::accept_gate::AcceptRefusal;
+
 /// Why a connection was closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -128,6 +130,8 @@ pub struct ShardCounters {
     pub connections_open: AtomicU64,
     pub accepts: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Connections closed at accept by the accept gate, by `AcceptRefusal::index`.
+    pub accepts_refused: [AtomicU64; AcceptRefusal::ALL.len()],
     pub connects_v311: AtomicU64,
     pub connects_v5: AtomicU64,
     pub keepalives: AtomicU64,
@@ -175,6 +179,7 @@ impl Default for ShardCounters {
             connections_open: AtomicU64::new(0),
             accepts: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            accepts_refused: std::array::from_fn(|_| AtomicU64::new(0)),
             connects_v311: AtomicU64::new(0),
             connects_v5: AtomicU64::new(0),
             keepalives: AtomicU64::new(0),
@@ -219,6 +224,10 @@ impl ShardCounters {
     pub fn close(&self, reason: CloseReason) {
         let i = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         bump(&self.closes[i], 1);
+    }
+
+    pub fn accept_refused(&self, reason: AcceptRefusal) {
+        bump(&self.accepts_refused[reason.index()], 1);
     }
 
     pub fn protocol_error(&self, kind: ProtocolErrorKind) {

@@ -1,6 +1,7 @@
 //! What a shard needs from outside itself, and nothing more: the settings,
 //! the registry, its peers' mailboxes, the report channel to the push service,
-//! the admission gate, the relief memory, the device authenticator, and the
+//! the admission gate, the accept gate (rates at accept, before any
+//! handshake), the relief memory, the device authenticator, and the
 //! process epoch its millisecond clock counts from.
 //!
 //! Owns the shape of that environment. Must never grow a field a shard does
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
+use super::accept_gate::AcceptGate;
 use super::admission::Admission;
 use super::peers::Peers;
 use crate::auth::{AllowAll, Authenticator};
@@ -43,6 +45,8 @@ pub struct ShardEnv {
     pub peers: Arc<Peers>,
     pub reports: Arc<Reporter>,
     pub admission: Arc<Admission>,
+    /// Accept rates (global and per source), shared by every shard.
+    pub accept_gate: Arc<AcceptGate>,
     pub relieved: Arc<ReliefMemory>,
     pub auth: Arc<dyn Authenticator>,
     /// The MQTT-over-TLS listener's identity (ALPN `mqtt`); None when
@@ -66,6 +70,7 @@ impl ShardEnv {
         let env = ShardEnv {
             registry: Arc::new(Registry::new(cfg.stored_sessions_max)),
             admission: Arc::new(Admission::new(cfg.max_heartbeats_per_s)),
+            accept_gate: Arc::new(AcceptGate::from_config(&cfg)),
             cfg,
             peers: Arc::new(Peers::new()),
             reports: Arc::new(reports),

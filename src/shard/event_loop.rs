@@ -1,9 +1,9 @@
 //! The shard loop generic over `sys::io::Io`: the same turn as the io_uring
-//! loop (accept on each listener -> `Core::accept`, and `Core::start_tls`
-//! for the TLS one; the listener rides in the accept's key field; bytes ->
-//! `Core::receive`, dirty keys ->
-//! sends, closing keys -> close when ready, timers, mailbox commands, moves
-//! in and out, shutdown grace), written once against a completion interface
+//! loop (accept on each listener -> `accept_gate` -> `Core::accept`, and
+//! `Core::start_tls` for the TLS one; the listener rides in the accept's key
+//! field; bytes -> `Core::receive`, dirty keys -> sends, closing keys -> close
+//! when ready, timers, mailbox commands, moves in and out, shutdown grace),
+//! written once against a completion interface
 //! so a simulated ring (`sys::sim_io::SimIo`) can drive it deterministically.
 //!
 //! Owns the operations in flight on its `Io`. Must never free a connection
@@ -11,6 +11,9 @@
 //! no send in flight), never touch a send buffer while its send is in flight,
 //! and never recurse from a completion handler into another handler.
 
+use std::sync::Arc;
+
+use super::accept_gate::AcceptGate;
 use super::conn::{IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_MOVING, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, Phase};
 use super::core::Core;
 use super::counters::{CloseReason, bump};
@@ -36,6 +39,8 @@ pub struct EventLoop<I: Io> {
     pub io: I,
     pub core: Core,
     mailbox: MailboxReceiver,
+    /// Accept rates, asked before a socket reaches `Core::accept`.
+    accept_gate: Arc<AcceptGate>,
     /// By `Listener::index`.
     accept_armed: [bool; 2],
     /// By `Listener::index`: when an accept that failed may be re-armed.
@@ -47,11 +52,12 @@ pub struct EventLoop<I: Io> {
 }
 
 impl<I: Io> EventLoop<I> {
-    pub fn new(io: I, core: Core, mailbox: MailboxReceiver) -> EventLoop<I> {
+    pub fn new(io: I, core: Core, mailbox: MailboxReceiver, accept_gate: Arc<AcceptGate>) -> EventLoop<I> {
         EventLoop {
             io,
             core,
             mailbox,
+            accept_gate,
             accept_armed: [false; 2],
             accept_retry_at_ms: [0; 2],
             wake_armed: false,
@@ -183,6 +189,15 @@ impl<I: Io> EventLoop<I> {
             return;
         }
         let io = c.result as u32;
+        // Taken whatever the gate's settings: the backend keeps it until then.
+        let peer = self.io.accepted_peer(io);
+        // Before any byte is read or written (no TLS, no CONNECT): refused
+        // sockets are closed at once.
+        if let Err(reason) = self.accept_gate.admit(peer, self.core.now_ms()) {
+            self.core.counters().accept_refused(reason);
+            self.close_orphan(io);
+            return;
+        }
         match self.core.accept(io) {
             Some((key, _)) => {
                 // A TLS connection's bytes go through its rustls state from

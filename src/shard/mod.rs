@@ -5,6 +5,7 @@
 //! Owns shard start-up. Must never share a connection between threads: other
 //! threads reach a shard only through its mailbox and read its counters.
 
+pub mod accept_gate;
 pub mod active_pool;
 pub mod admission;
 mod close;
@@ -218,7 +219,7 @@ pub fn start(
                                     .ring_fd
                                     .store(io.ring_fd(), std::sync::atomic::Ordering::Release);
                                 let _ = ready.send((i, Ok(())));
-                                event_loop::EventLoop::new(io, core, rx).run(&stop);
+                                event_loop::EventLoop::new(io, core, rx, env.accept_gate.clone()).run(&stop);
                             }
                             Err(e) => {
                                 let _ = ready.send((i, Err(e)));
@@ -236,7 +237,7 @@ pub fn start(
                     {
                         Ok(io) => {
                             let _ = ready.send((i, Ok(())));
-                            event_loop::EventLoop::new(io, core, rx).run(&stop);
+                            event_loop::EventLoop::new(io, core, rx, env.accept_gate.clone()).run(&stop);
                         }
                         Err(e) => {
                             let _ = ready.send((i, Err(e.to_string())));

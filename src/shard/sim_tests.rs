@@ -169,7 +169,7 @@ impl Sim {
             .enumerate()
             .map(|(i, (core, rx))| {
                 let io = SimIo::new(net.clone(), i as u16, SIM_RECV_BUFS, SIM_RECV_BUF_BYTES);
-                EventLoop::new(io, core, rx)
+                EventLoop::new(io, core, rx, shared.accept_gate.clone())
             })
             .collect();
         let mut rng = SimRng::new(seed ^ 0x5EED_DE71_CE00_0000);

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ struct Slot {
     stream: TcpStream,
     recv: Option<u64>,
     send: Option<PendingSend>,
+    /// The address accept returned, until the loop takes it.
+    peer: Option<IpAddr>,
 }
 
 pub struct EpollIo {
@@ -138,7 +141,7 @@ impl EpollIo {
     }
 
     /// Registers a socket (accepted, or moved here); its fd names it.
-    fn take_up(&mut self, mut stream: TcpStream) -> Option<u32> {
+    fn take_up(&mut self, mut stream: TcpStream, peer: Option<IpAddr>) -> Option<u32> {
         let fd = stream.as_raw_fd() as u32;
         let token = Token(fd as usize + FIRST_FD_TOKEN);
         self.poll
@@ -153,6 +156,7 @@ impl EpollIo {
             stream,
             recv: None,
             send: None,
+            peer,
         });
         Some(fd)
     }
@@ -164,8 +168,8 @@ impl EpollIo {
             };
             match listener.accept() {
                 // A socket that cannot be registered is dropped (closed).
-                Ok((stream, _)) => {
-                    if let Some(fd) = self.take_up(stream) {
+                Ok((stream, addr)) => {
+                    if let Some(fd) = self.take_up(stream, Some(addr.ip())) {
                         self.complete(ud, fd as i32, CQE_F_MORE);
                     }
                 }
@@ -292,6 +296,10 @@ impl Io for EpollIo {
         self.accept_all(l);
     }
 
+    fn accepted_peer(&mut self, io: u32) -> Option<IpAddr> {
+        self.slot(io)?.peer.take()
+    }
+
     fn wake(&mut self, user_data: u64) {
         if std::mem::take(&mut self.woken) {
             self.complete(user_data, 8, 0);
@@ -368,7 +376,7 @@ impl Io for EpollIo {
     fn attach(&mut self, fd: OwnedFd) -> u32 {
         // On failure the fd is dropped (closed) and the connection gets a
         // descriptor that names nothing: its recv meets EBADF and it closes.
-        self.take_up(TcpStream::from(fd)).unwrap_or(u32::MAX)
+        self.take_up(TcpStream::from(fd), None).unwrap_or(u32::MAX)
     }
 
     fn drain(&mut self, into: &mut Vec<Completion>, _max: usize) {

@@ -1,7 +1,7 @@
-//! The completion-style I/O boundary a shard loop runs on: submit accept,
-//! recv, send, close, cancel and msg-ring (pass a connection's descriptor to
-//! another shard), drain completions into the caller's queue, wait with a
-//! timeout, read the clock. `shard::event_loop` is generic over it; `SimIo`
+//! The completion-style I/O boundary a shard loop runs on: submit accept
+//! (and take an accepted socket's peer address), recv, send, close, cancel
+//! and msg-ring (pass a connection's descriptor to another shard), drain
+//! completions into the caller's queue, wait with a timeout, read the clock. `shard::event_loop` is generic over it; `SimIo`
 //! (`sys::sim_io`) is the seeded, fault-injecting implementation the
 //! simulated tests run on.
 //!
@@ -94,6 +94,11 @@ pub trait Io {
     /// Multishot accept on listener `l`: one completion per connection,
     /// `result` = its descriptor. Nothing is submitted if there is no such listener.
     fn accept(&mut self, user_data: u64, l: Listener);
+
+    /// The peer address of descriptor `io`, which an accept completion just
+    /// returned (drained, not yet handled further); taken once: a second
+    /// call, or a descriptor that did not come from an accept, gives None.
+    fn accepted_peer(&mut self, io: u32) -> Option<std::net::IpAddr>;
 
     /// One completion when the shard's mailbox is woken.
     fn wake(&mut self, user_data: u64);

@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,8 +35,9 @@ const RECV_CHUNKS_PER_STEP_MAX: usize = 4;
 /// Handle on a simulated socket (the device's end).
 pub type SockId = usize;
 
-#[derive(Default)]
 struct Socket {
+    /// The device's address (what accept reports as the peer).
+    peer: IpAddr,
     to_server: VecDeque<u8>,
     to_device: Vec<u8>,
     /// The device sent FIN.
@@ -128,10 +130,25 @@ impl SimNet {
         Arc::new(SimWaker(self.wake_flags[shard as usize].clone()))
     }
 
-    /// A device connects to shard `shard`'s listener.
+    /// A device connects to shard `shard`'s listener, from an address of its
+    /// own (10.0.0.0/8, numbered by socket).
     pub fn connect(&mut self, shard: u16) -> Option<SockId> {
+        let peer = Ipv4Addr::from(0x0A00_0000 | (self.sockets.len() as u32 & 0x00FF_FFFF));
+        self.connect_from(shard, peer.into())
+    }
+
+    /// A device connects to shard `shard`'s listener from address `peer`.
+    pub fn connect_from(&mut self, shard: u16, peer: IpAddr) -> Option<SockId> {
         let backlog = self.backlogs.get_mut(shard as usize)?.as_mut()?;
-        self.sockets.push(Socket::default());
+        self.sockets.push(Socket {
+            peer,
+            to_server: VecDeque::new(),
+            to_device: Vec::new(),
+            device_fin: false,
+            reset: false,
+            server_shut: false,
+            refs: 0,
+        });
         let sock = self.sockets.len() - 1;
         backlog.push_back(sock);
         Some(sock)
@@ -224,6 +241,8 @@ pub struct SimIo {
     /// Latest ready time per operation, so one operation's completions stay in order.
     last_ready_ms: HashMap<u64, u64>,
     accept: Option<u64>,
+    /// Peer addresses of accepted descriptors, until the loop takes them.
+    peers: HashMap<u32, IpAddr>,
     wake: Option<u64>,
     recvs: Vec<(u64, u32)>,
     buffers: Vec<Box<[u8]>>,
@@ -241,6 +260,7 @@ impl SimIo {
             seq: 0,
             last_ready_ms: HashMap::new(),
             accept: None,
+            peers: HashMap::new(),
             wake: None,
             recvs: Vec::new(),
             buffers: (0..recv_bufs)
@@ -391,6 +411,7 @@ impl SimIo {
                 }
                 let index = net.tables[shard].install(sock);
                 net.sockets[sock].refs += 1;
+                self.peers.insert(index, net.sockets[sock].peer);
                 let end = net.fault(|f| f.multishot_end_permille);
                 self.complete(&mut net, ud, index as i32, if end { 0 } else { CQE_F_MORE });
                 if end {
@@ -476,6 +497,10 @@ impl Io for SimIo {
         if l == Listener::Mqtt {
             self.push(Sub::Accept(user_data));
         }
+    }
+
+    fn accepted_peer(&mut self, io: u32) -> Option<IpAddr> {
+        self.peers.remove(&io)
     }
 
     fn wake(&mut self, user_data: u64) {

@@ -1,25 +1,30 @@
 //! `UringIo`: the kernel implementation of `sys::io::Io` on one shard's
-//! io_uring: multishot accept into direct descriptors, multishot recv from a
-//! provided buffer ring, sends, linked shutdown + close, cancellation,
-//! MSG_RING passing a direct descriptor to another shard's ring, an eventfd
-//! read for mailbox wake-ups, timed waits.
+//! io_uring: accept into direct descriptors (the loop's multishot accept is
+//! served by a few single-shot accepts kept in flight, `AcceptSlots`, since a
+//! multishot accept cannot return peer addresses and a direct descriptor has
+//! no fd for getpeername), multishot recv from a provided buffer ring, sends,
+//! linked shutdown + close, cancellation, MSG_RING passing a direct descriptor
+//! to another shard's ring, an eventfd read for mailbox wake-ups, timed waits.
 //!
-//! Owns the ring, its provided buffers and the wake buffer. Must never let the
-//! kernel outlive a buffer it was given (field order is drop order: the ring
-//! goes first), and never recurse into completion handling from a submission
-//! (completions taken off a full CQ are stashed for the next drain).
+//! Owns the ring, its provided buffers, the wake buffer and the accept
+//! address slots. Must never let the kernel outlive a buffer it was given
+//! (field order is drop order: the ring goes first), and never recurse into
+//! completion handling from a submission (completions taken off a full CQ
+//! are stashed for the next drain).
 
-use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::bufring::BufRing;
-use super::io::{Completion, Io, Listener};
+use super::io::{CQE_F_MORE, Completion, Io, Listener};
 use super::uring::ShardRing;
 use super::waker::EventFdWaker;
+use crate::limits;
 
 /// Buffer group id of the shard's provided buffer ring.
 const BUFFER_GROUP: u16 = 1;
@@ -30,12 +35,152 @@ const MSG_RING_CQE_SKIP: u32 = 1;
 /// Another shard's ring fd (-1 while it has none), for MSG_RING.
 pub type RingFdOf = Box<dyn Fn(u16) -> i32 + Send>;
 
+/// The top byte of the user_data of accepts `AcceptSlots` submits itself (no
+/// `sys::user_data::Op` uses it; these completions never reach the loop as
+/// such: they are translated to the loop's accept user_data).
+const OWN_ACCEPT_TAG: u64 = 0xA5 << 56;
+const OWN_ACCEPT_TAG_MASK: u64 = 0xFF << 56;
+/// Address slots per listener.
+const ACCEPT_SLOTS: usize = limits::URING_ACCEPTS_IN_FLIGHT;
+
+/// The loop's multishot accept on one listener, served by `ACCEPT_SLOTS`
+/// single-shot accepts, each writing its peer's address into a slot of its
+/// own; a completed slot is re-armed at the end of the next drain. The loop
+/// sees the multishot contract: one completion per connection under its own
+/// user_data, `CQE_F_MORE` while any slot is armed or about to be. A failed
+/// accept retires its slot; the last slot to retire ends the "multishot"
+/// (no MORE), and the loop's `accept` re-arms every slot.
+struct AcceptSlots {
+    listener_fd: RawFd,
+    /// Which listener's slots these are, in their accepts' user_data.
+    set: u8,
+    /// The loop's accept user_data; None until it arms.
+    user_data: Option<u64>,
+    // SAFETY (for the pointers below): both boxes live as long as the UringIo
+    // field that holds this, which is dropped after the ring; a slot is given
+    // to the kernel only while `armed[i]` is false, and read only after its
+    // completion was taken off the CQ (`armed[i]` false again).
+    addrs: Box<[libc::sockaddr_storage; ACCEPT_SLOTS]>,
+    addr_lens: Box<[libc::socklen_t; ACCEPT_SLOTS]>,
+    /// Submitted and not completed.
+    armed: [bool; ACCEPT_SLOTS],
+    /// Completed while the loop still wants connections: to submit again.
+    wanted: [bool; ACCEPT_SLOTS],
+    /// Peers of accepted descriptors until the loop takes them
+    /// (`limits::ACCEPTED_PEERS_WAITING_MAX` at most).
+    peers: HashMap<u32, IpAddr>,
+}
+
+impl AcceptSlots {
+    fn new(listener_fd: RawFd, set: u8) -> AcceptSlots {
+        AcceptSlots {
+            listener_fd,
+            set,
+            user_data: None,
+            // SAFETY: sockaddr_storage is plain bytes; all zeros is a valid value.
+            addrs: Box::new(unsafe { std::mem::zeroed() }),
+            addr_lens: Box::new([0; ACCEPT_SLOTS]),
+            armed: [false; ACCEPT_SLOTS],
+            wanted: [false; ACCEPT_SLOTS],
+            peers: HashMap::with_capacity(limits::COMPLETIONS_PER_TURN_MAX),
+        }
+    }
+
+    /// The loop (re-)arms its accept: every idle slot is wanted.
+    fn arm(&mut self, user_data: u64) {
+        self.user_data = Some(user_data);
+        for i in 0..ACCEPT_SLOTS {
+            self.wanted[i] |= !self.armed[i];
+        }
+    }
+
+    fn own_user_data(&self, slot: usize) -> u64 {
+        OWN_ACCEPT_TAG | ((self.set as u64) << 8) | slot as u64
+    }
+
+    /// Takes the next wanted slot: the accept to submit for it (the slot
+    /// counts as armed from here).
+    fn next_entry(&mut self, fixed_files: bool) -> Option<squeue::Entry> {
+        let i = (0..ACCEPT_SLOTS).find(|&i| self.wanted[i])?;
+        self.wanted[i] = false;
+        self.armed[i] = true;
+        self.addr_lens[i] = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let addr = std::ptr::from_mut(&mut self.addrs[i]).cast::<libc::sockaddr>();
+        let addr_len = std::ptr::from_mut(&mut self.addr_lens[i]);
+        let accept = opcode::Accept::new(types::Fd(self.listener_fd), addr, addr_len);
+        let entry = if fixed_files {
+            // A direct descriptor has no process fd, so no CLOEXEC (the kernel refuses it).
+            accept.file_index(Some(types::DestinationSlot::auto_target())).build()
+        } else {
+            accept.flags(libc::SOCK_CLOEXEC).build()
+        };
+        Some(entry.user_data(self.own_user_data(i)))
+    }
+
+    /// Translates one of this set's completions into the loop's; None if
+    /// `c` is not one of them.
+    fn translate(&mut self, c: Completion) -> Option<Completion> {
+        if c.user_data & OWN_ACCEPT_TAG_MASK != OWN_ACCEPT_TAG || (c.user_data >> 8) as u8 != self.set {
+            return None;
+        }
+        let i = (c.user_data & 0xFF) as usize;
+        if i >= ACCEPT_SLOTS || !self.armed[i] {
+            return None;
+        }
+        self.armed[i] = false;
+        if c.result >= 0 {
+            let io = c.result as u32;
+            match peer_of(&self.addrs[i], self.addr_lens[i]) {
+                Some(peer) => {
+                    if self.peers.len() >= limits::ACCEPTED_PEERS_WAITING_MAX {
+                        // Never taken (a caller that does not ask): stale, all of them.
+                        self.peers.clear();
+                    }
+                    self.peers.insert(io, peer);
+                }
+                None => {
+                    self.peers.remove(&io);
+                }
+            }
+            self.wanted[i] = self.user_data.is_some();
+        }
+        let live = self.armed.iter().chain(&self.wanted).any(|&a| a);
+        Some(Completion {
+            user_data: self.user_data?,
+            result: c.result,
+            flags: if live { CQE_F_MORE } else { 0 },
+        })
+    }
+}
+
+/// The IP address in a sockaddr the kernel wrote (`len` bytes of it).
+fn peer_of(addr: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
+    let len = len as usize;
+    match addr.ss_family as i32 {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: sockaddr_storage is sized and aligned for every sockaddr
+            // type, and the kernel wrote an AF_INET address of this length.
+            let a = unsafe { &*std::ptr::from_ref(addr).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for AF_INET6.
+            let a = unsafe { &*std::ptr::from_ref(addr).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
 pub struct UringIo {
     // Field order is drop order: the ring goes first, so the kernel is done
     // with the buffer ring and the wake buffer before they are freed.
     ring: IoUring,
     bufs: BufRing,
     wake_buf: Box<[u8; 8]>,
+    /// Each listener's accepts and their address slots, by `Listener::index`
+    /// (None without that listener).
+    accepts: [Option<AcceptSlots>; 2],
     waker: Arc<EventFdWaker>,
     /// None on a shard that gets connections only by rebalancing.
     listener: Option<TcpListener>,
@@ -68,6 +213,12 @@ impl UringIo {
             bufs,
             wake_buf: Box::new([0; 8]),
             waker,
+            accepts: [
+                listener
+                    .as_ref()
+                    .map(|l| AcceptSlots::new(l.as_raw_fd(), Listener::Mqtt.index() as u8)),
+                None,
+            ],
             listener,
             tls_listener: None,
             fixed_files: shard_ring.fixed_files > 0,
@@ -80,6 +231,10 @@ impl UringIo {
 
     /// Adds the MQTT-over-TLS listener (accepts on it are `Listener::MqttTls`).
     pub fn with_tls_listener(mut self, tls_listener: Option<TcpListener>) -> UringIo {
+        let set = Listener::MqttTls.index();
+        self.accepts[set] = tls_listener
+            .as_ref()
+            .map(|l| AcceptSlots::new(l.as_raw_fd(), set as u8));
         self.tls_listener = tls_listener;
         self
     }
@@ -146,12 +301,49 @@ impl UringIo {
     fn stash_completions(&mut self) {
         let mut cq = self.ring.completion();
         cq.sync();
-        self.stashed.extend(cq.map(|cqe| Completion {
-            user_data: cqe.user_data(),
-            result: cqe.result(),
-            flags: cqe.flags(),
+        let accepts = &mut self.accepts;
+        self.stashed.extend(cq.filter_map(|cqe| {
+            translate(
+                accepts,
+                Completion {
+                    user_data: cqe.user_data(),
+                    result: cqe.result(),
+                    flags: cqe.flags(),
+                },
+            )
         }));
     }
+
+    /// Submits an accept for every wanted slot (after a drain, or when the
+    /// loop arms its accept).
+    fn arm_accepts(&mut self) {
+        // Bounded: each pass arms one slot, and a slot re-wanted by a
+        // completion stashed meanwhile is armed at most once more.
+        for _ in 0..2 * ACCEPT_SLOTS {
+            let fixed_files = self.fixed_files;
+            let Some(entry) = self
+                .accepts
+                .iter_mut()
+                .flatten()
+                .find_map(|a| a.next_entry(fixed_files))
+            else {
+                return;
+            };
+            // SAFETY: the listener is a field of self, dropped after the ring;
+            // the address slot this entry names is valid until its completion
+            // (see `AcceptSlots`).
+            unsafe { self.push(entry) };
+        }
+    }
+}
+
+/// A completion as the loop sees it: an own accept's translated, dropped if
+/// it is not one the loop asked for.
+fn translate(accepts: &mut [Option<AcceptSlots>], c: Completion) -> Option<Completion> {
+    if c.user_data & OWN_ACCEPT_TAG_MASK != OWN_ACCEPT_TAG {
+        return Some(c);
+    }
+    accepts.iter_mut().flatten().find_map(|a| a.translate(c))
 }
 
 impl Io for UringIo {
@@ -164,15 +356,16 @@ impl Io for UringIo {
     }
 
     fn accept(&mut self, user_data: u64, l: Listener) {
-        let Some(listener) = self.listener(l) else { return };
-        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .allocate_file_index(self.fixed_files)
-            // A direct descriptor has no process fd, so no CLOEXEC (the kernel refuses it).
-            .flags(if self.fixed_files { 0 } else { libc::SOCK_CLOEXEC })
-            .build()
-            .user_data(user_data);
-        // SAFETY: both listeners are fields of self, dropped after the ring.
-        unsafe { self.push(entry) };
+        let Some(accepts) = self.accepts[l.index()].as_mut() else {
+            return;
+        };
+        accepts.arm(user_data);
+        self.arm_accepts();
+    }
+
+    fn accepted_peer(&mut self, io: u32) -> Option<IpAddr> {
+        // A descriptor is unique until closed: at most one listener knows it.
+        self.accepts.iter_mut().flatten().find_map(|a| a.peers.remove(&io))
     }
 
     fn wake(&mut self, user_data: u64) {
@@ -297,12 +490,16 @@ impl Io for UringIo {
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in cq.by_ref().take(max) {
-            into.push(Completion {
+            let c = Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),
                 flags: cqe.flags(),
-            });
+            };
+            into.extend(translate(&mut self.accepts, c));
         }
+        drop(cq);
+        // The slots whose accepts completed go back to the kernel.
+        self.arm_accepts();
     }
 
     fn received(&self, buffer: u16, len: usize) -> &[u8] {
@@ -341,6 +538,86 @@ impl Io for UringIo {
 mod tests {
     use super::*;
     use io_uring::cqueue;
+
+    const LOOP_ACCEPT: u64 = 0x0100_0000_FFFF_FFFF;
+
+    fn own(slots: &AcceptSlots, slot: usize, result: i32) -> Completion {
+        Completion {
+            user_data: slots.own_user_data(slot),
+            result,
+            flags: 0,
+        }
+    }
+
+    /// Writes an IPv4 peer into slot `i` as the kernel would.
+    fn write_v4(slots: &mut AcceptSlots, i: usize, ip: Ipv4Addr) {
+        // SAFETY: sockaddr_storage is sized and aligned for a sockaddr_in.
+        let a = unsafe { &mut *std::ptr::from_mut(&mut slots.addrs[i]).cast::<libc::sockaddr_in>() };
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from(ip).to_be();
+        slots.addr_lens[i] = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    }
+
+    #[test]
+    fn accept_slots_keep_the_multishot_contract() {
+        let mut slots = AcceptSlots::new(3, 0);
+        let mut accepts = [Some(AcceptSlots::new(3, 0)), None];
+        // Nothing armed before the loop asks.
+        assert!(slots.next_entry(true).is_none());
+        slots.arm(LOOP_ACCEPT);
+        let armed = std::iter::from_fn(|| slots.next_entry(true)).count();
+        assert_eq!(armed, ACCEPT_SLOTS);
+        // A connection on slot 3: the loop's user_data, MORE, the peer kept once.
+        write_v4(&mut slots, 3, Ipv4Addr::new(127, 0, 0, 2));
+        let c = slots.translate(own(&slots, 3, 41)).expect("one of ours");
+        assert_eq!((c.user_data, c.result, c.more()), (LOOP_ACCEPT, 41, true));
+        assert_eq!(slots.peers.remove(&41), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        assert_eq!(slots.peers.remove(&41), None);
+        // Slot 3 goes back to the kernel, the others are still there.
+        assert!(slots.next_entry(true).is_some());
+        assert!(slots.next_entry(true).is_none());
+        // Every slot fails: each retires; only the last ends the multishot.
+        let mores: Vec<bool> = (0..ACCEPT_SLOTS)
+            .map(|i| slots.translate(own(&slots, i, -libc::ENFILE)).expect("ours").more())
+            .collect();
+        assert!(mores[..ACCEPT_SLOTS - 1].iter().all(|&m| m));
+        assert!(!mores[ACCEPT_SLOTS - 1]);
+        assert!(slots.next_entry(true).is_none());
+        // A completion for a slot not armed, or of another listener, is not this one's.
+        assert!(slots.translate(own(&slots, 0, 7)).is_none());
+        assert!(AcceptSlots::new(3, 1).translate(own(&slots, 0, 7)).is_none());
+        // Everything else passes through untouched.
+        let other = Completion {
+            user_data: 0x0200_0001_0000_0005,
+            result: 12,
+            flags: CQE_F_MORE,
+        };
+        assert_eq!(translate(&mut accepts, other), Some(other));
+        // Re-armed by the loop: every slot again.
+        slots.arm(LOOP_ACCEPT);
+        assert_eq!(std::iter::from_fn(|| slots.next_entry(false)).count(), ACCEPT_SLOTS);
+    }
+
+    #[test]
+    fn peer_addresses_read_as_the_kernel_writes_them() {
+        let mut slots = AcceptSlots::new(3, 0);
+        write_v4(&mut slots, 0, Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(
+            peer_of(&slots.addrs[0], slots.addr_lens[0]),
+            Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
+        );
+        // Too short for its family: no address.
+        assert_eq!(peer_of(&slots.addrs[0], 4), None);
+        let v6: Ipv6Addr = "2001:db8::42".parse().unwrap();
+        // SAFETY: sockaddr_storage is sized and aligned for a sockaddr_in6.
+        let a = unsafe { &mut *std::ptr::from_mut(&mut slots.addrs[1]).cast::<libc::sockaddr_in6>() };
+        a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        a.sin6_addr.s6_addr = v6.octets();
+        let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        assert_eq!(peer_of(&slots.addrs[1], len), Some(IpAddr::V6(v6)));
+        // AF_UNIX or nothing written: no address.
+        assert_eq!(peer_of(&slots.addrs[2], 128), None);
+    }
 
     #[test]
     fn completion_flags_read_as_the_kernel_writes_them() {
