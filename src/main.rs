@@ -16,8 +16,8 @@ use pulsegate::push::mechanism;
 use pulsegate::push::message::Message;
 use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts};
 use pulsegate::shard::env::BackendInUse;
-use pulsegate::tls::{ServerTls, ServerTlsFiles};
 use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store};
+use pulsegate::tls::{ServerTls, ServerTlsFiles};
 use pulsegate::{shard, sys};
 
 /// Longest the process waits for shard threads after asking them to stop.

@@ -194,9 +194,7 @@ pub(crate) mod test_pki {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    };
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
     use rustls::pki_types::CertificateDer;
     use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -332,7 +330,11 @@ mod tests {
     fn a_bad_ca_file_is_named() {
         let dir = temp_dir("bad-ca");
         let path = dir.join("ca.pem");
-        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let err = client_root_certs(Some(&path)).unwrap_err();
         assert!(err.contains("ca.pem"), "{err}");
         let err = client_root_certs(Some(&dir.join("absent.pem"))).unwrap_err();

@@ -283,13 +283,21 @@ fn handshake(stream: &mut Stream, deadline: Instant, stopping: &AtomicBool) -> b
         if now >= deadline || stopping.load(Ordering::SeqCst) {
             return false;
         }
-        if stream.tcp().set_read_timeout(Some((deadline - now).min(READ_SLICE))).is_err() {
+        if stream
+            .tcp()
+            .set_read_timeout(Some((deadline - now).min(READ_SLICE)))
+            .is_err()
+        {
             return false;
         }
         match stream.read(&mut sink) {
             Ok(0) => return false,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(_) => return false,
         }
     }

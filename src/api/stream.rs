@@ -72,13 +72,14 @@ impl Stream {
     /// TLS: tells the peer we are done (a close without a word, e.g. on the idle timeout),
     /// best effort and at most once; plain TCP: nothing.
     pub(super) fn close_notify(&mut self) {
-        if let Stream::Tls(t) = self {
-            if !t.conn.is_handshaking() && !t.closed {
-                t.closed = true;
-                t.conn.send_close_notify();
-                // A peer that stopped reading must not keep us from closing.
-                let _ = t.flush_records();
-            }
+        if let Stream::Tls(t) = self
+            && !t.conn.is_handshaking()
+            && !t.closed
+        {
+            t.closed = true;
+            t.conn.send_close_notify();
+            // A peer that stopped reading must not keep us from closing.
+            let _ = t.flush_records();
         }
     }
 }

@@ -296,7 +296,9 @@ impl Client {
 
     fn send(&mut self, raw: impl AsRef<[u8]>) {
         let w = self.reader.get_mut();
-        w.write_all(raw.as_ref()).and_then(|()| w.flush()).expect("send request");
+        w.write_all(raw.as_ref())
+            .and_then(|()| w.flush())
+            .expect("send request");
     }
 
     /// Reads one final response, skipping interim 1xx ones (`read_one` returns those).

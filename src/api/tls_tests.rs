@@ -110,14 +110,21 @@ fn alpn_is_http11_and_keep_alive_reuses_the_session() {
         tls.write_all(HEALTHZ).expect("write");
         let mut buf = [0u8; 512];
         let n = tls.read(&mut buf).expect("read");
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
     }
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     // A client that offers only h2 is refused, and counted.
     let h2_only = test_pki().client_config(&[b"h2"]);
     let mut refused = Client::connect_tls(addr, h2_only);
     let w = refused.reader.get_mut();
-    let err = w.write_all(HEALTHZ).and_then(|()| w.flush()).expect_err("no common protocol");
+    let err = w
+        .write_all(HEALTHZ)
+        .and_then(|()| w.flush())
+        .expect_err("no common protocol");
     assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
     wait_failures(&counters, 1);
     server.shutdown();
@@ -151,7 +158,9 @@ fn silent_and_trickling_clients_are_dropped_on_the_idle_deadline() {
     let mut silent = TcpStream::connect(addr).expect("connect");
     // Sends a TLS record header and then one byte every 50 ms: no single read times out.
     let mut trickle = TcpStream::connect(addr).expect("connect");
-    trickle.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00]).expect("record header");
+    trickle
+        .write_all(&[0x16, 0x03, 0x01, 0x01, 0x00])
+        .expect("record header");
     let trickler = thread::spawn(move || {
         for _ in 0..60 {
             if trickle.write_all(&[0x01]).is_err() {
@@ -165,10 +174,19 @@ fn silent_and_trickling_clients_are_dropped_on_the_idle_deadline() {
     let mut c = Client::connect(addr);
     c.send(HEALTHZ);
     assert_eq!(c.read_response().status, 200);
-    assert!(read_until_closed(&mut silent, Duration::from_secs(2)).is_some(), "silent client kept");
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(2)).is_some(),
+        "silent client kept"
+    );
     let dropped_after = started.elapsed();
-    assert!(dropped_after >= Duration::from_millis(250), "dropped too early: {dropped_after:?}");
-    assert!(trickler.join().expect("trickler"), "the trickling client was never dropped");
+    assert!(
+        dropped_after >= Duration::from_millis(250),
+        "dropped too early: {dropped_after:?}"
+    );
+    assert!(
+        trickler.join().expect("trickler"),
+        "the trickling client was never dropped"
+    );
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     wait_failures(&counters, 2);
     server.shutdown();
@@ -181,7 +199,10 @@ fn a_client_that_rejects_the_certificate_is_counted() {
     let other = TestPki::new(&dir, "other-ca", &["127.0.0.1"]);
     let mut c = Client::connect_tls(server.local_addr(), other.client_config(&[b"http/1.1"]));
     let w = c.reader.get_mut();
-    let err = w.write_all(HEALTHZ).and_then(|()| w.flush()).expect_err("untrusted server");
+    let err = w
+        .write_all(HEALTHZ)
+        .and_then(|()| w.flush())
+        .expect_err("untrusted server");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     wait_failures(&counters, 1);
     let _ = std::fs::remove_dir_all(&dir);

@@ -100,7 +100,9 @@ impl TestServer {
                     match tls {
                         None => serve_connection(conn, &sock, &st),
                         Some(config) => {
-                            let Ok(server) = ServerConnection::new(config) else { return };
+                            let Ok(server) = ServerConnection::new(config) else {
+                                return;
+                            };
                             serve_connection(StreamOwned::new(server, conn), &sock, &st);
                         }
                     }
@@ -534,7 +536,7 @@ fn https_to_a_server_of_a_trusted_ca_delivers_and_keeps_alive() {
     let pki = TestPki::new(&dir, "outbound-test-ca", &["127.0.0.1"]);
     let server = TestServer::start_tls(pki.server_config(&[b"http/1.1"]));
     server.route("/cb", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4, &[pki.ca.clone()]);
+    let (pool, results) = OutboundPool::start(1, 4, std::slice::from_ref(&pki.ca));
     for tag in 0..3 {
         pool.post(request(tag, server.url("/cb"), br#"{"state":"delivered"}"#, 3000))
             .unwrap();
@@ -582,7 +584,10 @@ fn https_tls_failures_are_tls_outcomes_naming_the_error() {
         other => panic!("tag {}: expected a TLS failure, got {other:?}", r.tag),
     };
     let (a, b, c) = (why(&got[0]), why(&got[1]), why(&got[2]));
-    assert!(a.contains("UnknownIssuer") && a.contains(&untrusted.addr.to_string()), "{a}");
+    assert!(
+        a.contains("UnknownIssuer") && a.contains(&untrusted.addr.to_string()),
+        "{a}"
+    );
     assert!(b.contains("not valid for name"), "{b}");
     assert!(!c.is_empty(), "{c}");
     assert!(untrusted.seen().is_empty() && misnamed.seen().is_empty());

@@ -4,6 +4,7 @@
 //!   same data dir, stderr kept for failure messages;
 //! - `http`: the one HTTP client (`HttpConn`) and the Prometheus text readers;
 //! - `mqtt`: a small blocking MQTT client built on the gateway's own codec;
+//! - `tls`: a test CA (rcgen), rustls client configs, and a tiny HTTPS receiver;
 //! - here: the `both_backends!` macro, `accepted`, the prerequisite rule, and small
 //!   helpers (a PRNG for garbage bytes, `raise_nofile`).
 //!
@@ -15,6 +16,7 @@
 pub mod gateway;
 pub mod http;
 pub mod mqtt;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
