@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Receiver;
 
+use crate::api::HttpCounters;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::coordinator::{CoordinatorEnv, CoordinatorGauges};
@@ -32,6 +33,8 @@ pub struct Owners {
     pub shard: ShardEnv,
     pub gauges: Arc<CoordinatorGauges>,
     pub push_ids: Arc<PushIds>,
+    /// The HTTP server's counters (it is started with them; /metrics reads them).
+    pub http: Arc<HttpCounters>,
     /// The receiving end of delivery events, taken once by the push service.
     deliveries: Mutex<Option<Receiver<DeliveryEvent>>>,
 }
@@ -51,6 +54,7 @@ impl Owners {
             shard,
             gauges: Arc::default(),
             push_ids: Arc::new(PushIds::new()),
+            http: Arc::default(),
             deliveries: Mutex::new(Some(deliveries)),
         })
     }
@@ -107,6 +111,7 @@ impl Owners {
             admission: s.admission.clone(),
             auth: s.auth.clone(),
             gauges: self.gauges.clone(),
+            http: self.http.clone(),
             service: service.map(|s| (s.counters.clone(), s.committer.clone())),
         }
     }

@@ -16,6 +16,7 @@ use pulsegate::push::message::Message;
 use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts};
 use pulsegate::shard::env::BackendInUse;
 use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store};
+use pulsegate::tls::{ServerTls, ServerTlsFiles};
 use pulsegate::{shard, sys};
 
 /// Longest the process waits for shard threads after asking them to stop.
@@ -142,7 +143,22 @@ fn main() {
         idle_timeout_ms: cfg.http_idle_timeout_ms,
         max_requests_per_connection: cfg.http_requests_per_connection_max,
     };
-    let http = match HttpServer::start(http_listener, http_config, Arc::new(front)) {
+    // HTTPS: its own rustls config (ALPN http/1.1); `http_tls.reload()` re-reads the files
+    // for connections accepted after it.
+    let http_tls = match http_server_tls(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pulsegate: HTTP API TLS: {e}");
+            std::process::exit(1);
+        }
+    };
+    let http = match HttpServer::start(
+        http_listener,
+        http_config,
+        Arc::new(front),
+        http_tls.clone(),
+        owners.http.clone(),
+    ) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("pulsegate: HTTP API failed to start: {e}");
@@ -183,6 +199,12 @@ fn main() {
     reloads.add("device auth", move || auth_for_reload.reload());
     if let Some(tls) = owners.mqtt_tls() {
         reloads.add("MQTT TLS certificate", move || {
+            tls.reload()
+                .map(|()| format!("reloaded {}", tls.files().cert_file.display()))
+        });
+    }
+    if let Some(tls) = http_tls.clone() {
+        reloads.add("HTTPS certificate", move || {
             tls.reload()
                 .map(|()| format!("reloaded {}", tls.files().cert_file.display()))
         });
@@ -231,6 +253,19 @@ impl Reloads {
             }
         }
     }
+}
+
+/// The HTTP API's TLS identity when `http_tls` is set (validation made sure the files are named).
+fn http_server_tls(cfg: &Config) -> Result<Option<Arc<ServerTls>>, String> {
+    let (true, Some(cert_file), Some(key_file)) = (cfg.http_tls, &cfg.tls_cert_file, &cfg.tls_key_file) else {
+        return Ok(None);
+    };
+    let files = ServerTlsFiles {
+        cert_file: cert_file.clone(),
+        key_file: key_file.clone(),
+        alpn: vec![b"http/1.1".to_vec()],
+    };
+    ServerTls::load(files).map(|t| Some(Arc::new(t)))
 }
 
 /// Writes `text` to `path` so a reader never sees it half-written (write a
@@ -285,6 +320,14 @@ fn start_push_service(
         counters: counters.clone(),
     };
     let deliveries = owners.take_delivery_events().ok_or("delivery events already taken")?;
+    // Read once here, so a bad outbound_ca_file stops the start naming the file.
+    let outbound_roots = pulsegate::tls::client_root_certs(cfg.outbound_ca_file.as_deref())
+        .map_err(|e| format!("outbound_ca_file: {e}"))?;
+    if outbound_roots.is_empty() {
+        eprintln!(
+            "pulsegate: WARNING: no system CA certificates found and no outbound_ca_file: https:// webhooks and callbacks will fail"
+        );
+    }
     let mut mechanisms = vec![mechanism::persistent(cfg.persistent_ack_timeout_ms)];
     mechanisms.extend(cfg.mechanisms.iter().cloned());
     let parts = ServiceParts {
@@ -300,6 +343,7 @@ fn start_push_service(
         },
         counters,
         outbound_workers: cfg.outbound_workers,
+        outbound_roots,
     };
     let stop = stop.clone();
     let thread = std::thread::Builder::new()

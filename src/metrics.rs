@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use crate::api::HttpCounters;
 use crate::auth::{Authenticator, Refusal};
 use crate::coordinator::CoordinatorGauges;
 use crate::delivery::Reporter;
@@ -33,6 +34,8 @@ pub struct MetricsSources {
     /// The device authenticator (accepted and refused CONNECTs, key reloads).
     pub auth: Arc<dyn Authenticator>,
     pub gauges: Arc<CoordinatorGauges>,
+    /// The HTTP API server's own counters.
+    pub http: Arc<HttpCounters>,
     /// The push service's counters and its store's committer, once it runs.
     pub service: Option<(Arc<ServiceCounters>, Arc<GroupCommitter>)>,
 }
@@ -315,6 +318,11 @@ pub fn render(src: &MetricsSources) -> String {
                 &c.callbacks_failed,
             ),
             (
+                "pulsegate_outbound_tls_failures_total",
+                "Webhook and callback POSTs whose TLS handshake failed (unknown CA, name mismatch, alert); retried as other failures.",
+                &c.outbound_tls_failures,
+            ),
+            (
                 "pulsegate_store_errors_total",
                 "Failed store commits of state changes.",
                 &c.store_errors,
@@ -417,6 +425,11 @@ pub fn render(src: &MetricsSources) -> String {
         out,
         "# HELP pulsegate_delivery_events_lost_total Shard events the push service's full channel refused.\n# TYPE pulsegate_delivery_events_lost_total counter\npulsegate_delivery_events_lost_total {}",
         src.reports.lost()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_http_tls_handshake_failures_total HTTPS connections that ended before their TLS handshake completed (bad or plaintext ClientHello, alert, no handshake within the idle timeout).\n# TYPE pulsegate_http_tls_handshake_failures_total counter\npulsegate_http_tls_handshake_failures_total {}",
+        src.http.tls_handshake_failures.load(Relaxed)
     );
     let _ = writeln!(
         out,

@@ -136,22 +136,39 @@ fn build_server(
     Ok(Arc::new(config))
 }
 
-/// What outbound HTTPS trusts: the system's roots (from the usual places,
-/// `SSL_CERT_FILE`/`SSL_CERT_DIR` honoured) plus every certificate in
-/// `ca_file`. Errors only when nothing at all can be trusted or `ca_file` is bad.
-pub fn client_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
+/// The certificates outbound HTTPS trusts, as DER (for clients that build their
+/// own rustls config, like ureq): the system's usable roots (from the usual
+/// places, `SSL_CERT_FILE`/`SSL_CERT_DIR` honoured) then every certificate in
+/// `ca_file`. Errors when `ca_file` cannot be read or holds a certificate that is
+/// not a usable trust anchor; an empty list (no system roots, no file) is not an
+/// error here.
+pub fn client_root_certs(ca_file: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut probe = RootCertStore::empty();
+    let mut certs = Vec::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
         // A malformed system certificate is skipped, as every TLS client does.
-        let _ = roots.add(cert);
+        if probe.add(cert.clone()).is_ok() {
+            certs.push(cert);
+        }
     }
     if let Some(path) = ca_file {
         for cert in read_certs(path)? {
-            roots
-                .add(cert)
+            probe
+                .add(cert.clone())
                 .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            certs.push(cert);
         }
+    }
+    Ok(certs)
+}
+
+/// What outbound HTTPS trusts (`client_root_certs` as a store). Errors only when
+/// nothing at all can be trusted or `ca_file` is bad.
+pub fn client_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in client_root_certs(ca_file)? {
+        // Each one was added to a store once already.
+        let _ = roots.add(cert);
     }
     if roots.is_empty() {
         return Err("no trusted CA certificates: no system roots found and no outbound_ca_file".into());
@@ -168,6 +185,85 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Test certificates for the crate's own tests: a CA and a server identity it
+/// signed, written as PEM files, plus the rustls configs both sides need.
+#[cfg(test)]
+pub(crate) mod test_pki {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+    use rustls::pki_types::CertificateDer;
+    use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+    use super::{ServerTls, ServerTlsFiles, provider};
+
+    /// A CA and one server certificate it issued, as files in `dir`.
+    pub(crate) struct TestPki {
+        pub ca_file: PathBuf,
+        pub ca: CertificateDer<'static>,
+        pub cert_file: PathBuf,
+        pub key_file: PathBuf,
+    }
+
+    impl TestPki {
+        /// A fresh CA named `ca_name` and a server certificate for `names` (IPs or DNS).
+        pub(crate) fn new(dir: &Path, ca_name: &str, names: &[&str]) -> TestPki {
+            std::fs::create_dir_all(dir).expect("test PKI dir");
+            let ca_key = KeyPair::generate().expect("CA key");
+            let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+            ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+            let key = KeyPair::generate().expect("server key");
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).expect("server params");
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("server certificate");
+            let pki = TestPki {
+                ca_file: dir.join(format!("{ca_name}.pem")),
+                ca: ca.der().clone(),
+                cert_file: dir.join("server.pem"),
+                key_file: dir.join("server.key"),
+            };
+            std::fs::write(&pki.ca_file, ca.pem()).expect("write CA");
+            std::fs::write(&pki.cert_file, cert.pem()).expect("write cert");
+            std::fs::write(&pki.key_file, key.serialize_pem()).expect("write key");
+            pki
+        }
+
+        pub(crate) fn files(&self, alpn: &[&[u8]]) -> ServerTlsFiles {
+            ServerTlsFiles {
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+                alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            }
+        }
+
+        pub(crate) fn server_tls(&self, alpn: &[&[u8]]) -> ServerTls {
+            ServerTls::load(self.files(alpn)).expect("test server TLS")
+        }
+
+        pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+            self.server_tls(alpn).current()
+        }
+
+        /// A client trusting only this CA, offering `alpn`.
+        pub(crate) fn client_config(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.ca.clone()).expect("test CA is a trust anchor");
+            let mut config = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +323,22 @@ mod tests {
         std::fs::write(&files.cert_file, "").unwrap();
         let err = ServerTls::load(files).err().unwrap();
         assert!(err.contains("no CERTIFICATE"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_named() {
+        let dir = temp_dir("bad-ca");
+        let path = dir.join("ca.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = client_root_certs(Some(&path)).unwrap_err();
+        assert!(err.contains("ca.pem"), "{err}");
+        let err = client_root_certs(Some(&dir.join("absent.pem"))).unwrap_err();
+        assert!(err.contains("absent.pem"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

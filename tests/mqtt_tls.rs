@@ -15,14 +15,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::tls::{TestPki, TlsStream, client_config, handshake_kind, tls_client, tls_connect};
+use common::tls::{TestCa, TlsStream, handshake_kind, mqtt_client_config, tls_client, tls_connect};
 use common::*;
 use rustls::HandshakeKind;
 use rustls::version::{TLS12, TLS13};
 
 struct TlsGateway {
     gw: Gateway,
-    pki: TestPki,
+    pki: TestCa,
     addr: std::net::SocketAddr,
 }
 
@@ -36,8 +36,8 @@ fn scratch(name: &str) -> std::path::PathBuf {
 }
 
 fn start(backend: &str, shards: usize, extra: &[&str]) -> TlsGateway {
-    let pki = TestPki::new(&scratch(backend));
-    let mut args: Vec<String> = pki.gateway_args();
+    let pki = TestCa::new(&scratch(backend), "mqtt-ca");
+    let mut args: Vec<String> = pki.mqtt_tls_args();
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let gw = Spawn::new(backend).shards(shards).args(&args).start();
@@ -69,7 +69,7 @@ fn connack_push_and_ping_over_tls12_and_tls13(backend: &str) {
     let g = start(backend, 2, &[]);
     let mut n = 0;
     for (versions, alpn) in [(&[&TLS13][..], true), (&[&TLS12][..], true), (&[&TLS13][..], false)] {
-        let config = g.pki.client_config(versions, alpn);
+        let config = g.pki.mqtt_client_config(versions, alpn);
         for version in [V311, V5] {
             n += 1;
             let id = format!("tls-{n}");
@@ -97,7 +97,7 @@ fn connack_push_and_ping_over_tls12_and_tls13(backend: &str) {
 
 fn session_takeover_over_tls(backend: &str) {
     let g = start(backend, 2, &[]);
-    let config = g.pki.client_config(&[&TLS13], true);
+    let config = g.pki.mqtt_client_config(&[&TLS13], true);
     let mut old = g.connect(&config, &ConnectOpts::new(V5, "twin"));
     let mut new = g.connect(&config, &ConnectOpts::new(V5, "twin"));
     let got = old.expect_closed(WAIT);
@@ -113,7 +113,7 @@ fn session_takeover_over_tls(backend: &str) {
 fn second_connect_resumes_the_session(backend: &str) {
     let g = start(backend, 2, &[]);
     for (versions, name) in [(&[&TLS13][..], "13"), (&[&TLS12][..], "12")] {
-        let config = g.pki.client_config(versions, true);
+        let config = g.pki.mqtt_client_config(versions, true);
         let mut first = g.connect(&config, &ConnectOpts::new(V311, &format!("resume-{name}")));
         assert_eq!(handshake_kind(&first), Some(HandshakeKind::Full));
         first.ping();
@@ -133,10 +133,10 @@ fn second_connect_resumes_the_session(backend: &str) {
 
 fn a_client_that_does_not_trust_the_ca_refuses(backend: &str) {
     let g = start(backend, 1, &[]);
-    let config = g.pki.client_config(&[&TLS13], true);
+    let config = g.pki.mqtt_client_config(&[&TLS13], true);
     let mut good = g.connect(&config, &ConnectOpts::new(V5, "trusting"));
-    let other = TestPki::new(&scratch("other-ca"));
-    let untrusting = other.client_config(&[&TLS13], true);
+    let other = TestCa::new(&scratch("other-ca"), "mqtt-ca");
+    let untrusting = other.mqtt_client_config(&[&TLS13], true);
     let err = tls_connect(g.addr, &untrusting)
         .map(|_| ())
         .expect_err("the handshake fails");
@@ -146,7 +146,7 @@ fn a_client_that_does_not_trust_the_ca_refuses(backend: &str) {
     // A client offering only another ALPN protocol is refused too.
     let mut roots = rustls::RootCertStore::empty();
     roots.add(g.pki.ca_der.clone()).unwrap();
-    let mut wrong_alpn = (*client_config(roots, &[&TLS13], false)).clone();
+    let mut wrong_alpn = (*mqtt_client_config(roots, &[&TLS13], false)).clone();
     wrong_alpn.alpn_protocols = vec![b"h2".to_vec()];
     assert!(tls_connect(g.addr, &std::sync::Arc::new(wrong_alpn)).is_err());
     g.gw.wait_metric("pulsegate_tls_handshake_failures_total", WAIT, |v| v == 2);
@@ -176,7 +176,7 @@ fn expect_eof(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
 fn garbage_and_oversize_records_close_only_their_connection(backend: &str) {
     // One shard: every connection below is on the same shard as `good`.
     let g = start(backend, 1, &[]);
-    let config = g.pki.client_config(&[&TLS13], true);
+    let config = g.pki.mqtt_client_config(&[&TLS13], true);
     let mut good = g.connect(&config, &ConnectOpts::new(V5, "bystander").keepalive(60));
 
     // Plain MQTT CONNECT on the TLS port: not a ClientHello.
@@ -223,7 +223,7 @@ fn the_connect_timeout_covers_the_handshake(backend: &str) {
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
     assert_eq!(g.gw.closes("connect_timeout"), 1);
     // A handshake that completes but never sends CONNECT also times out.
-    let config = g.pki.client_config(&[&TLS13], true);
+    let config = g.pki.mqtt_client_config(&[&TLS13], true);
     let mut c = tls_client(g.addr, &config, V5);
     assert!(matches!(c.recv(Duration::from_secs(5)), Err(RecvError::Closed)));
     assert_eq!(g.gw.closes("connect_timeout"), 2);
@@ -241,12 +241,12 @@ both_backends!(
 #[test]
 fn a_bad_certificate_file_stops_start_up_naming_the_file() {
     let dir = scratch("badcert");
-    let pki = TestPki::new(&dir);
+    let pki = TestCa::new(&dir, "mqtt-ca");
     std::fs::write(&pki.key_file, "not a key").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulsegate"))
         .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(["--data-dir", dir.join("data").to_str().unwrap()])
-        .args(pki.gateway_args())
+        .args(pki.mqtt_tls_args())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -358,7 +358,7 @@ fn handshake_in_memory(
 fn measure_heap_per_idle_tls_connection() {
     use pulsegate::tls::{ServerTls, ServerTlsFiles};
     const N: usize = 1000;
-    let pki = TestPki::new(&scratch("heap"));
+    let pki = TestCa::new(&scratch("heap"), "mqtt-ca");
     let server = ServerTls::load(ServerTlsFiles {
         cert_file: pki.cert_file.clone(),
         key_file: pki.key_file.clone(),
@@ -366,7 +366,7 @@ fn measure_heap_per_idle_tls_connection() {
     })
     .unwrap();
     for (name, versions) in [("TLS 1.3", &[&TLS13][..]), ("TLS 1.2", &[&TLS12][..])] {
-        let client = pki.client_config(versions, true);
+        let client = pki.mqtt_client_config(versions, true);
         let config = server.current();
         // Warm-up: one-time allocations (the session cache's table, lazy statics).
         let mut warm = pulsegate::shard::tls_conn::TlsConns::default();
@@ -460,7 +460,7 @@ fn measure_rss_per_idle_tls_connection() {
     raise_nofile();
     for backend in ["uring", "epoll"] {
         let g = start(backend, 1, &["--max-connections", "10000"]);
-        let config = g.pki.client_config(&[&TLS13], true);
+        let config = g.pki.mqtt_client_config(&[&TLS13], true);
         // Warm-up: pools, buffer rings and the first slab pages.
         let mut warm: Vec<_> = (0..64)
             .map(|i| g.connect(&config, &ConnectOpts::new(V311, &format!("warm-{i}"))))

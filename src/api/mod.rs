@@ -1,18 +1,30 @@
 //! HTTP/1.1 API of pulsegate: the contract between the HTTP front door and the rest of the
-//! gateway (`Gateway`, `PushRequest`, `PushError`, `HttpConfig`) plus the `HttpServer` handle.
+//! gateway (`Gateway`, `PushRequest`, `PushError`, `HttpConfig`, `HttpCounters`) plus the
+//! `HttpServer` handle; HTTPS when started with a `tls::ServerTls`.
 //!
 //! Owns: the public types of the API module and the module layout.
 //! Must never: hold socket I/O, HTTP parsing or routing logic, or name anything outside this
-//! module (it is copied verbatim to `src/api/` of the gateway crate, so only `super::` paths).
+//! module but the layer below it (`crate::tls` for the server certificate).
 
 mod request;
 mod response;
 mod routes;
 mod server;
+mod stream;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::AtomicU64;
+
 pub use server::HttpServer;
+
+/// The HTTP server's own counters (relaxed atomics), read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Connections that ended before their TLS handshake completed (bad or plaintext
+    /// ClientHello, an alert, no handshake within the idle timeout, the client left).
+    pub tls_handshake_failures: AtomicU64,
+}
 
 /// Who is calling: the SP an API key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]

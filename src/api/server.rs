@@ -1,7 +1,9 @@
 //! Sockets and threads: one acceptor thread (nonblocking listener polled every 10 ms) and one
 //! blocking thread per connection, capped at `max_connections`. Runs the keep-alive loop:
 //! bounded head buffer, bodies from Content-Length, pipelined requests in order, idle and
-//! slowloris deadlines, graceful close, and a shutdown bounded in time.
+//! slowloris deadlines, graceful close, and a shutdown bounded in time. With TLS each
+//! connection is a `stream::Stream::Tls` made from the config current at accept; the TLS
+//! handshake is read through the same loop, so the idle deadline bounds it too.
 //!
 //! Owns: connection lifecycle, reading and buffering, timeouts, writing responses.
 //! Must never: interpret paths or bodies (that is `routes`), parse headers itself (that is
@@ -17,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use super::request::{self, HeadError, RequestHead};
 use super::response::{CONTINUE, Response};
-use super::{Gateway, HttpConfig, routes};
+use super::stream::Stream;
+use super::{Gateway, HttpConfig, HttpCounters, routes};
+use crate::tls::ServerTls;
 
 /// How often the acceptor checks for new connections and for shutdown.
 const ACCEPT_POLL: Duration = Duration::from_millis(10);
@@ -34,6 +38,11 @@ const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// Bounds on the acceptor's own 503 answer when over capacity (it must not stall accepting).
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 const REJECT_LINGER: Duration = Duration::from_millis(50);
+/// Over capacity with TLS the 503 needs a handshake first: that runs on its own thread
+/// (never on the acceptor), at most this many at once (beyond: closed without a word),
+/// each within this budget.
+const TLS_REJECTS_MAX: usize = 8;
+const TLS_REJECT_BUDGET: Duration = Duration::from_millis(500);
 /// Responses must drain within this; a client that does not read is dropped.
 const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 8 * 1024;
@@ -41,7 +50,12 @@ const READ_CHUNK: usize = 8 * 1024;
 struct Shared {
     stopping: AtomicBool,
     active: AtomicUsize,
+    /// TLS 503 answers in flight (threads of `reject_tls`).
+    rejecting: AtomicUsize,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Where new connections get their TLS config (None: plain HTTP).
+    tls: Option<Arc<ServerTls>>,
+    counters: Arc<HttpCounters>,
 }
 
 impl Shared {
@@ -65,16 +79,26 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Takes an already-bound listener (the gateway binds it so the port is known before start).
-    /// Serves until `shutdown()`; returns an error only if it cannot start (including a config
-    /// with a zero limit: `InvalidInput`).
-    pub fn start(listener: TcpListener, config: HttpConfig, gateway: Arc<dyn Gateway>) -> io::Result<HttpServer> {
+    /// With `tls` it serves HTTPS only: each new connection uses `tls.current()`, so a
+    /// `reload()` applies to connections accepted after it. Serves until `shutdown()`; returns
+    /// an error only if it cannot start (including a config with a zero limit: `InvalidInput`).
+    pub fn start(
+        listener: TcpListener,
+        config: HttpConfig,
+        gateway: Arc<dyn Gateway>,
+        tls: Option<Arc<ServerTls>>,
+        counters: Arc<HttpCounters>,
+    ) -> io::Result<HttpServer> {
         validate(&config)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            rejecting: AtomicUsize::new(0),
             workers: Mutex::new(Vec::new()),
+            tls,
+            counters,
         });
         let acceptor = thread::Builder::new().name("api-accept".into()).spawn({
             let shared = Arc::clone(&shared);
@@ -163,15 +187,26 @@ impl Drop for ActiveGuard {
     }
 }
 
-fn admit(stream: TcpStream, config: &HttpConfig, gateway: &Arc<dyn Gateway>, shared: &Arc<Shared>) {
+fn admit(tcp: TcpStream, config: &HttpConfig, gateway: &Arc<dyn Gateway>, shared: &Arc<Shared>) {
     // Accepted sockets may inherit the listener's nonblocking mode on some platforms.
-    if stream.set_nonblocking(false).is_err() {
+    if tcp.set_nonblocking(false).is_err() {
         return;
     }
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let stream = match &shared.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => match Stream::tls(tcp, tls.current()) {
+            Ok(s) => s,
+            // Only a config rustls refuses fails here; the socket closes.
+            Err(_) => return,
+        },
+    };
     // Only this thread increments, so the check cannot be raced past the cap.
     if shared.active.load(Ordering::SeqCst) >= config.max_connections {
-        reject(stream);
+        match stream {
+            Stream::Plain(tcp) => reject(tcp),
+            tls @ Stream::Tls(_) => reject_tls(tls, shared),
+        }
         return;
     }
     shared.active.fetch_add(1, Ordering::SeqCst);
@@ -194,20 +229,84 @@ fn admit(stream: TcpStream, config: &HttpConfig, gateway: &Arc<dyn Gateway>, sha
     }
 }
 
+fn too_many_connections() -> Response {
+    Response::error(503, "too_many_connections", "too many concurrent connections").with_header("Retry-After", "1")
+}
+
 /// Over capacity: answer 503 and close, with tight bounds since this runs on the acceptor.
 fn reject(mut stream: TcpStream) {
-    let resp =
-        Response::error(503, "too_many_connections", "too many concurrent connections").with_header("Retry-After", "1");
-    if stream.set_write_timeout(Some(REJECT_WRITE_TIMEOUT)).is_ok() && stream.write_all(&resp.to_bytes(false)).is_ok() {
-        linger(&mut stream, REJECT_LINGER);
+    if stream.set_write_timeout(Some(REJECT_WRITE_TIMEOUT)).is_ok()
+        && stream.write_all(&too_many_connections().to_bytes(false)).is_ok()
+        && stream.shutdown(Shutdown::Write).is_ok()
+    {
+        linger(&stream, REJECT_LINGER);
     }
 }
 
-/// Half-close and drain briefly so the peer reads our last response before the socket closes.
-fn linger(stream: &mut TcpStream, max: Duration) {
-    if stream.shutdown(Shutdown::Write).is_err() {
+/// Over capacity with TLS: handshake, 503, close, on a short-lived thread of its own (at most
+/// `TLS_REJECTS_MAX`, each within `TLS_REJECT_BUDGET`); beyond that the socket just closes.
+fn reject_tls(mut stream: Stream, shared: &Arc<Shared>) {
+    if shared.rejecting.load(Ordering::SeqCst) >= TLS_REJECTS_MAX {
         return;
     }
+    shared.rejecting.fetch_add(1, Ordering::SeqCst);
+    let owner = Arc::clone(shared);
+    let spawned = thread::Builder::new().name("api-reject".into()).spawn(move || {
+        let deadline = Instant::now() + TLS_REJECT_BUDGET;
+        if handshake(&mut stream, deadline, &owner.stopping)
+            && stream.tcp().set_write_timeout(Some(REJECT_WRITE_TIMEOUT)).is_ok()
+            && stream.send(&too_many_connections().to_bytes(false)).is_ok()
+            && stream.close_write().is_ok()
+        {
+            linger(stream.tcp(), REJECT_LINGER);
+        }
+        if stream.handshaking() && !owner.stopping() {
+            owner.counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        owner.rejecting.fetch_sub(1, Ordering::SeqCst);
+    });
+    match spawned {
+        Ok(handle) => shared.workers().push(handle),
+        // The closure (and the stream) is gone: undo the count.
+        Err(_) => {
+            shared.rejecting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Drives a TLS handshake to its end (true) or until `deadline`, an error, EOF or shutdown.
+/// Application bytes that arrive with it are discarded (the caller only answers).
+fn handshake(stream: &mut Stream, deadline: Instant, stopping: &AtomicBool) -> bool {
+    let mut sink = [0u8; 1024];
+    while stream.handshaking() {
+        let now = Instant::now();
+        if now >= deadline || stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        if stream
+            .tcp()
+            .set_read_timeout(Some((deadline - now).min(READ_SLICE)))
+            .is_err()
+        {
+            return false;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// After our FIN: drain briefly so the peer reads our last response before the socket closes
+/// (raw bytes: with TLS, the records the peer still sends are not decrypted).
+fn linger(mut stream: &TcpStream, max: Duration) {
     let deadline = Instant::now() + max;
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
@@ -243,7 +342,7 @@ enum ReadEnd {
 }
 
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read but not consumed yet: the current head, a body, pipelined requests.
     buf: Vec<u8>,
     config: HttpConfig,
@@ -259,15 +358,30 @@ impl Connection {
     }
 
     fn serve(mut self) {
+        self.keep_alive_loop();
+        // Ended before the handshake completed: a bad or plaintext ClientHello, an alert, a
+        // client that never finished in time or went away. Shutdown is not the client's fault.
+        if self.stream.handshaking() && !self.shared.stopping() {
+            self.shared
+                .counters
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn keep_alive_loop(&mut self) {
         let write_timeout = self.idle_timeout().min(MAX_WRITE_TIMEOUT);
-        if self.stream.set_write_timeout(Some(write_timeout)).is_err() {
+        if self.stream.tcp().set_write_timeout(Some(write_timeout)).is_err() {
             return;
         }
         let mut served: u32 = 0;
         loop {
             let head = match self.read_head() {
                 Ok(head) => head,
-                Err(ReadEnd::Silent) => return,
+                Err(ReadEnd::Silent) => {
+                    self.stream.close_notify();
+                    return;
+                }
                 Err(ReadEnd::Answer(resp)) => {
                     self.finish(&resp);
                     return;
@@ -342,7 +456,7 @@ impl Connection {
         if head.expect_continue
             && head.minor_version >= 1
             && self.buf.len() < len
-            && self.stream.write_all(CONTINUE).is_err()
+            && self.stream.send(CONTINUE).is_err()
         {
             return false;
         }
@@ -361,7 +475,7 @@ impl Connection {
         if !keep_alive {
             return self.finish(&resp);
         }
-        self.stream.write_all(&resp.to_bytes(true)).is_ok()
+        self.stream.send(&resp.to_bytes(true)).is_ok()
     }
 
     fn read_body(&mut self, len: usize) -> Result<Vec<u8>, ReadEnd> {
@@ -398,6 +512,7 @@ impl Connection {
             }
             if self
                 .stream
+                .tcp()
                 .set_read_timeout(Some((limit - now).min(READ_SLICE)))
                 .is_err()
             {
@@ -422,8 +537,8 @@ impl Connection {
     /// Sends a last response with `Connection: close` and closes gracefully. Returns false
     /// (the connection does not continue) so callers can `return self.finish(..)`.
     fn finish(&mut self, resp: &Response) -> bool {
-        if self.stream.write_all(&resp.to_bytes(false)).is_ok() {
-            linger(&mut self.stream, LINGER);
+        if self.stream.send(&resp.to_bytes(false)).is_ok() && self.stream.close_write().is_ok() {
+            linger(self.stream.tcp(), LINGER);
         }
         false
     }

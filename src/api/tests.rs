@@ -1,20 +1,31 @@
 //! End-to-end tests of the API module over real sockets on 127.0.0.1 (port 0), against a fake
-//! `Gateway` that records every call and answers as each test configures it.
+//! `Gateway` that records every call and answers as each test configures it. Every behaviour
+//! test also runs over HTTPS (`tls_tests` sets `OVER_TLS` and calls it): `start` then serves
+//! TLS and `Client::connect` speaks TLS to it.
 //!
-//! Owns: the fake gateway, a tiny blocking test client, and the behaviour tests.
+//! Owns: the fake gateway, a tiny blocking test client (plain or rustls), and the behaviour tests.
 //! Must never: leave a server running (each test shuts its own down), wait without a socket
 //! timeout, or reach any address but loopback.
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::{Value, json};
 
-use super::{ApiError, Caller, Gateway, HttpConfig, HttpServer};
+use super::{ApiError, Caller, Gateway, HttpConfig, HttpCounters, HttpServer};
+use crate::tls::ServerTls;
+use crate::tls::test_pki::TestPki;
+
+#[path = "tls_tests.rs"]
+mod tls_tests;
 
 /// The `Authorization` value every helper-built request carries.
 const KEY: &str = "Bearer test-key";
@@ -161,15 +172,53 @@ fn config() -> HttpConfig {
     }
 }
 
+thread_local! {
+    /// Set by a `tls_tests` wrapper: this test's `start` serves HTTPS.
+    static OVER_TLS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Client configs of the HTTPS servers tests started, by address (`Client::connect` looks here).
+fn tls_servers() -> MutexGuard<'static, HashMap<SocketAddr, Arc<ClientConfig>>> {
+    static SERVERS: OnceLock<Mutex<HashMap<SocketAddr, Arc<ClientConfig>>>> = OnceLock::new();
+    lock(SERVERS.get_or_init(Mutex::default))
+}
+
+/// One test CA and server identity (127.0.0.1) for the whole test binary.
+fn test_pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pulsegate-api-tls-{}", std::process::id()));
+        TestPki::new(&dir, "api-test-ca", &["127.0.0.1"])
+    })
+}
+
 fn start(config: HttpConfig) -> (HttpServer, Arc<FakeGateway>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let gateway = Arc::new(FakeGateway::default());
-    let server = HttpServer::start(listener, config, gateway.clone()).expect("server starts");
+    let tls = OVER_TLS.get().then(|| Arc::new(test_pki().server_tls(&[b"http/1.1"])));
+    let (server, gateway, _) = start_with(config, tls);
     (server, gateway)
 }
 
+/// A server over `tls` (registered for `Client::connect`, trusting the test CA) or plain.
+fn start_with(config: HttpConfig, tls: Option<Arc<ServerTls>>) -> (HttpServer, Arc<FakeGateway>, Arc<HttpCounters>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let gateway = Arc::new(FakeGateway::default());
+    let counters = Arc::new(HttpCounters::default());
+    let over_tls = tls.is_some();
+    let server = HttpServer::start(listener, config, gateway.clone(), tls, counters.clone()).expect("server starts");
+    if over_tls {
+        tls_servers().insert(server.local_addr(), test_pki().client_config(&[b"http/1.1"]));
+    }
+    (server, gateway, counters)
+}
+
+/// What a test client reads and writes: a socket, or rustls over one.
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
 struct Client {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Duplex>>,
+    /// The socket under `reader`, for timeouts.
+    tcp: TcpStream,
 }
 
 #[derive(Debug)]
@@ -206,7 +255,35 @@ impl Resp {
 }
 
 impl Client {
+    /// Plain TCP, or TLS when `addr` is an HTTPS server a test started.
     fn connect(addr: SocketAddr) -> Client {
+        let tls = tls_servers().get(&addr).cloned();
+        match tls {
+            Some(config) => Client::connect_tls(addr, config),
+            None => {
+                let stream = Client::tcp(addr);
+                let tcp = stream.try_clone().expect("clone socket");
+                Client {
+                    reader: BufReader::new(Box::new(stream)),
+                    tcp,
+                }
+            }
+        }
+    }
+
+    /// TLS with `config` (the handshake happens at the first write or read).
+    fn connect_tls(addr: SocketAddr, config: Arc<ClientConfig>) -> Client {
+        let stream = Client::tcp(addr);
+        let tcp = stream.try_clone().expect("clone socket");
+        let name = ServerName::from(addr.ip());
+        let conn = ClientConnection::new(config, name).expect("client connection");
+        Client {
+            reader: BufReader::new(Box::new(StreamOwned::new(conn, stream))),
+            tcp,
+        }
+    }
+
+    fn tcp(addr: SocketAddr) -> TcpStream {
         let stream = TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -214,13 +291,14 @@ impl Client {
         stream
             .set_write_timeout(Some(Duration::from_secs(5)))
             .expect("write timeout");
-        Client {
-            reader: BufReader::new(stream),
-        }
+        stream
     }
 
     fn send(&mut self, raw: impl AsRef<[u8]>) {
-        self.reader.get_mut().write_all(raw.as_ref()).expect("send request");
+        let w = self.reader.get_mut();
+        w.write_all(raw.as_ref())
+            .and_then(|()| w.flush())
+            .expect("send request");
     }
 
     /// Reads one final response, skipping interim 1xx ones (`read_one` returns those).
@@ -270,8 +348,7 @@ impl Client {
     /// True if the server closes the connection (EOF or reset) within `within`.
     fn closed_within(&mut self, within: Duration) -> bool {
         let start = Instant::now();
-        let stream = self.reader.get_ref();
-        stream.set_read_timeout(Some(within)).expect("read timeout");
+        self.tcp.set_read_timeout(Some(within)).expect("read timeout");
         let mut byte = [0u8; 1];
         let result = self.reader.read(&mut byte);
         match result {
@@ -1013,7 +1090,7 @@ fn zero_limits_refuse_to_start() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let mut cfg = config();
         zero(&mut cfg);
-        let err = HttpServer::start(listener, cfg, Arc::new(FakeGateway::default()))
+        let err = HttpServer::start(listener, cfg, Arc::new(FakeGateway::default()), None, Arc::default())
             .err()
             .unwrap_or_else(|| panic!("zero {name} is refused"));
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name}");

@@ -6,7 +6,9 @@
 //! application servers' callback URLs. It must never block the caller (the
 //! MQTT side), never follow redirects, never retry on its own (retry policy
 //! belongs to the delivery layer), and never let one request run past its
-//! `timeout_ms`.
+//! `timeout_ms`. `https://` URLs go over rustls, trusting exactly the roots the
+//! pool was started with (system roots plus `outbound_ca_file`, read once at
+//! start-up by the caller); a TLS failure is `PostOutcome::Tls`, never a hang.
 
 mod pool;
 #[cfg(test)]
@@ -43,8 +45,11 @@ pub enum PostOutcome {
     ConnectFailed(String),
     /// The URL is not an absolute http:// or https:// URL with a host.
     BadUrl(String),
-    /// Anything else: protocol errors, invalid headers, TLS unavailable,
-    /// connection reset mid-request, or the request was still queued at shutdown.
+    /// The TLS handshake failed: the text is rustls' error (e.g. "invalid peer
+    /// certificate: UnknownIssuer", a name mismatch, an alert from the server).
+    Tls(String),
+    /// Anything else: protocol errors, invalid headers, connection reset
+    /// mid-request, or the request was still queued at shutdown.
     Other(String),
 }
 

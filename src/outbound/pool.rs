@@ -1,6 +1,7 @@
 //! The worker pool behind `OutboundPool`: a bounded request queue, N worker
-//! threads sharing one keep-alive `ureq::Agent`, and the mapping of ureq
-//! results/errors onto `PostOutcome`.
+//! threads sharing one keep-alive `ureq::Agent` (rustls for https://, over the
+//! roots it is started with), and the mapping of ureq results/errors onto
+//! `PostOutcome`.
 //!
 //! It must never block in `post`, never follow redirects, never retry, never
 //! read more than `RESPONSE_DRAIN_MAX` bytes of a response body, and never run
@@ -14,6 +15,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rustls::pki_types::CertificateDer;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 use super::{PostOutcome, PostRequest, PostResult};
 
@@ -43,13 +46,19 @@ pub struct OutboundPool {
 
 impl OutboundPool {
     /// `workers` threads (at least 1); at most `queue_max` requests waiting
-    /// (requests being sent do not count). Results go to the returned receiver.
-    pub fn start(workers: usize, queue_max: usize) -> (OutboundPool, Receiver<PostResult>) {
+    /// (requests being sent do not count). `https://` servers are trusted when
+    /// their chain ends in one of `roots` (`tls::client_root_certs`; an empty
+    /// list trusts nothing). Results go to the returned receiver.
+    pub fn start(
+        workers: usize,
+        queue_max: usize,
+        roots: &[CertificateDer<'static>],
+    ) -> (OutboundPool, Receiver<PostResult>) {
         let workers = workers.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<PostRequest>(queue_max);
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<PostResult>();
         let stopping = Arc::new(AtomicBool::new(false));
-        let agent = build_agent(workers);
+        let agent = build_agent(workers, roots);
 
         let handles = (0..workers)
             .map(|i| {
@@ -119,8 +128,15 @@ impl Drop for OutboundPool {
     }
 }
 
-fn build_agent(workers: usize) -> ureq::Agent {
+fn build_agent(workers: usize, roots: &[CertificateDer<'static>]) -> ureq::Agent {
+    let roots: Vec<Certificate<'static>> = roots.iter().map(|c| Certificate::from_der(c).to_owned()).collect();
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(crate::tls::provider())
+        .root_certs(RootCerts::new_with_certs(&roots))
+        .build();
     ureq::Agent::config_builder()
+        .tls_config(tls)
         // Any status is a result, not an error.
         .http_status_as_error(false)
         // A 3xx is just a status: never follow (0 also means never an error).
@@ -190,8 +206,20 @@ fn execute(agent: &ureq::Agent, request: &PostRequest) -> PostOutcome {
                 },
             }
         }
-        Err(e) => map_error(e),
+        Err(e) => match map_error(e) {
+            // Name the server (not the path: it may carry a token) with the TLS error.
+            PostOutcome::Tls(why) => PostOutcome::Tls(format!("{}: {why}", authority(&request.url))),
+            other => other,
+        },
     }
+}
+
+/// `host:port` of a URL `check_url` accepted.
+fn authority(url: &str) -> String {
+    url.parse::<ureq::http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.to_string()))
+        .unwrap_or_default()
 }
 
 /// Accepts only absolute http:// and https:// URLs with a host.
@@ -214,6 +242,12 @@ fn map_error(e: ureq::Error) -> PostOutcome {
     use ureq::Error as E;
     match e {
         E::Timeout(_) => PostOutcome::Timeout,
+        E::Rustls(tls) => PostOutcome::Tls(tls.to_string()),
+        E::Tls(what) => PostOutcome::Tls(what.to_string()),
+        // rustls reports handshake failures through the transport as InvalidData.
+        E::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+            PostOutcome::Tls(io.get_ref().map_or_else(String::new, ToString::to_string))
+        }
         E::Io(io) => match io.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => PostOutcome::Timeout,
             io::ErrorKind::ConnectionRefused
@@ -226,7 +260,6 @@ fn map_error(e: ureq::Error) -> PostOutcome {
         E::HostNotFound => PostOutcome::ConnectFailed("host not found".to_string()),
         E::ConnectionFailed => PostOutcome::ConnectFailed("connection failed".to_string()),
         E::BadUri(s) | E::RequireHttpsOnly(s) => PostOutcome::BadUrl(s),
-        E::Tls(s) => PostOutcome::Other(format!("tls: {s}")),
         other => PostOutcome::Other(other.to_string()),
     }
 }

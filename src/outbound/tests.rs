@@ -1,4 +1,5 @@
-//! Tests for the outbound pool against a tiny local HTTP/1.1 server.
+//! Tests for the outbound pool against a tiny local HTTP/1.1 server (plain, or
+//! HTTPS with rustls and a certificate from a test CA).
 //!
 //! Owns the test server (loopback only, 127.0.0.1:0) and the tests. It must
 //! never reach any address but 127.0.0.1, and every wait in it is bounded.
@@ -12,8 +13,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use super::{OutboundPool, PostOutcome, PostRequest, PostResult};
+use crate::tls::test_pki::TestPki;
 
 /// Longest any test waits for one result.
 const RESULT_WAIT: Duration = Duration::from_secs(10);
@@ -59,10 +62,20 @@ struct ServerState {
 struct TestServer {
     addr: SocketAddr,
     state: Arc<ServerState>,
+    tls: bool,
 }
 
 impl TestServer {
     fn start() -> TestServer {
+        TestServer::start_with(None)
+    }
+
+    /// HTTPS with `config` (a connection whose handshake fails is counted, then dropped).
+    fn start_tls(config: Arc<ServerConfig>) -> TestServer {
+        TestServer::start_with(Some(config))
+    }
+
+    fn start_with(tls: Option<Arc<ServerConfig>>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(ServerState {
@@ -72,6 +85,7 @@ impl TestServer {
             stop: AtomicBool::new(false),
         });
         let st = Arc::clone(&state);
+        let tls_on = tls.is_some();
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.stop.load(Ordering::Acquire) {
@@ -80,10 +94,26 @@ impl TestServer {
                 let Ok(conn) = conn else { continue };
                 st.connections.fetch_add(1, Ordering::AcqRel);
                 let st = Arc::clone(&st);
-                thread::spawn(move || serve_connection(conn, &st));
+                let tls = tls.clone();
+                thread::spawn(move || {
+                    let Ok(sock) = conn.try_clone() else { return };
+                    match tls {
+                        None => serve_connection(conn, &sock, &st),
+                        Some(config) => {
+                            let Ok(server) = ServerConnection::new(config) else {
+                                return;
+                            };
+                            serve_connection(StreamOwned::new(server, conn), &sock, &st);
+                        }
+                    }
+                });
             }
         });
-        TestServer { addr, state }
+        TestServer {
+            addr,
+            state,
+            tls: tls_on,
+        }
     }
 
     fn route(&self, path: &str, behavior: Behavior) {
@@ -91,7 +121,8 @@ impl TestServer {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -124,7 +155,7 @@ impl Drop for TestServer {
 }
 
 /// Reads one line, tolerating the idle read timeout; None on EOF/stop/error.
-fn read_line(reader: &mut BufReader<TcpStream>, state: &ServerState) -> Option<String> {
+fn read_line(reader: &mut impl BufRead, state: &ServerState) -> Option<String> {
     let mut line = String::new();
     loop {
         match reader.read_line(&mut line) {
@@ -140,9 +171,9 @@ fn read_line(reader: &mut BufReader<TcpStream>, state: &ServerState) -> Option<S
     }
 }
 
-fn serve_connection(conn: TcpStream, state: &ServerState) {
-    conn.set_read_timeout(Some(Duration::from_millis(100))).ok();
-    let mut writer = conn.try_clone().expect("clone stream");
+/// Serves `conn` (plain or TLS over `sock`, whose timeouts it sets) until it closes.
+fn serve_connection(conn: impl Read + Write, sock: &TcpStream, state: &ServerState) {
+    sock.set_read_timeout(Some(Duration::from_millis(100))).ok();
     let mut reader = BufReader::new(conn);
     // Keep-alive: serve requests on this connection until it closes.
     loop {
@@ -168,12 +199,12 @@ fn serve_connection(conn: TcpStream, state: &ServerState) {
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
-        reader.get_ref().set_read_timeout(Some(Duration::from_secs(5))).ok();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
         let mut body = vec![0u8; len];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        reader.get_ref().set_read_timeout(Some(Duration::from_millis(100))).ok();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).ok();
         let behavior = state
             .routes
             .lock()
@@ -189,7 +220,7 @@ fn serve_connection(conn: TcpStream, state: &ServerState) {
                 while !state.stop.load(Ordering::Acquire) && started.elapsed() < HANG_CAP {
                     thread::sleep(Duration::from_millis(10));
                 }
-                let _ = writer.shutdown(Shutdown::Both);
+                let _ = sock.shutdown(Shutdown::Both);
                 return;
             }
             Behavior::Status(code) => format!("HTTP/1.1 {code} X\r\nContent-Length: 2\r\n\r\nok").into_bytes(),
@@ -200,7 +231,8 @@ fn serve_connection(conn: TcpStream, state: &ServerState) {
             }
             Behavior::Redirect => b"HTTP/1.1 302 Found\r\nLocation: /ok\r\nContent-Length: 0\r\n\r\n".to_vec(),
         };
-        if writer.write_all(&response).is_err() {
+        let writer = reader.get_mut();
+        if writer.write_all(&response).and_then(|()| writer.flush()).is_err() {
             return;
         }
     }
@@ -237,7 +269,7 @@ fn is_success_is_2xx_only() {
 fn success_delivers_body_and_headers() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(2, 8);
+    let (pool, results) = OutboundPool::start(2, 8, &[]);
 
     let mut req = request(7, server.url("/ok"), br#"{"msg":"hi"}"#, 2000);
     req.headers = vec![
@@ -266,7 +298,7 @@ fn success_delivers_body_and_headers() {
 fn custom_content_type_header_wins() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4);
+    let (pool, results) = OutboundPool::start(1, 4, &[]);
     let mut req = request(1, server.url("/ok"), b"a=b", 2000);
     req.headers = vec![("Content-Type".to_string(), "text/plain".to_string())];
     pool.post(req).unwrap();
@@ -286,7 +318,7 @@ fn custom_content_type_header_wins() {
 fn server_error_is_status_not_success() {
     let server = TestServer::start();
     server.route("/fail", Behavior::Status(500));
-    let (pool, results) = OutboundPool::start(1, 4);
+    let (pool, results) = OutboundPool::start(1, 4, &[]);
     pool.post(request(2, server.url("/fail"), b"x", 2000)).unwrap();
     let r = next(&results);
     assert_eq!(r.tag, 2);
@@ -300,7 +332,7 @@ fn redirect_is_not_followed() {
     let server = TestServer::start();
     server.route("/moved", Behavior::Redirect);
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4);
+    let (pool, results) = OutboundPool::start(1, 4, &[]);
     pool.post(request(3, server.url("/moved"), b"x", 2000)).unwrap();
     assert_eq!(next(&results).outcome, PostOutcome::Status(302));
     let paths: Vec<_> = server.seen().into_iter().map(|s| s.path).collect();
@@ -312,7 +344,7 @@ fn redirect_is_not_followed() {
 fn hang_times_out_within_bound() {
     let server = TestServer::start();
     server.route("/hang", Behavior::Hang);
-    let (pool, results) = OutboundPool::start(1, 4);
+    let (pool, results) = OutboundPool::start(1, 4, &[]);
     let timeout = Duration::from_millis(300);
     let t0 = Instant::now();
     pool.post(request(4, server.url("/hang"), b"x", 300)).unwrap();
@@ -329,7 +361,7 @@ fn hang_times_out_within_bound() {
 fn connection_refused_is_connect_failed() {
     // Bind then drop to get a loopback port with nobody listening.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (pool, results) = OutboundPool::start(1, 4);
+    let (pool, results) = OutboundPool::start(1, 4, &[]);
     let url = format!("http://127.0.0.1:{port}/x");
     pool.post(request(5, url, b"x", 2000)).unwrap();
     let r = next(&results);
@@ -343,7 +375,7 @@ fn connection_refused_is_connect_failed() {
 
 #[test]
 fn bad_urls_are_rejected() {
-    let (pool, results) = OutboundPool::start(1, 8);
+    let (pool, results) = OutboundPool::start(1, 8, &[]);
     let urls = [
         "ftp://127.0.0.1/x",
         "mqtt://127.0.0.1:1883/x",
@@ -372,7 +404,7 @@ fn large_response_body_is_bounded_and_pool_keeps_working() {
     let server = TestServer::start();
     server.route("/big", Behavior::BigBody(4 * 1024 * 1024));
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4);
+    let (pool, results) = OutboundPool::start(1, 4, &[]);
     pool.post(request(1, server.url("/big"), b"x", 3000)).unwrap();
     pool.post(request(2, server.url("/ok"), b"y", 3000)).unwrap();
     let a = next(&results);
@@ -386,7 +418,7 @@ fn large_response_body_is_bounded_and_pool_keeps_working() {
 fn keep_alive_connection_is_reused() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4);
+    let (pool, results) = OutboundPool::start(1, 4, &[]);
     for tag in 0..3 {
         pool.post(request(tag, server.url("/ok"), b"z", 2000)).unwrap();
         assert_eq!(next(&results).outcome, PostOutcome::Status(200));
@@ -401,7 +433,7 @@ fn every_accepted_request_gets_one_result() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
     server.route("/fail", Behavior::Status(503));
-    let (pool, results) = OutboundPool::start(4, 64);
+    let (pool, results) = OutboundPool::start(4, 64, &[]);
     for tag in 0..40u64 {
         let path = if tag % 2 == 0 { "/ok" } else { "/fail" };
         pool.post(request(tag, server.url(path), &tag.to_be_bytes(), 3000))
@@ -428,7 +460,7 @@ fn queue_is_bounded_and_post_never_blocks() {
     let server = TestServer::start();
     server.route("/hang", Behavior::Hang);
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 2);
+    let (pool, results) = OutboundPool::start(1, 2, &[]);
 
     pool.post(request(1, server.url("/hang"), b"h", 1500)).unwrap();
     // The single worker is now stuck on /hang.
@@ -460,7 +492,7 @@ fn queue_is_bounded_and_post_never_blocks() {
 fn shutdown_is_bounded_while_a_request_hangs() {
     let server = TestServer::start();
     server.route("/hang", Behavior::Hang);
-    let (pool, results) = OutboundPool::start(1, 8);
+    let (pool, results) = OutboundPool::start(1, 8, &[]);
     pool.post(request(1, server.url("/hang"), b"h", 800)).unwrap();
     server.wait_seen("/hang");
     // Queued behind the hang: must not be sent after shutdown starts.
@@ -487,25 +519,83 @@ fn shutdown_is_bounded_while_a_request_hangs() {
 
 #[test]
 fn post_after_workers_gone_is_refused() {
-    let (mut pool, _results) = OutboundPool::start(1, 1);
+    let (mut pool, _results) = OutboundPool::start(1, 1, &[]);
     pool.signal_stop();
     let r = pool.post(request(9, "http://127.0.0.1:1/".to_string(), b"", 100));
     assert_eq!(r.expect_err("refused").tag, 9);
     pool.shutdown();
 }
 
+fn pki_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("pulsegate-outbound-{name}-{}", std::process::id()))
+}
+
 #[test]
-fn https_without_tls_support_is_a_clean_failure() {
-    // This crate builds ureq without TLS, so https:// is accepted as a URL but
-    // fails at transport level; with TLS enabled it fails the handshake against
-    // this plain-HTTP server instead. Either way: a failure, never BadUrl/hang.
-    let server = TestServer::start();
-    server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4);
-    let url = format!("https://{}/ok", server.addr);
-    pool.post(request(1, url, b"x", 1000)).unwrap();
-    let r = next(&results);
-    assert!(!r.outcome.is_success(), "{r:?}");
-    assert!(!matches!(r.outcome, PostOutcome::BadUrl(_)), "{r:?}");
+fn https_to_a_server_of_a_trusted_ca_delivers_and_keeps_alive() {
+    let dir = pki_dir("trusted");
+    let pki = TestPki::new(&dir, "outbound-test-ca", &["127.0.0.1"]);
+    let server = TestServer::start_tls(pki.server_config(&[b"http/1.1"]));
+    server.route("/cb", Behavior::Status(200));
+    let (pool, results) = OutboundPool::start(1, 4, std::slice::from_ref(&pki.ca));
+    for tag in 0..3 {
+        pool.post(request(tag, server.url("/cb"), br#"{"state":"delivered"}"#, 3000))
+            .unwrap();
+        let r = next(&results);
+        assert_eq!((r.tag, &r.outcome), (tag, &PostOutcome::Status(200)), "{r:?}");
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].body, br#"{"state":"delivered"}"#);
+    assert_eq!(server.connections(), 1, "one TLS connection, reused");
     pool.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn https_tls_failures_are_tls_outcomes_naming_the_error() {
+    let dir = pki_dir("untrusted");
+    let trusted = TestPki::new(&dir.join("a"), "trusted-ca", &["127.0.0.1"]);
+    let stranger = TestPki::new(&dir.join("b"), "stranger-ca", &["127.0.0.1"]);
+    let wrong_name = TestPki::new(&dir.join("c"), "trusted-ca-2", &["gateway.example"]);
+    let untrusted = TestServer::start_tls(stranger.server_config(&[]));
+    let misnamed = TestServer::start_tls(wrong_name.server_config(&[]));
+    for s in [&untrusted, &misnamed] {
+        s.route("/cb", Behavior::Status(200));
+    }
+    // A plain HTTP server behind an https:// URL, answering in plaintext at once.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    thread::spawn(move || {
+        if let Ok((mut conn, _)) = plain.accept() {
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let _ = conn.shutdown(Shutdown::Write);
+            thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let (pool, results) = OutboundPool::start(1, 8, &[trusted.ca.clone(), wrong_name.ca.clone()]);
+    pool.post(request(1, untrusted.url("/cb"), b"x", 3000)).unwrap();
+    pool.post(request(2, misnamed.url("/cb"), b"x", 3000)).unwrap();
+    pool.post(request(3, format!("https://{plain_addr}/cb"), b"x", 3000))
+        .unwrap();
+    let mut got: Vec<PostResult> = (0..3).map(|_| next(&results)).collect();
+    got.sort_by_key(|r| r.tag);
+    let why = |r: &PostResult| match &r.outcome {
+        PostOutcome::Tls(why) => why.clone(),
+        other => panic!("tag {}: expected a TLS failure, got {other:?}", r.tag),
+    };
+    let (a, b, c) = (why(&got[0]), why(&got[1]), why(&got[2]));
+    assert!(
+        a.contains("UnknownIssuer") && a.contains(&untrusted.addr.to_string()),
+        "{a}"
+    );
+    assert!(b.contains("not valid for name"), "{b}");
+    assert!(!c.is_empty(), "{c}");
+    assert!(untrusted.seen().is_empty() && misnamed.seen().is_empty());
+    // The pool is not disturbed: a trusted server is reached next.
+    let good = TestServer::start_tls(trusted.server_config(&[]));
+    good.route("/cb", Behavior::Status(200));
+    pool.post(request(4, good.url("/cb"), b"x", 3000)).unwrap();
+    assert_eq!(next(&results).outcome, PostOutcome::Status(200));
+    pool.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,6 +25,9 @@ pub struct ServiceCounters {
     pub retries: AtomicU64,
     pub callbacks_ok: AtomicU64,
     pub callbacks_failed: AtomicU64,
+    /// Outbound POSTs (webhooks and callbacks) whose TLS handshake failed; each
+    /// is a failed attempt, retried as any other failure.
+    pub outbound_tls_failures: AtomicU64,
     /// Failed store commits (or refused submissions) of state changes; the
     /// changes themselves are kept and committed again.
     pub store_errors: AtomicU64,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select};
 
 use super::DeliveryEvent;
-use super::counters::{ServiceCounters, set};
+use super::counters::{ServiceCounters, bump, set};
 use super::devices::Devices;
 use super::machine::{Effect, Machine, Now};
 use super::message::Message;
@@ -29,7 +29,7 @@ use crate::limits::{
     PUSH_EVENTS_PER_TURN_MAX, PUSH_LOOP_SLEEP_MS_MAX, PUSH_OUTBOUND_QUEUE_MAX, PUSH_SHUTDOWN_FLUSH_MS,
     PUSH_SWEEP_EVERY_MS,
 };
-use crate::outbound::{OutboundPool, PostResult};
+use crate::outbound::{OutboundPool, PostOutcome, PostResult};
 
 pub struct PushService {
     machine: Machine,
@@ -47,11 +47,14 @@ pub struct PushService {
     expired: Vec<(u64, u32)>,
     epoch: Instant,
     last_sweep_ms: u64,
+    /// When a TLS failure was last logged.
+    last_tls_log_ms: Option<u64>,
 }
 
 impl PushService {
     pub fn new(parts: ServiceParts, recovered: Vec<Message>) -> PushService {
-        let (outbound, outbound_rx) = OutboundPool::start(parts.outbound_workers, PUSH_OUTBOUND_QUEUE_MAX);
+        let (outbound, outbound_rx) =
+            OutboundPool::start(parts.outbound_workers, PUSH_OUTBOUND_QUEUE_MAX, &parts.outbound_roots);
         let mut s = PushService {
             machine: Machine::new(parts.config, parts.mechanisms, parts.counters.clone()),
             devices: parts.devices,
@@ -67,6 +70,7 @@ impl PushService {
             expired: Vec::with_capacity(PUSH_EVENTS_PER_TURN_MAX),
             epoch: Instant::now(),
             last_sweep_ms: 0,
+            last_tls_log_ms: None,
         };
         let now = s.now();
         s.machine.recover(recovered, now, &*s.devices, &mut s.effects);
@@ -143,6 +147,9 @@ impl PushService {
         }
         for _ in 0..PUSH_EVENTS_PER_TURN_MAX {
             let Ok(p) = self.outbound_rx.try_recv() else { break };
+            if let PostOutcome::Tls(why) = &p.outcome {
+                self.tls_failed(why, now);
+            }
             self.machine.on_post_result(p, now, &mut self.effects);
             self.perform(now);
         }
@@ -166,6 +173,23 @@ impl PushService {
         self.persister.turn(now.mono_ms, |id| read(machine, id));
         set(&self.counters.pending, self.machine.pending_len() as u64);
         set(&self.counters.queued, self.machine.queued_len() as u64);
+    }
+
+    /// Counts a POST whose TLS handshake failed and says why on stderr, at most once per
+    /// `TLS_FAILURE_LOG_EVERY_MS` (a misconfigured receiver fails every retry the same way).
+    fn tls_failed(&mut self, why: &str, now: Now) {
+        bump(&self.counters.outbound_tls_failures);
+        if self
+            .last_tls_log_ms
+            .is_some_and(|at| now.mono_ms < at + TLS_FAILURE_LOG_EVERY_MS)
+        {
+            return;
+        }
+        self.last_tls_log_ms = Some(now.mono_ms);
+        eprintln!(
+            "pulsegate: outbound POST failed its TLS handshake with {why} ({} TLS failures so far; retried like any failed POST)",
+            self.counters.outbound_tls_failures.load(Ordering::Relaxed)
+        );
     }
 
     fn on_request(&mut self, request: Request, now: Now) {
@@ -217,6 +241,9 @@ impl PushService {
         }
     }
 }
+
+/// Least time between two stderr lines about outbound TLS failures.
+const TLS_FAILURE_LOG_EVERY_MS: u64 = 10_000;
 
 /// A message's bytes for the store (None: gone, or not serializable).
 fn read(machine: &Machine, id: u64) -> Option<Vec<u8>> {

@@ -98,6 +98,7 @@ fn a_submitted_message_reaches_its_device_and_its_puback_reaches_the_store() {
         config: ServiceConfig::default(),
         counters: Arc::new(ServiceCounters::default()),
         outbound_workers: 1,
+        outbound_roots: Vec::new(),
     };
     let mut s = PushService::new(parts, vec![]);
     requests_tx

@@ -106,6 +106,7 @@ pub fn failure_reason(outcome: &PostOutcome) -> String {
         PostOutcome::Timeout => "timeout".into(),
         PostOutcome::ConnectFailed(_) => "connect_failed".into(),
         PostOutcome::BadUrl(_) => "bad_url".into(),
+        PostOutcome::Tls(_) => "tls_error".into(),
         PostOutcome::Other(_) => "relay_error".into(),
     }
 }

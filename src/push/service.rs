@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+use rustls::pki_types::CertificateDer;
 
 use super::DeliveryEvent;
 use super::devices::Devices;
@@ -122,4 +123,6 @@ pub struct ServiceParts {
     pub config: ServiceConfig,
     pub counters: Arc<ServiceCounters>,
     pub outbound_workers: usize,
+    /// What https:// webhooks and callbacks trust (`tls::client_root_certs`).
+    pub outbound_roots: Vec<CertificateDer<'static>>,
 }

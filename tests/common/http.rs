@@ -1,32 +1,55 @@
 //! The tests' one HTTP client: `HttpConn`, a single HTTP/1.1 keep-alive connection to
-//! the gateway's API (Content-Length framed requests and responses), with the push
-//! helpers every test uses, and the Prometheus text readers for `/metrics`. It owns no
+//! the gateway's API (Content-Length framed requests and responses; plain, or HTTPS with
+//! `open_tls`), with the push helpers every test uses, and the Prometheus text readers for
+//! `/metrics`. It owns no
 //! process; every read and write has a timeout, and a response that does not complete
 //! within `HTTP_TIMEOUT` fails the test.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// Longest wait for a connect, a write or a whole response.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most response headers one answer may carry.
 const RESPONSE_HEADERS_MAX: usize = 32;
 
+/// What an `HttpConn` reads and writes: a socket, or rustls over one.
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
 /// One HTTP/1.1 keep-alive connection to the API.
 pub struct HttpConn {
-    stream: TcpStream,
+    stream: Box<dyn Duplex>,
     buf: Vec<u8>,
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to the HTTP API at {addr}: {e}"));
+    stream.set_read_timeout(Some(HTTP_TIMEOUT)).ok();
+    stream.set_write_timeout(Some(HTTP_TIMEOUT)).ok();
+    stream
 }
 
 impl HttpConn {
     pub fn open(addr: SocketAddr) -> HttpConn {
-        let stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to the HTTP API at {addr}: {e}"));
-        stream.set_read_timeout(Some(HTTP_TIMEOUT)).ok();
-        stream.set_write_timeout(Some(HTTP_TIMEOUT)).ok();
         HttpConn {
-            stream,
+            stream: Box::new(connect(addr)),
+            buf: Vec::new(),
+        }
+    }
+
+    /// HTTPS with `config` (e.g. `TestCa::client_config`); the handshake happens with the
+    /// first request, and a failed one fails the test.
+    pub fn open_tls(addr: SocketAddr, config: Arc<ClientConfig>) -> HttpConn {
+        let conn = ClientConnection::new(config, ServerName::from(addr.ip())).expect("TLS client");
+        HttpConn {
+            stream: Box::new(StreamOwned::new(conn, connect(addr))),
             buf: Vec::new(),
         }
     }
@@ -63,6 +86,7 @@ impl HttpConn {
         }
         self.stream
             .write_all(req.as_bytes())
+            .and_then(|()| self.stream.flush())
             .unwrap_or_else(|e| panic!("write HTTP request {method} {path}: {e}"));
         self.read_response()
     }

@@ -4,7 +4,8 @@
 //!   same data dir, stderr kept for failure messages;
 //! - `http`: the one HTTP client (`HttpConn`) and the Prometheus text readers;
 //! - `mqtt`: a small blocking MQTT client built on the gateway's own codec;
-//! - `tls`: a test CA and server identity (rcgen), and that client over rustls;
+//! - `tls`: a test CA and server identities (rcgen), rustls client configs, the kit's
+//!   MQTT client over rustls, and a tiny HTTPS receiver;
 //! - here: the `both_backends!` macro, `accepted`, the prerequisite rule, and small
 //!   helpers (a PRNG for garbage bytes, `raise_nofile`).
 //!
