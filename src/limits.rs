@@ -52,16 +52,7 @@ pub const FILTERS_PER_PACKET_MAX: usize = 32;
 /// allocated at start when the limit is set; the stalest entry makes room.
 pub const ACCEPT_SOURCES_TRACKED_MAX: usize = 65_536;
 
-/// Single-shot accepts the io_uring backend keeps in flight per listener, each
-/// with its own peer-address slot (multishot accept cannot return addresses).
-pub const URING_ACCEPTS_IN_FLIGHT: usize = 16;
-
-/// Accepted descriptors whose peer address waits for the loop to take it, at
-/// most (the loop takes each in the turn it drains the accept).
-pub const ACCEPTED_PEERS_WAITING_MAX: usize = 2 * COMPLETIONS_PER_TURN_MAX;
-
 const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
-const _: () = assert!(URING_ACCEPTS_IN_FLIGHT > 0 && URING_ACCEPTS_IN_FLIGHT <= 256);
 const _: () = assert!(CONNECTIONS_PER_SHARD_MAX <= u32::MAX / 2);
 const _: () = assert!(MAX_PACKET_BYTES_CEILING <= 268_435_455);
 const _: () = assert!(SEND_BACKLOG_BYTES_MAX >= MAX_PACKET_BYTES_CEILING as usize / 16);

@@ -25,8 +25,9 @@ const BURST_CONNECTS: usize = 30;
 const CLOSE_SEEN_WITHIN: Duration = Duration::from_secs(2);
 /// Length of the flood.
 const FLOOD_FOR: Duration = Duration::from_millis(1_500);
-/// Connect attempts of the flood, at most (each costs the client an ephemeral port).
-const FLOOD_CONNECTS_MAX: usize = 20_000;
+/// Connect attempts of the flood, at most (a bound, not the goal: the flood is meant to
+/// last `FLOOD_FOR`; its sockets are reset, so they hold no client port in TIME_WAIT).
+const FLOOD_CONNECTS_MAX: usize = 200_000;
 /// Flooding threads.
 const FLOOD_THREADS: usize = 4;
 
@@ -206,21 +207,25 @@ fn a_flood_from_one_source_is_refused_at_accept_and_others_still_connect(backend
     assert_eq!(ack.reason, 0, "{backend}: {ack:?}");
     let made: usize = flooders.into_iter().map(|t| t.join().expect("flood thread")).sum();
     let flood_s = t0.elapsed().as_secs_f64();
-    // Every flood connection is either refused or admitted; wait for the shards to see all.
+    // Every flood connection the gateway accepted is either refused or admitted, once. (A
+    // few never reach accept: under the flood the listen backlog overflows and the kernel
+    // drops them, or the client's reset beats the accept.) Wait until the counts settle.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let (mut rejected, mut admitted);
-    loop {
-        rejected = refused(&gw, "source_rate");
-        admitted = gw.metric_sum("pulsegate_accepts_total").saturating_sub(1);
-        if rejected + admitted >= made as u64 || Instant::now() > deadline {
+    let (mut rejected, mut admitted) = (0, 0);
+    while Instant::now() < deadline {
+        let seen = (
+            refused(&gw, "source_rate"),
+            gw.metric_sum("pulsegate_accepts_total").saturating_sub(1),
+        );
+        if seen == (rejected, admitted) && rejected + admitted > 0 {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        (rejected, admitted) = seen;
+        std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(
-        rejected + admitted,
-        made as u64,
-        "{backend}: every flood connect decided once"
+    assert!(
+        rejected + admitted <= made as u64,
+        "{backend}: {rejected} refused + {admitted} admitted > {made} connects"
     );
     assert!(rejected > 0, "{backend}: nothing refused out of {made}");
     let allowed = 10 + (flood_s * 10.0).ceil() as u64 + 1;
@@ -232,8 +237,9 @@ fn a_flood_from_one_source_is_refused_at_accept_and_others_still_connect(backend
     gw.assert_healthy(&mut c);
     println!(
         "{backend}: flood from one source: {made} connects in {flood_s:.2} s, {rejected} refused at accept \
-         ({:.0}/s), {admitted} admitted",
-        rejected as f64 / flood_s
+         ({:.0}/s), {admitted} admitted, {} never accepted",
+        rejected as f64 / flood_s,
+        made as u64 - rejected - admitted
     );
 }
 

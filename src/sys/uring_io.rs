@@ -24,7 +24,6 @@ use super::bufring::BufRing;
 use super::io::{CQE_F_MORE, Completion, Io, Listener};
 use super::uring::ShardRing;
 use super::waker::EventFdWaker;
-use crate::limits;
 
 /// Buffer group id of the shard's provided buffer ring.
 const BUFFER_GROUP: u16 = 1;
@@ -40,8 +39,18 @@ pub type RingFdOf = Box<dyn Fn(u16) -> i32 + Send>;
 /// such: they are translated to the loop's accept user_data).
 const OWN_ACCEPT_TAG: u64 = 0xA5 << 56;
 const OWN_ACCEPT_TAG_MASK: u64 = 0xFF << 56;
-/// Address slots per listener.
-const ACCEPT_SLOTS: usize = limits::URING_ACCEPTS_IN_FLIGHT;
+/// Single-shot accepts kept in flight per listener, each with its own
+/// peer-address slot (the slot index sits in the low byte of its user_data).
+const ACCEPT_SLOTS: usize = 16;
+/// Accepted descriptors whose peer address waits for the loop to take it, at
+/// most (the loop takes each in the turn it drains the accept; beyond this
+/// the waiting ones are stale and dropped).
+const ACCEPTED_PEERS_WAITING_MAX: usize = 8_192;
+/// Room for one turn's accepts, allocated at start.
+const ACCEPTED_PEERS_PREALLOCATED: usize = 1_024;
+
+const _: () = assert!(ACCEPT_SLOTS > 0 && ACCEPT_SLOTS <= 256);
+const _: () = assert!(ACCEPTED_PEERS_PREALLOCATED <= ACCEPTED_PEERS_WAITING_MAX);
 
 /// The loop's multishot accept on one listener, served by `ACCEPT_SLOTS`
 /// single-shot accepts, each writing its peer's address into a slot of its
@@ -67,7 +76,7 @@ struct AcceptSlots {
     /// Completed while the loop still wants connections: to submit again.
     wanted: [bool; ACCEPT_SLOTS],
     /// Peers of accepted descriptors until the loop takes them
-    /// (`limits::ACCEPTED_PEERS_WAITING_MAX` at most).
+    /// (`ACCEPTED_PEERS_WAITING_MAX` at most).
     peers: HashMap<u32, IpAddr>,
 }
 
@@ -82,7 +91,7 @@ impl AcceptSlots {
             addr_lens: Box::new([0; ACCEPT_SLOTS]),
             armed: [false; ACCEPT_SLOTS],
             wanted: [false; ACCEPT_SLOTS],
-            peers: HashMap::with_capacity(limits::COMPLETIONS_PER_TURN_MAX),
+            peers: HashMap::with_capacity(ACCEPTED_PEERS_PREALLOCATED),
         }
     }
 
@@ -132,7 +141,7 @@ impl AcceptSlots {
             let io = c.result as u32;
             match peer_of(&self.addrs[i], self.addr_lens[i]) {
                 Some(peer) => {
-                    if self.peers.len() >= limits::ACCEPTED_PEERS_WAITING_MAX {
+                    if self.peers.len() >= ACCEPTED_PEERS_WAITING_MAX {
                         // Never taken (a caller that does not ask): stale, all of them.
                         self.peers.clear();
                     }
