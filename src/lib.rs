@@ -9,10 +9,13 @@
 //!   (`sys::uring`); `gateway::Owners` builds the shared owners and hands each
 //!   thread its narrow environment (`shard::env::ShardEnv`,
 //!   `coordinator::CoordinatorEnv`, `front::FrontEnv`).
-//! - `shard`: one pinned thread per shard. Each owns a listener bound with
-//!   SO_REUSEPORT, one event loop (`shard::event_loop`) generic over the
-//!   completion interface `sys::io::Io`: `sys::uring_io` (multishot accept
-//!   into direct descriptors, multishot recv from a provided buffer ring),
+//! - `shard`: one pinned thread per shard. Each owns its listeners (MQTT, and
+//!   MQTT over TLS when set) bound with SO_REUSEPORT, one event loop
+//!   (`shard::event_loop`) generic over the completion interface
+//!   `sys::io::Io`: `sys::uring_io` (a few single-shot accepts in flight per
+//!   listener, each with its own address slot, into direct descriptors, so
+//!   `shard::accept_gate` can refuse by source IP before any byte is read;
+//!   multishot recv from a provided buffer ring),
 //!   `sys::epoll_io` as the fallback (completions emulated on readiness), or
 //!   the seeded, fault-injecting `sys::sim_io` in tests; a slab of `shard::conn::Conn`
 //!   (≤ 64 bytes each; an `Active` box only while a connection is busy), and a
@@ -22,7 +25,13 @@
 //!   `shard::core` is a facade over owners that hold their own state
 //!   (`connections` with the recycled `active_pool`, `deliver`'s sessions and
 //!   QoS 1 window, `migrate`'s moves, `control`'s dispersal and relief,
-//!   `packets`' handlers).
+//!   `packets`' handlers). A TLS connection runs a rustls unbuffered state
+//!   machine (`shard::tls_conn`, `shard::tls_path`) between the ring and that
+//!   logic, its record buffers lent from the same pool only while it is busy.
+//! - `auth`: the device authenticator (JWT or none) asked in CONNECT before
+//!   the registry, so a refused device never takes a session; `tls`: PEM
+//!   identities into reloadable rustls configs (SIGHUP) for MQTT, HTTPS and
+//!   outbound roots.
 //! - `registry`: client id -> (shard, slot, generation), striped mutexes; also
 //!   stored offline sessions (clean start false) with their undelivered pushes.
 //! - `shard::mailbox`: bounded crossbeam channels + wake-ups (eventfd read kept
