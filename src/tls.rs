@@ -270,20 +270,9 @@ pub(crate) mod test_pki {
 mod tests {
     use super::*;
 
+    /// A fresh identity (new CA, new server key) in the same files each call.
     fn write_identity(dir: &Path) -> ServerTlsFiles {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let files = ServerTlsFiles {
-            cert_file: dir.join("cert.pem"),
-            key_file: dir.join("key.pem"),
-            alpn: vec![b"mqtt".to_vec()],
-        };
-        std::fs::write(&files.cert_file, cert.pem()).unwrap();
-        std::fs::write(&files.key_file, key.serialize_pem()).unwrap();
-        files
+        test_pki::TestPki::new(dir, "reload-ca", &["localhost"]).files(&[b"mqtt"])
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -308,7 +297,7 @@ mod tests {
         std::fs::write(&files.key_file, "not a key").unwrap();
         let kept = tls.current();
         let err = tls.reload().unwrap_err();
-        assert!(err.contains("key.pem"), "{err}");
+        assert!(err.contains("server.key"), "{err}");
         assert!(Arc::ptr_eq(&kept, &tls.current()));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use super::core::Core;
 use super::counters::{CloseReason, ShardCounters};
@@ -16,7 +16,7 @@ use super::mailbox::{self, Command, Wake};
 use super::peers::ShardHandle;
 use crate::protocol::mqtt;
 use crate::shard::env::ShardEnv;
-use crate::tls::{ServerTls, ServerTlsFiles};
+use crate::tls::test_pki::TestPki;
 
 struct NoWake;
 impl Wake for NoWake {
@@ -27,22 +27,11 @@ impl Wake for NoWake {
 fn tls_core(name: &str) -> (Core, rustls::RootCertStore) {
     let dir = std::env::temp_dir().join(format!("pulsegate-core-tls-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let files = ServerTlsFiles {
-        cert_file: dir.join("cert.pem"),
-        key_file: dir.join("key.pem"),
-        alpn: vec![b"mqtt".to_vec()],
-    };
-    std::fs::write(&files.cert_file, cert.pem()).unwrap();
-    std::fs::write(&files.key_file, key.serialize_pem()).unwrap();
+    let pki = TestPki::new(&dir, "core-ca", &["localhost"]);
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
+    roots.add(pki.ca.clone()).unwrap();
     let (mut env, _reports) = ShardEnv::standalone(Arc::new(crate::config::Config::default()));
-    env.tls = Some(Arc::new(ServerTls::load(files).unwrap()));
+    env.tls = Some(Arc::new(pki.server_tls(&[b"mqtt"])));
     let _ = std::fs::remove_dir_all(&dir);
     (core_on(env), roots)
 }
