@@ -205,8 +205,12 @@ fn start_with(config: HttpConfig, tls: Option<Arc<ServerTls>>) -> (HttpServer, A
     let counters = Arc::new(HttpCounters::default());
     let over_tls = tls.is_some();
     let server = HttpServer::start(listener, config, gateway.clone(), tls, counters.clone()).expect("server starts");
+    // The map outlives servers and ports are reused: a plain server must
+    // clear what an earlier HTTPS server on its port left behind.
     if over_tls {
         tls_servers().insert(server.local_addr(), test_pki().client_config(&[b"http/1.1"]));
+    } else {
+        tls_servers().remove(&server.local_addr());
     }
     (server, gateway, counters)
 }
