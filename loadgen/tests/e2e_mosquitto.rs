@@ -6,38 +6,16 @@
 
 mod common;
 
-use common::{missing_prerequisite, temp_dir, KillOnDrop};
+use common::{missing_prerequisite, mosquitto_bin, temp_dir, wait_bounded, KillOnDrop};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The broker binary: MOSQUITTO_BIN, else the Debian package's path.
-fn mosquitto_bin() -> std::path::PathBuf {
-    std::env::var_os("MOSQUITTO_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| "/usr/sbin/mosquitto".into())
-}
 const BIN: &str = env!("CARGO_BIN_EXE_pulsegate-loadgen");
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Waits for the child with a deadline; kills it when the deadline passes.
-fn wait_bounded(mut child: Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -9,37 +9,16 @@
 
 mod common;
 
-use common::{missing_prerequisite, temp_dir, KillOnDrop};
+use common::{missing_prerequisite, mosquitto_bin, temp_dir, wait_bounded, KillOnDrop};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pulsegate-loadgen");
 
-fn mosquitto_bin() -> std::path::PathBuf {
-    std::env::var_os("MOSQUITTO_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| "/usr/sbin/mosquitto".into())
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_bounded(mut child: Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A CA (ca.pem) and a server certificate for localhost signed by it.
