@@ -197,18 +197,8 @@ fn main() {
     let mut reloads = Reloads::default();
     let auth_for_reload = auth.clone();
     reloads.add("device auth", move || auth_for_reload.reload());
-    if let Some(tls) = owners.mqtt_tls() {
-        reloads.add("MQTT TLS certificate", move || {
-            tls.reload()
-                .map(|()| format!("reloaded {}", tls.files().cert_file.display()))
-        });
-    }
-    if let Some(tls) = http_tls.clone() {
-        reloads.add("HTTPS certificate", move || {
-            tls.reload()
-                .map(|()| format!("reloaded {}", tls.files().cert_file.display()))
-        });
-    }
+    reloads.add_certificate("MQTT TLS certificate", owners.mqtt_tls());
+    reloads.add_certificate("HTTPS certificate", http_tls.clone());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if hangup.swap(false, Ordering::Relaxed) {
@@ -243,6 +233,16 @@ type Reload = Box<dyn Fn() -> Result<String, String>>;
 impl Reloads {
     fn add(&mut self, what: &'static str, reload: impl Fn() -> Result<String, String> + 'static) {
         self.items.push((what, Box::new(reload)));
+    }
+
+    /// A TLS identity, when that listener has one.
+    fn add_certificate(&mut self, what: &'static str, tls: Option<Arc<ServerTls>>) {
+        if let Some(tls) = tls {
+            self.add(what, move || {
+                tls.reload()
+                    .map(|()| format!("reloaded {}", tls.files().cert_file.display()))
+            });
+        }
     }
 
     fn run(&self) {
