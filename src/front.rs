@@ -68,10 +68,52 @@ pub struct ApiFront {
     /// API key -> SP; empty = open API.
     keys: HashMap<String, Arc<Sp>>,
     by_name: HashMap<String, Arc<Sp>>,
+    /// The operator's bearer key (`admin_key_file`); None: only admin SPs.
+    admin_key: Option<String>,
+    /// The key `/metrics` requires (`metrics_key_file`); None: open.
+    metrics_key: Option<String>,
+}
+
+/// Shortest admin or metrics key accepted, in bytes.
+const OPERATOR_KEY_BYTES_MIN: usize = 16;
+/// Longest key file read, in bytes.
+const OPERATOR_KEY_FILE_BYTES_MAX: u64 = 4096;
+
+/// Reads an operator key file: one token, surrounding whitespace trimmed.
+fn read_key_file(setting: &str, path: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let Some(path) = path else { return Ok(None) };
+    let why = |e: String| format!("{setting} {}: {e}", path.display());
+    let len = std::fs::metadata(path).map_err(|e| why(e.to_string()))?.len();
+    if len > OPERATOR_KEY_FILE_BYTES_MAX {
+        return Err(why(format!("{len} bytes, at most {OPERATOR_KEY_FILE_BYTES_MAX}")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| why(e.to_string()))?;
+    let key = text.trim();
+    if key.len() < OPERATOR_KEY_BYTES_MIN || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(why(format!(
+            "the key must be one token of at least {OPERATOR_KEY_BYTES_MIN} bytes without spaces"
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// The bearer token of an `Authorization` header.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
+/// Compares two keys in time that depends only on their lengths.
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl ApiFront {
-    pub fn new(env: FrontEnv) -> ApiFront {
+    /// Builds the front; reads the operator key files (an unreadable or weak one is an error).
+    pub fn new(env: FrontEnv) -> Result<ApiFront, String> {
+        let admin_key = read_key_file("admin_key_file", env.cfg.admin_key_file.as_deref())?;
+        let metrics_key = read_key_file("metrics_key_file", env.cfg.metrics_key_file.as_deref())?;
         let mut keys = HashMap::new();
         let mut by_name = HashMap::new();
         for sp in &env.cfg.sps {
@@ -88,7 +130,31 @@ impl ApiFront {
             keys.insert(sp.api_key.clone(), entry.clone());
             by_name.insert(sp.name.clone(), entry);
         }
-        ApiFront { env, keys, by_name }
+        if admin_key.as_deref().is_some_and(|k| keys.contains_key(k)) {
+            return Err("admin_key_file: the admin key is also an [[sps]] api_key".into());
+        }
+        Ok(ApiFront {
+            env,
+            keys,
+            by_name,
+            admin_key,
+            metrics_key,
+        })
+    }
+
+    /// Whether admin endpoints can be reached at all (an admin key or an admin SP).
+    pub fn admin_reachable(&self) -> bool {
+        self.admin_key.is_some() || self.by_name.values().any(|sp| sp.admin)
+    }
+
+    /// An SP endpoint refuses the operator's key: it names no SP.
+    fn sp_only(caller: &Caller) -> Result<(), ApiError> {
+        if caller.operator {
+            return Err(ApiError::Forbidden(
+                "the admin key is for /v1/admin/... only; use an SP's API key".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn is_open(&self) -> bool {
@@ -145,20 +211,41 @@ struct UpdateBody {
 
 impl Gateway for ApiFront {
     fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
-        if self.is_open() {
-            return Ok(Caller { sp: OPEN_SP.into() });
+        let token = bearer(authorization);
+        if let (Some(t), Some(admin)) = (token, self.admin_key.as_deref())
+            && same_key(t, admin)
+        {
+            return Ok(Caller {
+                sp: "operator".into(),
+                operator: true,
+            });
         }
-        let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .map(str::trim)
+        if self.is_open() {
+            return Ok(Caller::sp(OPEN_SP));
+        }
+        let token = token
             .ok_or_else(|| ApiError::Unauthorized("an Authorization: Bearer <api key> header is required".into()))?;
         match self.keys.get(token) {
-            Some(sp) => Ok(Caller { sp: sp.name.clone() }),
+            Some(sp) => Ok(Caller::sp(sp.name.clone())),
             None => Err(ApiError::Unauthorized("unknown API key".into())),
         }
     }
 
+    fn authorize_metrics(&self, authorization: Option<&str>) -> Result<(), ApiError> {
+        let Some(key) = self.metrics_key.as_deref() else {
+            return Ok(());
+        };
+        match bearer(authorization) {
+            Some(t) if same_key(t, key) || self.admin_key.as_deref().is_some_and(|a| same_key(t, a)) => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized("unknown metrics key".into())),
+            None => Err(ApiError::Unauthorized(
+                "/metrics requires an Authorization: Bearer <metrics key> header".into(),
+            )),
+        }
+    }
+
     fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        Self::sp_only(caller)?;
         let service = self.service()?;
         let default_profile = self.by_name.get(&caller.sp).and_then(|s| s.default_profile.as_deref());
         let cfg = &self.env.cfg;
@@ -209,12 +296,14 @@ impl Gateway for ApiFront {
     }
 
     fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        Self::sp_only(caller)?;
         let id = Self::id(id)?;
         let sp = caller.sp.clone();
         self.ask(|reply| Request::Status { sp, id, reply })
     }
 
     fn update(&self, caller: &Caller, id: &str, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        Self::sp_only(caller)?;
         let id = Self::id(id)?;
         // serde would also read a struct from a JSON array ([true]); only objects are valid.
         if body.trim_ascii_start().first() != Some(&b'{') {
@@ -230,17 +319,20 @@ impl Gateway for ApiFront {
     }
 
     fn cancel(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        Self::sp_only(caller)?;
         let id = Self::id(id)?;
         let sp = caller.sp.clone();
         self.ask(|reply| Request::Cancel { sp, id, reply })
     }
 
     fn heartbeat_limit(&self, caller: &Caller, update: Option<&[u8]>) -> Result<serde_json::Value, ApiError> {
-        let admin = self.is_open() || self.by_name.get(&caller.sp).is_some_and(|sp| sp.admin);
+        let admin = caller.operator || self.by_name.get(&caller.sp).is_some_and(|sp| sp.admin);
         if !admin {
-            return Err(ApiError::Forbidden(
-                "operators only (an [[sps]] entry with admin = true)".into(),
-            ));
+            return Err(ApiError::Forbidden(if self.admin_reachable() {
+                "operators only: the admin key (admin_key_file) or an [[sps]] entry with admin = true".into()
+            } else {
+                "admin endpoints are closed: configure admin_key_file (or an [[sps]] entry with admin = true)".into()
+            }));
         }
         if let Some(body) = update {
             #[derive(Deserialize)]
@@ -275,7 +367,8 @@ impl Gateway for ApiFront {
         }))
     }
 
-    fn mechanisms(&self, _caller: &Caller) -> Result<serde_json::Value, ApiError> {
+    fn mechanisms(&self, caller: &Caller) -> Result<serde_json::Value, ApiError> {
+        Self::sp_only(caller)?;
         let service = self.service()?;
         let (tx, rx) = crossbeam_channel::bounded(1);
         service

@@ -120,7 +120,19 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let front = ApiFront::new(owners.front_env(service));
+    let front = match ApiFront::new(owners.front_env(service)) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pulsegate: {e}");
+            stop.store(true, Ordering::Relaxed);
+            std::process::exit(1);
+        }
+    };
+    if !front.admin_reachable() {
+        eprintln!(
+            "pulsegate: admin endpoints (/v1/admin/...) are closed: no admin_key_file and no [[sps]] entry with admin = true"
+        );
+    }
     if front.is_open() {
         eprintln!(
             "pulsegate: WARNING: no [[sps]] API keys configured: the HTTP API is open to every caller \

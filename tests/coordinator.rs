@@ -168,17 +168,32 @@ fn synchronized_keepalives_are_dispersed_without_expiries() {
     );
 }
 
+/// The operator's bearer key of `admin_flags`.
+const ADMIN_KEY: &str = "coordinator-test-admin-key";
+
+/// Flags that give the gateway an admin key file (admin endpoints are closed without one).
+fn admin_flags() -> Vec<String> {
+    let path = std::env::temp_dir().join(format!("pulsegate-coordinator-admin-{}.key", std::process::id()));
+    std::fs::write(&path, ADMIN_KEY).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    vec!["--admin-key-file".into(), path.display().to_string()]
+}
+
 /// Sets the heartbeat-load threshold at run time (the operator API).
 fn set_threshold(gw: &Gateway, per_s: f64) {
     let body = format!("{{\"max_heartbeats_per_s\": {per_s}}}");
-    let (status, reply) = gw.http_conn().request("PUT", "/v1/admin/heartbeat-limit", Some(&body));
+    let (status, reply) = gw
+        .http_conn()
+        .request_as("PUT", "/v1/admin/heartbeat-limit", Some(&body), Some(ADMIN_KEY));
     assert_eq!(status, 200, "{reply}");
 }
 
 #[test]
 fn heartbeat_load_over_threshold_refuses_and_relieves() {
     common::raise_nofile();
-    let gw = Gateway::start("uring", &["--server-reference", "10.1.2.3:1883"]);
+    let admin = admin_flags();
+    let mut flags: Vec<&str> = admin.iter().map(String::as_str).collect();
+    flags.extend(["--server-reference", "10.1.2.3:1883"]);
+    let gw = Gateway::start("uring", &flags);
     // 200 devices pinging every 2 s offer ~100 keep-alives/s; then the operator
     // lowers the host's threshold to 40 (offered load 2.5 x the threshold).
     let mut devices = connect_devices(&gw, 200, 2);
@@ -230,17 +245,17 @@ fn heartbeat_load_over_threshold_refuses_and_relieves() {
 #[test]
 fn relief_by_match_degree_picks_foreign_devices_first() {
     common::raise_nofile();
-    let gw = Gateway::start(
-        "uring",
-        &[
-            "--relief-rule",
-            "match_degree",
-            "--home-network",
-            "460-01",
-            "--home-areas",
-            "100,101",
-        ],
-    );
+    let admin = admin_flags();
+    let mut flags: Vec<&str> = admin.iter().map(String::as_str).collect();
+    flags.extend([
+        "--relief-rule",
+        "match_degree",
+        "--home-network",
+        "460-01",
+        "--home-areas",
+        "100,101",
+    ]);
+    let gw = Gateway::start("uring", &flags);
     // 100 home devices (degree 3) connect first, 100 roaming ones (degree 0) last.
     let mut devices = connect_devices_with(&gw, 200, |i| {
         let (mcc, mnc, area) = if i < 100 { (460, 1, Some(100)) } else { (310, 410, None) };

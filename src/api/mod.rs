@@ -26,10 +26,22 @@ pub struct HttpCounters {
     pub tls_handshake_failures: AtomicU64,
 }
 
-/// Who is calling: the SP an API key belongs to.
+/// Who is calling: the SP an API key belongs to, or the operator (the admin key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub sp: String,
+    /// Authenticated by the admin key: may call `/v1/admin/...` and nothing an SP owns.
+    pub operator: bool,
+}
+
+impl Caller {
+    /// An SP caller.
+    pub fn sp(name: impl Into<String>) -> Caller {
+        Caller {
+            sp: name.into(),
+            operator: false,
+        }
+    }
 }
 
 /// Why a call failed; each maps to one HTTP status (see `routes`).
@@ -78,6 +90,11 @@ pub trait Gateway: Send + Sync + 'static {
     fn heartbeat_limit(&self, caller: &Caller, update: Option<&[u8]>) -> Result<serde_json::Value, ApiError>;
     /// Prometheus text exposition (version 0.0.4) of all metrics.
     fn metrics_text(&self) -> String;
+    /// Whether `GET /metrics` with this `Authorization` header may read the metrics
+    /// (open unless the operator configured a metrics key).
+    fn authorize_metrics(&self, _authorization: Option<&str>) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 /// Limits of the HTTP server. All values must be non-zero (`HttpServer::start` refuses zeros).

@@ -22,7 +22,12 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
     let path = head.path.as_str();
     let method = head.method.as_str();
     match (path, method) {
-        ("/metrics", "GET") => return Response::raw(200, PROMETHEUS_TEXT, gateway.metrics_text().into_bytes()),
+        ("/metrics", "GET") => {
+            return match gateway.authorize_metrics(head.authorization.as_deref()) {
+                Ok(()) => Response::raw(200, PROMETHEUS_TEXT, gateway.metrics_text().into_bytes()),
+                Err(e) => api_error(e),
+            };
+        }
         ("/healthz", "GET") => return Response::json(200, &Health { status: "ok" }),
         ("/metrics" | "/healthz", _) => return method_not_allowed("GET"),
         _ => {}

@@ -52,7 +52,7 @@ struct Call {
 fn call(method: &'static str, sp: &str, id: Option<&str>, body: &[u8]) -> Call {
     Call {
         method,
-        caller: Caller { sp: sp.into() },
+        caller: Caller::sp(sp),
         id: id.map(str::to_owned),
         body: body.to_vec(),
     }
@@ -71,7 +71,7 @@ struct FakeGateway {
 impl Default for FakeGateway {
     fn default() -> FakeGateway {
         FakeGateway {
-            auth: Mutex::new(Ok(Caller { sp: "acme".into() })),
+            auth: Mutex::new(Ok(Caller::sp("acme"))),
             reply: Mutex::new(Reply::Echo),
             auth_headers: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
@@ -501,7 +501,7 @@ fn auth_refused_is_401_and_gateway_not_called() {
 #[test]
 fn authorization_header_reaches_authenticate() {
     let (server, gw) = start(config());
-    gw.set_auth(Ok(Caller { sp: "sp-42".into() }));
+    gw.set_auth(Ok(Caller::sp("sp-42")));
     let addr = server.local_addr();
     let cases: [(&str, Option<&str>); 4] = [
         ("Authorization: Bearer k-123\r\n", Some("Bearer k-123")),
@@ -516,7 +516,7 @@ fn authorization_header_reaches_authenticate() {
     let seen: Vec<Option<String>> = cases.iter().map(|(_, v)| v.map(str::to_owned)).collect();
     assert_eq!(gw.auth_headers(), seen);
     // The caller authenticate returned is the one the gateway method gets.
-    assert!(gw.calls().iter().all(|c| c.caller == Caller { sp: "sp-42".into() }));
+    assert!(gw.calls().iter().all(|c| c.caller == Caller::sp("sp-42")));
     assert_eq!(gw.calls().len(), cases.len());
     server.shutdown();
 }

@@ -93,6 +93,16 @@ settings! {
     /// Clock leeway for the JWT `exp` and `nbf` claims (`[device_auth] leeway_s`).
     device_auth_leeway_s: u32, flag u32, via same,
         default 30, unit "s", range int(0, 3600);
+    // Operator access (admin endpoints and /metrics).
+    /// File holding the bearer key for `/v1/admin/...` (at least 16 bytes, surrounding
+    /// whitespace trimmed). Unset: admin endpoints answer 403 unless an `[[sps]]` entry
+    /// has admin = true.
+    admin_key_file: Option<PathBuf>, flag PathBuf, via some,
+        default None, unit "", range Range::Any;
+    /// File holding a bearer key that `GET /metrics` then requires (the admin key is
+    /// accepted too). Unset: /metrics is open.
+    metrics_key_file: Option<PathBuf>, flag PathBuf, via some,
+        default None, unit "", range Range::Any;
     /// Shard threads, pinned round-robin (default: number of CPUs). May exceed
     /// the CPU count: each io_uring shard has its own fixed-file table.
     shards: usize, flag usize, via same,

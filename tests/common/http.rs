@@ -73,7 +73,15 @@ impl HttpConn {
 
     /// Sends one request, reads one response (Content-Length framed). Returns (status, body).
     pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        self.request_as(method, path, body, None)
+    }
+
+    /// `request` with `Authorization: Bearer <key>` when a key is given.
+    pub fn request_as(&mut self, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> (u16, String) {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        if let Some(k) = key {
+            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
         if let Some(b) = body {
             req.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
