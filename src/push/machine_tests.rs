@@ -133,7 +133,7 @@ fn message(id: u64, device: &str, qos: u8, ttl_ms: u64) -> Message {
         id,
         sp: "acme".into(),
         device: device.into(),
-        payload: b"hello".to_vec(),
+        payload: crate::push::payload::Payload::inline(&b"hello"[..]),
         qos,
         created_ms: UNIX_BASE_MS,
         expires_ms: UNIX_BASE_MS + ttl_ms,

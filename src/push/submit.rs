@@ -5,10 +5,12 @@
 //! makes the messages durable and hands them to the service.
 
 use base64::Engine;
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::PushIds;
 use super::message::{Event, Message, State};
+use super::payload::Payload;
 use super::profile::{self, Profile};
 use crate::config::Config;
 
@@ -51,6 +53,7 @@ struct Body {
 
 /// The messages one request made.
 pub struct Submission {
+    /// They share one payload (`Payload::shared`), stored once.
     pub messages: Vec<Message>,
     /// The request named `devices` (answered with `ids`), not `device`.
     pub multicast: bool,
@@ -142,6 +145,8 @@ pub fn build(
         return bad(why);
     }
     let ttl_s = profile.deliver_within_s.map_or(ttl_s, |w| w.min(ttl_s));
+    // One allocation and one store row for every device of the request.
+    let payload = Payload::shared(ids.next_id(), Bytes::from(payload));
     let messages = devices
         .into_iter()
         .map(|device| Message {
@@ -190,7 +195,7 @@ mod tests {
             .expect("valid");
         assert_eq!(m.len(), 1);
         assert_eq!(
-            (m[0].device.as_str(), m[0].payload.as_slice(), m[0].qos),
+            (m[0].device.as_str(), &m[0].payload.bytes[..], m[0].qos),
             ("d1", &b"hi"[..], 1)
         );
         assert_eq!(m[0].expires_ms, 6_000);
@@ -199,7 +204,10 @@ mod tests {
             .expect("valid");
         assert_eq!(m.len(), 3);
         assert_ne!(m[0].id, m[1].id);
-        assert_eq!(m[2].payload, vec![0, 1]);
+        assert_eq!(&m[2].payload.bytes[..], &[0, 1]);
+        assert_eq!(m[0].payload.bytes.as_ptr(), m[2].payload.bytes.as_ptr(), "one allocation");
+        assert!(m[0].payload.stored_as.is_some() && m[0].payload == m[2].payload);
+        assert!(m.iter().all(|x| Some(x.id) != m[0].payload.stored_as), "its own id");
     }
 
     #[test]
