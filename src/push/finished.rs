@@ -113,7 +113,7 @@ mod tests {
         }
         assert_eq!(f.bytes(), 3 * one);
         assert_eq!(f.keep(finished(4, 1_000)), vec![1], "the oldest goes for the bytes");
-        assert_eq!(f.keep(finished(5, 2_500)), vec![2, 3], "a larger one pushes out two");
+        assert_eq!(f.keep(finished(5, 1_800)), vec![2, 3], "a larger one pushes out two");
         assert!(f.bytes() <= 3 * one && f.get(1).is_none() && f.get(5).is_some());
         let mut by_count = Finished::new(2, u64::MAX);
         for id in 1..=3 {
