@@ -139,7 +139,10 @@ impl ApiFront {
                     ApiError::InsufficientStorage(why)
                 }
                 OverBudget::Sp { .. } => {
-                    service.counters.sp_payload_budget_refusals.fetch_add(1, Ordering::Relaxed);
+                    service
+                        .counters
+                        .sp_payload_budget_refusals
+                        .fetch_add(1, Ordering::Relaxed);
                     ApiError::SpOverBudget(why)
                 }
             }

@@ -11,8 +11,8 @@ use pulsegate::api::{HttpConfig, HttpServer};
 use pulsegate::config::{BackendChoice, Config, Flags};
 use pulsegate::front::{ApiFront, ServiceHandle};
 use pulsegate::gateway::Owners;
-use pulsegate::push::mechanism;
 use pulsegate::push::budget::PayloadBudget;
+use pulsegate::push::mechanism;
 use pulsegate::push::recovery::{self, Recovered};
 use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts, unix_ms};
 use pulsegate::shard::env::BackendInUse;
@@ -304,7 +304,10 @@ fn start_push_service(
         }
     }
     // Rows whose last message finished before their delete landed.
-    let orphans: Vec<StoreOp> = orphan_payloads.iter().map(|&id| StoreOp::DeletePayload { id }).collect();
+    let orphans: Vec<StoreOp> = orphan_payloads
+        .iter()
+        .map(|&id| StoreOp::DeletePayload { id })
+        .collect();
     store
         .commit(&orphans)
         .map_err(|e| format!("cannot delete unreferenced payloads: {e}"))?;

@@ -302,7 +302,11 @@ pub fn render(src: &MetricsSources) -> String {
                 &c.completed_retention_bytes,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(
             out,

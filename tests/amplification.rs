@@ -109,7 +109,11 @@ fn three_multicasts_of_a_quarter_megabyte_to_a_thousand_devices_stay_bounded_and
         assert_eq!(v["ids"].as_array().map(Vec::len), Some(DEVICES));
     }
     wait_held(&gw, (REQUESTS * DEVICES) as u64, PAYLOAD_BYTES_ACCEPTED);
-    assert_eq!(gw.metric("pulsegate_pending_payloads"), REQUESTS as u64, "one payload per request");
+    assert_eq!(
+        gw.metric("pulsegate_pending_payloads"),
+        REQUESTS as u64,
+        "one payload per request"
+    );
     // The queued state of each message is committed after the 201; let it land.
     std::thread::sleep(Duration::from_millis(500));
     let rss_growth = vm_rss_bytes(gw.pid()).saturating_sub(rss_before);
@@ -158,7 +162,9 @@ fn error_json(body: &str) -> (String, String) {
 #[test]
 fn over_the_total_payload_budget_the_api_answers_507_before_anything_is_written() {
     // Room for two quarter-megabyte payloads and a little more.
-    let mut gw = Spawn::new("epoll").args(&["--pending-payload-bytes-max", "600000"]).start();
+    let mut gw = Spawn::new("epoll")
+        .args(&["--pending-payload-bytes-max", "600000"])
+        .start();
     let payload = payload();
     let mut http = gw.http_conn();
     for r in 0..2 {
@@ -181,7 +187,10 @@ fn over_the_total_payload_budget_the_api_answers_507_before_anything_is_written(
         1
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(gw.metric("pulsegate_messages_total{outcome=\"accepted\"}"), accepted_before);
+    assert_eq!(
+        gw.metric("pulsegate_messages_total{outcome=\"accepted\"}"),
+        accepted_before
+    );
     wait_held(&gw, 20, 2 * PAYLOAD_BYTES as u64);
 
     // A small push still fits the budget.
@@ -202,7 +211,8 @@ fn over_the_total_payload_budget_the_api_answers_507_before_anything_is_written(
     gw.stop();
     gw.restart();
     assert!(
-        gw.stderr().contains("31 messages recovered (21 pending, 500100 payload bytes)"),
+        gw.stderr()
+            .contains("31 messages recovered (21 pending, 500100 payload bytes)"),
         "{}",
         gw.stderr()
     );
@@ -255,7 +265,10 @@ fn raw_post(gw: &Gateway, key: &str, body: &str) -> (u16, Option<u64>, String) {
         .lines()
         .find_map(|l| l.strip_prefix("Retry-After: "))
         .and_then(|v| v.trim().parse().ok());
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, retry_after, body)
 }
 
@@ -267,13 +280,18 @@ fn a_multicast_larger_than_the_rate_bucket_is_charged_over_time_with_an_honest_r
         "[[sps]]\nname = \"acme\"\napi_key = \"key-acme-0123\"\nrate_per_s = 100\n",
     )
     .expect("write config");
-    let gw = Spawn::new("epoll").args(&["--config", conf.to_str().expect("utf-8 path")]).start();
+    let gw = Spawn::new("epoll")
+        .args(&["--config", conf.to_str().expect("utf-8 path")])
+        .start();
     let _ = std::fs::remove_file(&conf);
     let ids: Vec<String> = (0..300).map(|i| format!("rate-{i}")).collect();
     let big = serde_json::json!({ "devices": ids, "payload": "p" }).to_string();
     // 300 messages against a bucket of 100: admitted, the bucket goes 200 into debt.
     let (status, _, body) = raw_post(&gw, "key-acme-0123", &big);
-    assert!(accepted(status), "a multicast larger than the bucket is admitted: {status} {body}");
+    assert!(
+        accepted(status),
+        "a multicast larger than the bucket is admitted: {status} {body}"
+    );
     let small = serde_json::json!({ "device": "rate-x", "payload": "p" }).to_string();
     let (status, retry_after, body) = raw_post(&gw, "key-acme-0123", &small);
     assert_eq!(status, 429, "the debt is paid off first: {body}");

@@ -36,12 +36,24 @@ impl std::fmt::Display for OverBudget {
                 limit_bytes,
                 held_bytes,
                 requested_bytes,
-            } => ("pending_payload_bytes_max", "the gateway holds", limit_bytes, held_bytes, requested_bytes),
+            } => (
+                "pending_payload_bytes_max",
+                "the gateway holds",
+                limit_bytes,
+                held_bytes,
+                requested_bytes,
+            ),
             OverBudget::Sp {
                 limit_bytes,
                 held_bytes,
                 requested_bytes,
-            } => ("sp_pending_payload_bytes_max", "this SP holds", limit_bytes, held_bytes, requested_bytes),
+            } => (
+                "sp_pending_payload_bytes_max",
+                "this SP holds",
+                limit_bytes,
+                held_bytes,
+                requested_bytes,
+            ),
         };
         write!(
             f,
@@ -162,7 +174,10 @@ mod tests {
         assert!(total.to_string().starts_with("pending_payload_bytes_max (1000 bytes)"));
         b.release("a", 500);
         b.try_reserve("c", 200).expect("released bytes are free again");
-        assert_eq!((b.held_bytes(), b.sp_held_bytes("a"), b.sp_held_bytes("c")), (600, 0, 200));
+        assert_eq!(
+            (b.held_bytes(), b.sp_held_bytes("a"), b.sp_held_bytes("c")),
+            (600, 0, 200)
+        );
         b.charge("a", 5_000);
         assert_eq!(b.held_bytes(), 5_600, "recovery charges beyond the budget");
         let never = b.try_reserve("z", 2_000).expect_err("larger than the budget");

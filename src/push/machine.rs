@@ -17,7 +17,6 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-
 use super::callbacks::{CallbackOutcome, Callbacks};
 use super::collapse::CollapseIndex;
 use super::counters::{ServiceCounters, bump};

@@ -115,7 +115,10 @@ mod tests {
         let text = serde_json::to_string(&p).expect("serializable");
         assert_eq!(text, r#"{"stored_as":42,"len_bytes":250000}"#);
         let back: Payload = serde_json::from_str(&text).expect("deserializable");
-        assert_eq!((back.stored_as, back.len_bytes, back.bytes.len()), (Some(42), 250_000, 0));
+        assert_eq!(
+            (back.stored_as, back.len_bytes, back.bytes.len()),
+            (Some(42), 250_000, 0)
+        );
     }
 
     #[test]

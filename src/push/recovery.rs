@@ -120,8 +120,15 @@ mod tests {
             by_id[&2].payload.bytes.as_ptr(),
             "one allocation for the row"
         );
-        assert!(by_id[&3].payload.bytes.is_empty(), "a finished message needs no payload");
+        assert!(
+            by_id[&3].payload.bytes.is_empty(),
+            "a finished message needs no payload"
+        );
         assert_eq!(by_id[&4].state, State::Failed);
-        assert_eq!(&by_id[&5].payload.bytes[..], b"old", "an inline record of an older version");
+        assert_eq!(
+            &by_id[&5].payload.bytes[..],
+            b"old",
+            "an inline record of an older version"
+        );
     }
 }

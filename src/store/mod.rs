@@ -38,11 +38,12 @@ pub use redb_store::RedbStore;
 use std::fmt;
 
 /// One mutation. Ops of one `commit` call are applied in slice order.
+/// `PutPayload`/`DeletePayload` write the payloads table (a payload shared by
+/// the records of one multicast).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
     Put { id: u64, value: Vec<u8> },
     Delete { id: u64 },
-    /// A payload row (shared by the records of one multicast).
     PutPayload { id: u64, value: Vec<u8> },
     DeletePayload { id: u64 },
 }
