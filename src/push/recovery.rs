@@ -25,7 +25,7 @@ pub struct Recovered {
     pub orphan_payloads: Vec<u64>,
     /// Pending messages failed because their payload row was missing.
     pub missing_payloads: u64,
-    /// Bytes of the payload rows kept (each row once).
+    /// Payload bytes of the pending messages (each shared row once).
     pub payload_bytes: u64,
 }
 
@@ -42,10 +42,14 @@ pub fn relink(records: Vec<(u64, Vec<u8>)>, payloads: Vec<(u64, Vec<u8>)>, now_u
             unreadable += 1;
             continue;
         };
-        if let Some(row) = m.payload.stored_as
-            && !m.state.is_terminal()
-        {
-            match rows.get(&row) {
+        if m.state.is_terminal() {
+            messages.push(m);
+            continue;
+        }
+        match m.payload.stored_as {
+            // Inline in the record (a small unicast): its own bytes.
+            None => payload_bytes += m.payload.len_bytes,
+            Some(row) => match rows.get(&row) {
                 Some(bytes) if bytes.len() as u64 == m.payload.len_bytes => {
                     m.payload.bytes = bytes.clone();
                     if used.insert(row) {
@@ -56,7 +60,7 @@ pub fn relink(records: Vec<(u64, Vec<u8>)>, payloads: Vec<(u64, Vec<u8>)>, now_u
                     m.set_state(State::Failed, now_unix_ms, PAYLOAD_MISSING);
                     missing_payloads += 1;
                 }
-            }
+            },
         }
         messages.push(m);
     }
@@ -111,7 +115,7 @@ mod tests {
         ];
         let rows = vec![(100, vec![5u8; 4096]), (102, vec![1, 2, 3])];
         let r = relink(records, rows, 7);
-        assert_eq!((r.unreadable, r.missing_payloads, r.payload_bytes), (1, 1, 4096));
+        assert_eq!((r.unreadable, r.missing_payloads, r.payload_bytes), (1, 1, 4096 + 3));
         assert_eq!(r.orphan_payloads, vec![102]);
         let by_id: HashMap<u64, &Message> = r.messages.iter().map(|m| (m.id, m)).collect();
         assert_eq!(&by_id[&1].payload.bytes[..], &[5u8; 4096][..]);
