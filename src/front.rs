@@ -1,6 +1,8 @@
 //! The HTTP API's view of the gateway: authenticates SPs by API key, rate
-//! limits them, makes accepted messages durable (group commit) before answering
-//! 201, and forwards every call to the push service.
+//! limits them, reserves a request's payload in the byte budgets, makes
+//! accepted messages durable (group commit: the payload row once, then one
+//! small record per device) before answering 201, and forwards every call to
+//! the push service.
 //!
 //! Owns API keys and rate buckets. Must never track messages itself: the push
 //! service owns their state; this only asks it.
@@ -17,6 +19,7 @@ use crate::config::Config;
 use crate::coordinator::CoordinatorGauges;
 use crate::metrics::{self, MetricsSources};
 use crate::push::PushIds;
+use crate::push::budget::{OverBudget, PayloadBudget};
 use crate::push::service::ServiceCounters;
 use crate::push::service::{Request, ServiceError, unix_ms};
 use crate::push::submit::{self, SubmitError};
@@ -50,6 +53,8 @@ pub struct ServiceHandle {
     pub requests: crossbeam_channel::Sender<Request>,
     pub committer: Arc<GroupCommitter>,
     pub counters: Arc<ServiceCounters>,
+    /// The payload byte budgets (reserved here, released by the service).
+    pub budget: Arc<PayloadBudget>,
 }
 
 /// What the API front reads and asks, and nothing more.
@@ -165,21 +170,49 @@ impl ApiFront {
         Ok(&self.env.service)
     }
 
-    /// Token bucket: `n` messages now, or how long to wait.
+    /// Token bucket of `rate_per_s`, holding at most one second (`burst`,
+    /// at least 1). A request of `n` messages needs min(n, burst) tokens and is
+    /// charged all `n`: a multicast larger than the burst is admitted once the
+    /// bucket is full and leaves it in debt (negative), so the requests after
+    /// it wait until the debt is paid off. The rate holds over time, and the
+    /// `Retry-After` of a refusal is when min(n, burst) tokens will be there.
     fn take_tokens(&self, sp: &str, n: usize) -> Result<(), ApiError> {
         let Some(sp) = self.by_name.get(sp) else { return Ok(()) };
         let Some(rate) = sp.rate_per_s else { return Ok(()) };
         let mut b = sp.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate.max(1.0));
+        let burst = rate.max(1.0);
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
-        if b.tokens >= n as f64 {
+        let needed = (n as f64).min(burst);
+        if b.tokens >= needed {
             b.tokens -= n as f64;
             Ok(())
         } else {
-            let wait_s = ((n as f64 - b.tokens) / rate).ceil().max(1.0) as u32;
+            let wait_s = ((needed - b.tokens) / rate).ceil().max(1.0).min(u32::MAX as f64) as u32;
             Err(ApiError::RateLimited { retry_after_s: wait_s })
         }
+    }
+
+    /// Reserves the request's payload (stored once) in the byte budgets.
+    fn reserve_payload(&self, sp: &str, bytes: u64) -> Result<(), ApiError> {
+        let service = self.service()?;
+        service.budget.try_reserve(sp, bytes).map_err(|over| {
+            let why = over.to_string();
+            match over {
+                OverBudget::Total { .. } => {
+                    service.counters.payload_budget_refusals.fetch_add(1, Ordering::Relaxed);
+                    ApiError::InsufficientStorage(why)
+                }
+                OverBudget::Sp { .. } => {
+                    service
+                        .counters
+                        .sp_payload_budget_refusals
+                        .fetch_add(1, Ordering::Relaxed);
+                    ApiError::SpOverBudget(why)
+                }
+            }
+        })
     }
 
     fn ask<T>(
@@ -274,17 +307,37 @@ impl Gateway for ApiFront {
                 }
             }
         }
-        self.take_tokens(&caller.sp, messages.len())?;
-        let mut ops = Vec::with_capacity(messages.len());
+        // build() makes at least one message, all sharing one payload.
+        let Some(payload) = messages.first().map(|m| m.payload.clone()) else {
+            return Err(ApiError::BadRequest("no messages".into()));
+        };
+        self.reserve_payload(&caller.sp, payload.len_bytes)?;
+        let release = || service.budget.release(&caller.sp, payload.len_bytes);
+        if let Err(e) = self.take_tokens(&caller.sp, messages.len()) {
+            release();
+            return Err(e);
+        }
+        let mut ops = Vec::with_capacity(messages.len() + 1);
+        if let Some(id) = payload.stored_as {
+            ops.push(StoreOp::PutPayload {
+                id,
+                value: payload.bytes.to_vec(),
+            });
+        }
         for m in &messages {
-            let value = serde_json::to_vec(m).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            ops.push(StoreOp::Put { id: m.id, value });
+            match serde_json::to_vec(m) {
+                Ok(value) => ops.push(StoreOp::Put { id: m.id, value }),
+                Err(e) => {
+                    release();
+                    return Err(ApiError::Unavailable(e.to_string()));
+                }
+            }
         }
         // 201 means on disk: block until the group commit holding these is durable.
-        service
-            .committer
-            .commit(ops)
-            .map_err(|e| ApiError::Unavailable(format!("store: {e}")))?;
+        if let Err(e) = service.committer.commit(ops) {
+            release();
+            return Err(ApiError::Unavailable(format!("store: {e}")));
+        }
         let ids: Vec<String> = messages.iter().map(|m| format_id(m.id)).collect();
         // Durable already: if the service is gone, recovery at the next start resumes them.
         let _ = service.requests.send(Request::Submit(messages));

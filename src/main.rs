@@ -11,11 +11,12 @@ use pulsegate::api::{HttpConfig, HttpServer};
 use pulsegate::config::{BackendChoice, Config, Flags};
 use pulsegate::front::{ApiFront, ServiceHandle};
 use pulsegate::gateway::Owners;
+use pulsegate::push::budget::PayloadBudget;
 use pulsegate::push::mechanism;
-use pulsegate::push::message::Message;
-use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts};
+use pulsegate::push::recovery::{self, Recovered};
+use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts, unix_ms};
 use pulsegate::shard::env::BackendInUse;
-use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store};
+use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store, StoreOp};
 use pulsegate::tls::{ServerTls, ServerTlsFiles};
 use pulsegate::{shard, sys};
 
@@ -298,22 +299,37 @@ fn start_push_service(
     let store = RedbStore::open(&cfg.data_dir)
         .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
     let records = store.load_all().map_err(|e| format!("cannot read the store: {e}"))?;
-    let mut recovered = Vec::with_capacity(records.len());
-    let mut unreadable = 0u64;
-    for (_, value) in records {
-        match serde_json::from_slice::<Message>(&value) {
-            Ok(m) => {
-                owners.push_ids.advance_past(m.id);
-                recovered.push(m);
-            }
-            Err(_) => unreadable += 1,
+    let payloads = store
+        .load_payloads()
+        .map_err(|e| format!("cannot read the store's payloads: {e}"))?;
+    let Recovered {
+        messages: recovered,
+        unreadable,
+        orphan_payloads,
+        missing_payloads,
+        payload_bytes,
+    } = recovery::relink(records, payloads, unix_ms());
+    for m in &recovered {
+        owners.push_ids.advance_past(m.id);
+        if let Some(row) = m.payload.stored_as {
+            owners.push_ids.advance_past(row);
         }
     }
+    // Rows whose last message finished before their delete landed.
+    let orphans: Vec<StoreOp> = orphan_payloads
+        .iter()
+        .map(|&id| StoreOp::DeletePayload { id })
+        .collect();
+    store
+        .commit(&orphans)
+        .map_err(|e| format!("cannot delete unreferenced payloads: {e}"))?;
     let pending = recovered.iter().filter(|m| !m.state.is_terminal()).count();
     eprintln!(
-        "pulsegate: store {}: {} messages recovered ({pending} pending), {unreadable} unreadable",
+        "pulsegate: store {}: {} messages recovered ({pending} pending, {payload_bytes} payload bytes), {unreadable} unreadable, \
+         {} unreferenced payloads deleted, {missing_payloads} failed for a missing payload",
         cfg.data_dir.display(),
-        recovered.len()
+        recovered.len(),
+        orphans.len()
     );
     let store: Arc<dyn Store> = Arc::new(store);
     let committer = Arc::new(GroupCommitter::start(
@@ -326,10 +342,15 @@ fn start_push_service(
     ));
     let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.api_requests_queue_max);
     let counters = Arc::new(ServiceCounters::default());
+    let budget = Arc::new(PayloadBudget::new(
+        cfg.pending_payload_bytes_max,
+        cfg.sp_pending_payload_bytes_max,
+    ));
     let handle = ServiceHandle {
         requests: requests_tx,
         committer: committer.clone(),
         counters: counters.clone(),
+        budget: budget.clone(),
     };
     let deliveries = owners.take_delivery_events().ok_or("delivery events already taken")?;
     // Read once here, so a bad outbound_ca_file stops the start naming the file.
@@ -351,9 +372,11 @@ fn start_push_service(
         config: ServiceConfig {
             pending_messages_max: cfg.pending_messages_max,
             pending_per_device_max: cfg.pending_pushes_per_device_max,
+            completed_retention_bytes_max: cfg.completed_retention_bytes_max,
             ..ServiceConfig::default()
         },
         counters,
+        budget,
         outbound_workers: cfg.outbound_workers,
         outbound_roots,
     };

@@ -285,6 +285,38 @@ pub fn render(src: &MetricsSources) -> String {
             "# HELP pulsegate_messages_pending Messages not yet in a terminal state.\n# TYPE pulsegate_messages_pending gauge\npulsegate_messages_pending {}",
             c.pending.load(Relaxed)
         );
+        for (name, help, v) in [
+            (
+                "pulsegate_pending_payload_bytes",
+                "Payload bytes held for pending messages, each stored payload once (pending_payload_bytes_max).",
+                &c.pending_payload_bytes,
+            ),
+            (
+                "pulsegate_pending_payloads",
+                "Stored payloads referenced by pending messages (a multicast is one).",
+                &c.pending_payloads,
+            ),
+            (
+                "pulsegate_completed_retention_bytes",
+                "Record bytes of the finished messages kept for GET (completed_retention_bytes_max).",
+                &c.completed_retention_bytes,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP pulsegate_payload_budget_refusals_total Push requests refused by a payload byte budget, by budget.\n\
+             # TYPE pulsegate_payload_budget_refusals_total counter\n\
+             pulsegate_payload_budget_refusals_total{{budget=\"pending_payload_bytes_max\"}} {}\n\
+             pulsegate_payload_budget_refusals_total{{budget=\"sp_pending_payload_bytes_max\"}} {}",
+            c.payload_budget_refusals.load(Relaxed),
+            c.sp_payload_budget_refusals.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP pulsegate_messages_total Messages by outcome.\n# TYPE pulsegate_messages_total counter"

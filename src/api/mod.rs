@@ -63,6 +63,11 @@ pub enum ApiError {
     PayloadTooLarge { max_bytes: u64 },
     /// 429 `rate_limited` with `Retry-After`.
     RateLimited { retry_after_s: u32 },
+    /// 429 `sp_over_budget`, no `Retry-After`: the caller's own byte budget
+    /// (named in the message) is full until its messages finish.
+    SpOverBudget(String),
+    /// 507 `insufficient_storage`: the gateway's byte budget (named in the message) is full.
+    InsufficientStorage(String),
     /// 503 `overloaded` with `Retry-After`.
     Overloaded { retry_after_s: u32 },
     /// 503 `unavailable` (e.g. the store failed).

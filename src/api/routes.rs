@@ -125,6 +125,8 @@ fn api_error(err: ApiError) -> Response {
             format!("too many requests, retry after {retry_after_s} s"),
         )
         .with_header("Retry-After", retry_after_s.to_string()),
+        ApiError::SpOverBudget(m) => Response::error(429, "sp_over_budget", m),
+        ApiError::InsufficientStorage(m) => Response::error(507, "insufficient_storage", m),
         ApiError::Overloaded { retry_after_s } => Response::error(
             503,
             "overloaded",

@@ -174,6 +174,23 @@ settings! {
     /// Messages not yet in a terminal state, in total.
     pending_messages_max: u32, flag u32, via same,
         default 1_000_000, unit "messages", range int(1, 100_000_000);
+    // -- byte budgets (issue 14: amplification) --
+    /// Payload bytes held for pending messages in total, each stored payload
+    /// counted once (a multicast stores its payload once); over it POST
+    /// /v1/messages gets 507. Held once in memory and once on disk: 4 GiB
+    /// suits a 24 GB host.
+    pending_payload_bytes_max: u64, flag u64, via same,
+        default 4 << 30, unit "bytes", range int(1024, 1 << 50);
+    /// Payload bytes held for one SP's pending messages; over it that SP gets
+    /// 429 (no Retry-After: room comes back as its messages finish). 1 GiB on
+    /// a 24 GB host leaves room for several SPs.
+    sp_pending_payload_bytes_max: u64, flag u64, via same,
+        default 1 << 30, unit "bytes", range int(1024, 1 << 50);
+    /// Record bytes of the finished messages kept for GET (beside the 100,000
+    /// kept at most); the oldest go first. 256 MiB on a 24 GB host.
+    completed_retention_bytes_max: u64, flag u64, via same,
+        default 256 << 20, unit "bytes", range int(1024, 1 << 50);
+    // -- end of byte budgets --
     /// Push API requests waiting for the push service (a bounded channel; its
     /// slots are allocated at start).
     api_requests_queue_max: usize, flag usize, via same,

@@ -14,6 +14,16 @@ pub struct ServiceCounters {
     pub pending: AtomicU64,
     /// Pending messages held for offline devices (evictable).
     pub queued: AtomicU64,
+    /// Payload bytes held for pending messages, each stored payload once.
+    pub pending_payload_bytes: AtomicU64,
+    /// Stored payloads referenced by pending messages.
+    pub pending_payloads: AtomicU64,
+    /// Record bytes of the finished messages kept for `GET`.
+    pub completed_retention_bytes: AtomicU64,
+    /// Requests refused by `pending_payload_bytes_max` (507).
+    pub payload_budget_refusals: AtomicU64,
+    /// Requests refused by `sp_pending_payload_bytes_max` (429).
+    pub sp_payload_budget_refusals: AtomicU64,
     pub accepted: AtomicU64,
     pub delivered: AtomicU64,
     pub confirmed: AtomicU64,
@@ -32,7 +42,8 @@ pub struct ServiceCounters {
     /// changes themselves are kept and committed again.
     pub store_errors: AtomicU64,
     /// Store deletes dropped while the store kept failing (their records come
-    /// back at recovery as finished messages and are deleted then).
+    /// back at recovery as finished messages and are deleted then; payload
+    /// rows come back unreferenced and are deleted then).
     pub store_deletes_dropped: AtomicU64,
 }
 

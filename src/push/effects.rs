@@ -55,4 +55,17 @@ pub enum Effect {
     Delete {
         id: u64,
     },
+    /// Recovery reloaded a payload of `sp`: charge it to the byte budgets.
+    PayloadHeld {
+        sp: String,
+        len_bytes: u64,
+    },
+    /// The last pending message of a payload is gone: give its bytes back to
+    /// the budgets and delete its row (`stored_as`), in the commit that holds
+    /// the message's terminal state.
+    PayloadReleased {
+        sp: String,
+        len_bytes: u64,
+        stored_as: Option<u64>,
+    },
 }

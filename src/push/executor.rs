@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select};
 
 use super::DeliveryEvent;
+use super::budget::PayloadBudget;
 use super::counters::{ServiceCounters, bump, set};
 use super::devices::Devices;
 use super::machine::{Effect, Machine, Now};
@@ -41,6 +42,7 @@ pub struct PushService {
     timers: Timers,
     persister: Persister,
     counters: Arc<ServiceCounters>,
+    budget: Arc<PayloadBudget>,
     /// Effects not yet performed (reused between turns).
     effects: Vec<Effect>,
     batch: Vec<Effect>,
@@ -65,6 +67,7 @@ impl PushService {
             timers: Timers::new(),
             persister: Persister::new(parts.committer, parts.counters.clone()),
             counters: parts.counters,
+            budget: parts.budget,
             effects: Vec::new(),
             batch: Vec::new(),
             expired: Vec::with_capacity(PUSH_EVENTS_PER_TURN_MAX),
@@ -173,6 +176,9 @@ impl PushService {
         self.persister.turn(now.mono_ms, |id| read(machine, id));
         set(&self.counters.pending, self.machine.pending_len() as u64);
         set(&self.counters.queued, self.machine.queued_len() as u64);
+        set(&self.counters.pending_payload_bytes, self.machine.payload_bytes());
+        set(&self.counters.pending_payloads, self.machine.payloads_len() as u64);
+        set(&self.counters.completed_retention_bytes, self.machine.finished_bytes());
     }
 
     /// Counts a POST whose TLS handshake failed and says why on stderr, at most once per
@@ -238,6 +244,17 @@ impl PushService {
             Effect::CancelTimer { id } => self.timers.cancel(id),
             Effect::Persist { id } => self.persister.mark(id),
             Effect::Delete { id } => self.persister.forget(id),
+            Effect::PayloadHeld { sp, len_bytes } => self.budget.charge(&sp, len_bytes),
+            Effect::PayloadReleased {
+                sp,
+                len_bytes,
+                stored_as,
+            } => {
+                self.budget.release(&sp, len_bytes);
+                if let Some(row) = stored_as {
+                    self.persister.forget_payload(row);
+                }
+            }
         }
     }
 }

@@ -39,7 +39,7 @@ fn message(id: u64, device: &str) -> Message {
         id,
         sp: "acme".into(),
         device: device.into(),
-        payload: b"hi".to_vec(),
+        payload: crate::push::payload::Payload::inline(&b"hi"[..]),
         qos: 1,
         created_ms: now,
         expires_ms: now + 60_000,
@@ -97,6 +97,7 @@ fn a_submitted_message_reaches_its_device_and_its_puback_reaches_the_store() {
         mechanisms: vec![persistent(10_000)],
         config: ServiceConfig::default(),
         counters: Arc::new(ServiceCounters::default()),
+        budget: Arc::new(crate::push::budget::PayloadBudget::unlimited()),
         outbound_workers: 1,
         outbound_roots: Vec::new(),
     };

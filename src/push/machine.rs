@@ -1,7 +1,9 @@
 //! The push service's state machine: every pending message with its tracking
 //! state (attempt generation, plan, next action, expiry), the mechanisms and
 //! their measurements, the finished messages kept for `GET`, and the owners it
-//! composes (`offline`, `collapse`, `callbacks`). Each transition (a request,
+//! composes (`offline`, `collapse`, `callbacks`, `payloads`: a payload shared
+//! by a multicast is let go, and its budget and row released, with its last
+//! pending message). Each transition (a request,
 //! a delivery event, a hand-off or POST result, a timer) changes that state
 //! and appends `Effect`s: deliver a push, POST, arm or cancel a timer, write or
 //! delete a record. An outcome invalidates an attempt by bumping the message's
@@ -15,8 +17,6 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::callbacks::{CallbackOutcome, Callbacks};
 use super::collapse::CollapseIndex;
 use super::counters::{ServiceCounters, bump};
@@ -26,6 +26,7 @@ use super::finished::Finished;
 use super::mechanism::{Kind, Mechanism, MechanismConfig, Stats};
 use super::message::{Message, State};
 use super::offline::OfflineQueue;
+use super::payloads::PayloadRefs;
 use super::posts::{PostFor, Posts, failure_reason};
 use super::service::{Op, ServiceConfig, ServiceError};
 use super::tracked::{Next, Tracked};
@@ -48,6 +49,7 @@ pub struct Machine {
     collapse: CollapseIndex,
     callbacks: Callbacks,
     posts: Posts,
+    payloads: PayloadRefs,
 }
 
 impl Machine {
@@ -55,7 +57,7 @@ impl Machine {
         Machine {
             offline: OfflineQueue::new(config.pending_per_device_max),
             callbacks: Callbacks::new(config.callback_attempts_max, config.callbacks_pending_max),
-            finished: Finished::new(config.completed_retention_max),
+            finished: Finished::new(config.completed_retention_max, config.completed_retention_bytes_max),
             config,
             counters,
             mechanisms: mechanisms
@@ -68,6 +70,7 @@ impl Machine {
             pending: HashMap::new(),
             collapse: CollapseIndex::new(),
             posts: Posts::new(),
+            payloads: PayloadRefs::new(),
         }
     }
 
@@ -85,6 +88,21 @@ impl Machine {
     /// Pending messages held for offline devices.
     pub fn queued_len(&self) -> usize {
         self.offline.len()
+    }
+
+    /// Payload bytes held for pending messages, each shared payload once.
+    pub fn payload_bytes(&self) -> u64 {
+        self.payloads.bytes()
+    }
+
+    /// Payloads held for pending messages.
+    pub fn payloads_len(&self) -> usize {
+        self.payloads.len()
+    }
+
+    /// Record bytes of the finished messages kept for `GET`.
+    pub fn finished_bytes(&self) -> u64 {
+        self.finished.bytes()
     }
 
     pub fn next_callback_due_ms(&self) -> Option<u64> {
@@ -110,8 +128,14 @@ impl Machine {
 
     // ----- requests -----
 
-    /// Starts tracking messages the API made durable.
+    /// Starts tracking messages the API made durable (their payload is
+    /// reserved in the budgets already).
     pub fn submit(&mut self, messages: Vec<Message>, now: Now, devices: &dyn Presence, fx: &mut Vec<Effect>) {
+        // Every message of the request references its payload before any can
+        // finish: the first to finish must not take the payload with it.
+        for m in &messages {
+            self.payloads.attach(m.payload.key(m.id), &m.sp, m.payload.len_bytes);
+        }
         for m in messages {
             bump(&self.counters.accepted);
             self.track(m, false, now, devices, fx);
@@ -120,8 +144,17 @@ impl Machine {
 
     /// Takes over what the store held at start-up.
     pub fn recover(&mut self, messages: Vec<Message>, now: Now, devices: &dyn Presence, fx: &mut Vec<Effect>) {
-        for m in messages {
+        for m in messages.iter().filter(|m| !m.state.is_terminal()) {
+            if self.payloads.attach(m.payload.key(m.id), &m.sp, m.payload.len_bytes) {
+                fx.push(Effect::PayloadHeld {
+                    sp: m.sp.clone(),
+                    len_bytes: m.payload.len_bytes,
+                });
+            }
+        }
+        for mut m in messages {
             if m.state.is_terminal() {
+                m.payload.let_go();
                 self.retain_completed(m, fx);
             } else {
                 self.track(m, true, now, devices, fx);
@@ -177,6 +210,7 @@ impl Machine {
     fn track(&mut self, mut msg: Message, recovered: bool, now: Now, devices: &dyn Presence, fx: &mut Vec<Effect>) {
         let id = msg.id;
         if self.pending.contains_key(&id) {
+            self.release_payload(&mut msg, fx);
             return;
         }
         if self.pending.len() as u32 >= self.config.pending_messages_max
@@ -189,6 +223,7 @@ impl Machine {
             // Nothing held to evict (all in flight): the API refuses before this;
             // a recovery beyond the bound fails the excess.
             msg.set_state(State::Failed, now.unix_ms, "pending message limit reached");
+            self.release_payload(&mut msg, fx);
             bump(&self.counters.failed);
             fx.push(Effect::Persist { id });
             self.retain_completed(msg, fx);
@@ -288,7 +323,7 @@ impl Machine {
                 let push = Push {
                     id,
                     qos: t.msg.qos,
-                    payload: Bytes::from(t.msg.payload.clone()),
+                    payload: t.msg.payload.bytes.clone(),
                     tracked: true,
                     control_topic: None,
                     sent_as: None,
@@ -388,9 +423,23 @@ impl Machine {
             self.collapse.release(&t.msg.sp, &t.msg.device, key, id);
         }
         bump(self.counters.terminal(state));
+        self.release_payload(&mut t.msg, fx);
         fx.push(Effect::Persist { id });
         self.queue_callback(t.msg.callback_url.clone(), t.msg.status_json());
         self.retain_completed(t.msg, fx);
+    }
+
+    /// A message stops referencing its payload (it finished): the bytes go
+    /// from it, and with its last message the payload's budget and row.
+    fn release_payload(&mut self, msg: &mut Message, fx: &mut Vec<Effect>) {
+        if let Some(r) = self.payloads.detach(msg.payload.key(msg.id)) {
+            fx.push(Effect::PayloadReleased {
+                sp: r.sp,
+                len_bytes: r.len_bytes,
+                stored_as: msg.payload.stored_as,
+            });
+        }
+        msg.payload.let_go();
     }
 
     fn retain_completed(&mut self, msg: Message, fx: &mut Vec<Effect>) {

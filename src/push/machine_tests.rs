@@ -133,7 +133,7 @@ fn message(id: u64, device: &str, qos: u8, ttl_ms: u64) -> Message {
         id,
         sp: "acme".into(),
         device: device.into(),
-        payload: b"hello".to_vec(),
+        payload: crate::push::payload::Payload::inline(&b"hello"[..]),
         qos,
         created_ms: UNIX_BASE_MS,
         expires_ms: UNIX_BASE_MS + ttl_ms,
@@ -502,4 +502,60 @@ fn recovery_closes_interrupted_attempts_and_retention_deletes_the_oldest() {
         "retention 1: the older finished one goes"
     );
     assert!(s.m.message(2).is_none());
+}
+
+fn released(fx: &[Effect]) -> Vec<Option<u64>> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::PayloadReleased { stored_as, .. } => Some(*stored_as),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_shared_payload_is_released_once_with_its_last_pending_message() {
+    let mut s = Sim::persistent_only();
+    let shared = crate::push::payload::Payload::shared(100, bytes::Bytes::from_static(b"four"));
+    let batch: Vec<Message> = (1..=3)
+        .map(|id| Message {
+            payload: shared.clone(),
+            ..message(id, &format!("d{id}"), 1, 60_000)
+        })
+        .collect();
+    let mut fx = Vec::new();
+    let now = s.now();
+    s.m.submit(batch.clone(), now, &s.online, &mut fx);
+    let fx = s.take(fx);
+    assert!(released(&fx).is_empty(), "held for offline devices");
+    assert_eq!((s.m.payload_bytes(), s.m.payloads_len()), (4, 1), "counted once");
+    let mut fx = Vec::new();
+    s.m.cancel("acme", 1, s.now(), &mut fx).expect("cancel");
+    s.m.cancel("acme", 2, s.now(), &mut fx).expect("cancel");
+    assert!(released(&fx).is_empty(), "message 3 still holds it");
+    assert_eq!(s.m.payload_bytes(), 4);
+    assert!(
+        s.m.message(2).expect("retained").payload.bytes.is_empty(),
+        "a finished one lets go"
+    );
+    s.online.0.insert("d3".into(), at(1));
+    let fx = s.event(DeliveryEvent::DeviceOnline { client_id: "d3".into() });
+    assert_eq!(delivers(&fx).len(), 1);
+    let fx = s.event(DeliveryEvent::Acked { push_id: 3 });
+    assert_eq!(released(&fx), vec![Some(100)], "the last one releases it, with its row");
+    assert_eq!((s.m.payload_bytes(), s.m.payloads_len()), (0, 0));
+
+    // Recovery charges a reloaded payload once, however many records share it.
+    let mut r = Sim::persistent_only();
+    let mut fx = Vec::new();
+    let now = r.now();
+    r.m.recover(batch, now, &r.online, &mut fx);
+    let held: Vec<_> = fx.iter().filter(|e| matches!(e, Effect::PayloadHeld { .. })).collect();
+    assert_eq!(
+        held,
+        vec![&Effect::PayloadHeld {
+            sp: "acme".into(),
+            len_bytes: 4
+        }]
+    );
 }

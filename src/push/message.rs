@@ -1,12 +1,14 @@
 //! A tracked message: what the SP asked for, where it stands, and its history
 //! (every state change and every delivery attempt). Serialized as JSON for the
-//! store and for `GET /v1/messages/{id}`.
+//! store (the payload as a reference to its row, see `payload`) and for
+//! `GET /v1/messages/{id}` (without the payload).
 //!
 //! Owns the message record and its state transitions' bookkeeping. Must never
 //! decide what happens next (the service does) or touch I/O.
 
 use serde::{Deserialize, Serialize};
 
+use super::payload::Payload;
 use super::profile::Profile;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,9 +65,8 @@ pub struct Message {
     pub id: u64,
     pub sp: String,
     pub device: String,
-    /// Raw payload bytes (base64 in JSON).
-    #[serde(with = "b64")]
-    pub payload: Vec<u8>,
+    /// The payload, shared by the messages of one multicast.
+    pub payload: Payload,
     pub qos: u8,
     pub created_ms: u64,
     pub expires_ms: u64,
@@ -111,6 +112,25 @@ impl Message {
         }
     }
 
+    /// Bytes of the message's record (its stored JSON, payload excluded when
+    /// shared): what a finished message costs the retention window.
+    pub fn record_bytes(&self) -> u64 {
+        struct Count(u64);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len() as u64;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut n = Count(0);
+        // Writing to a counter cannot fail; a failure would only undercount.
+        let _ = serde_json::to_writer(&mut n, self);
+        n.0
+    }
+
     /// The public view for `GET /v1/messages/{id}` and callbacks.
     pub fn status_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
@@ -133,23 +153,6 @@ impl Message {
     }
 }
 
-/// Base64 for the payload inside stored JSON.
-mod b64 {
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,7 +162,7 @@ mod tests {
             id: 7,
             sp: "acme".into(),
             device: "d1".into(),
-            payload: vec![0, 1, 255],
+            payload: Payload::inline(&[0u8, 1, 255][..]),
             qos: 1,
             created_ms: 1,
             expires_ms: 100,

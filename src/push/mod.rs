@@ -8,7 +8,10 @@
 //!   results, timers); time is an argument, effects (`effects`) are returned.
 //!   It composes `tracked` (one message's record), `offline` (store and
 //!   forward, bounded), `collapse`, `callbacks` (with their backoff),
-//!   `finished` (retention) and `posts` (outbound tags, request shapes).
+//!   `finished` (retention, by count and bytes), `payloads` (which pending
+//!   messages share which payload) and `posts` (outbound tags, request shapes).
+//! - `budget`: the payload byte budgets the API reserves from and the
+//!   executor releases to; `payload`: the shared payload and its record form.
 //! - `executor`: the thread; performs the effects on the device side
 //!   (`devices::Devices`, implemented by the gateway), the outbound pool, its
 //!   timer heap (`timers`) and the store (`persist`: group commit without
@@ -19,6 +22,7 @@
 //! Owns message tracking. Must never touch sockets or shard state: shards
 //! deliver, the service decides what to deliver and tracks the outcome.
 
+pub mod budget;
 pub mod callbacks;
 pub mod collapse;
 pub mod counters;
@@ -30,10 +34,13 @@ pub mod machine;
 pub mod mechanism;
 pub mod message;
 pub mod offline;
+pub mod payload;
+pub mod payloads;
 pub mod persist;
 pub mod policy;
 pub mod posts;
 pub mod profile;
+pub mod recovery;
 pub mod service;
 pub mod submit;
 pub mod timers;

@@ -20,10 +20,26 @@ use super::counters::{ServiceCounters, bump};
 use crate::limits::{PUSH_PERSIST_DELETES_MAX, PUSH_PERSIST_RETRY_MS_MAX, PUSH_PERSIST_RETRY_MS_MIN};
 use crate::store::{GroupCommitter, StoreError, StoreOp, Ticket};
 
+/// A record to delete: a message's, or a payload's row (its last message finished).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gone {
+    Message(u64),
+    Payload(u64),
+}
+
+impl Gone {
+    fn op(self) -> StoreOp {
+        match self {
+            Gone::Message(id) => StoreOp::Delete { id },
+            Gone::Payload(id) => StoreOp::DeletePayload { id },
+        }
+    }
+}
+
 struct InFlight {
     ticket: Ticket,
     puts: Vec<u64>,
-    deletes: Vec<u64>,
+    deletes: Vec<Gone>,
 }
 
 pub struct Persister {
@@ -31,7 +47,7 @@ pub struct Persister {
     counters: Arc<ServiceCounters>,
     dirty: BTreeSet<u64>,
     /// Ids whose records go (retention passed), oldest first, bounded.
-    deleted: VecDeque<u64>,
+    deleted: VecDeque<Gone>,
     in_flight: Option<InFlight>,
     /// Failed commits in a row (0 = healthy).
     failures: u32,
@@ -65,7 +81,17 @@ impl Persister {
             self.deleted.pop_front();
             bump(&self.counters.store_deletes_dropped);
         }
-        self.deleted.push_back(id);
+        self.deleted.push_back(Gone::Message(id));
+    }
+
+    /// Payload row `id` is no longer referenced by a pending message: delete
+    /// it (in the commit that holds that message's terminal state, or later).
+    pub fn forget_payload(&mut self, id: u64) {
+        if self.deleted.len() >= PUSH_PERSIST_DELETES_MAX {
+            self.deleted.pop_front();
+            bump(&self.counters.store_deletes_dropped);
+        }
+        self.deleted.push_back(Gone::Payload(id));
     }
 
     /// Settles the commit in flight, if it has an answer; then, unless one is
@@ -86,14 +112,14 @@ impl Persister {
             self.committer.resume();
         }
         let puts: Vec<u64> = std::mem::take(&mut self.dirty).into_iter().collect();
-        let deletes: Vec<u64> = self.deleted.drain(..).collect();
+        let deletes: Vec<Gone> = self.deleted.drain(..).collect();
         let mut ops = Vec::with_capacity(puts.len() + deletes.len());
         for &id in &puts {
             if let Some(value) = read(id) {
                 ops.push(StoreOp::Put { id, value });
             }
         }
-        ops.extend(deletes.iter().map(|&id| StoreOp::Delete { id }));
+        ops.extend(deletes.iter().map(|g| g.op()));
         if ops.is_empty() {
             return;
         }
@@ -114,7 +140,7 @@ impl Persister {
         }
     }
 
-    fn failed(&mut self, puts: Vec<u64>, deletes: Vec<u64>, now_ms: u64) {
+    fn failed(&mut self, puts: Vec<u64>, deletes: Vec<Gone>, now_ms: u64) {
         bump(&self.counters.store_errors);
         self.dirty.extend(puts);
         for id in deletes.into_iter().rev() {

@@ -59,7 +59,7 @@ impl Posts {
         let body = serde_json::json!({
             "id": format_id(msg.id),
             "device": msg.device,
-            "payload": String::from_utf8_lossy(&msg.payload),
+            "payload": String::from_utf8_lossy(&msg.payload.bytes),
             "qos": msg.qos,
         });
         PostRequest {

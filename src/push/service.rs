@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rustls::pki_types::CertificateDer;
 
 use super::DeliveryEvent;
+use super::budget::PayloadBudget;
 use super::devices::Devices;
 use super::mechanism::MechanismConfig;
 use super::message::{Message, State};
@@ -28,6 +29,8 @@ pub struct ServiceConfig {
     pub pending_per_device_max: u32,
     /// Terminal messages kept for `GET` before they are deleted.
     pub completed_retention_max: usize,
+    /// Record bytes of the terminal messages kept for `GET`.
+    pub completed_retention_bytes_max: u64,
     /// Callback POSTs tried per terminal state.
     pub callback_attempts_max: u32,
     pub callback_timeout_ms: u64,
@@ -41,6 +44,7 @@ impl Default for ServiceConfig {
             pending_messages_max: 1_000_000,
             pending_per_device_max: 64,
             completed_retention_max: 100_000,
+            completed_retention_bytes_max: 256 << 20,
             callback_attempts_max: 5,
             callback_timeout_ms: 5_000,
             callbacks_pending_max: 100_000,
@@ -122,6 +126,8 @@ pub struct ServiceParts {
     pub mechanisms: Vec<MechanismConfig>,
     pub config: ServiceConfig,
     pub counters: Arc<ServiceCounters>,
+    /// The payload byte budgets the API reserves from; released here.
+    pub budget: Arc<PayloadBudget>,
     pub outbound_workers: usize,
     /// What https:// webhooks and callbacks trust (`tls::client_root_certs`).
     pub outbound_roots: Vec<CertificateDer<'static>>,

@@ -5,10 +5,12 @@
 //! makes the messages durable and hands them to the service.
 
 use base64::Engine;
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::PushIds;
 use super::message::{Event, Message, State};
+use super::payload::Payload;
 use super::profile::{self, Profile};
 use crate::config::Config;
 
@@ -18,6 +20,10 @@ pub const MULTICAST_DEVICES_MAX: usize = 1_000;
 pub const DEVICE_ID_BYTES_MAX: usize = 256;
 /// Longest collapse key and callback URL.
 pub const FIELD_BYTES_MAX: usize = 2_048;
+/// Largest unicast payload carried inline in its record (base64, 4/3 of it)
+/// rather than in a payload row of its own (a second B-tree entry costs more
+/// than that below this size).
+pub const PAYLOAD_INLINE_BYTES_MAX: usize = 1_024;
 /// Longest time-to-live a request may ask for.
 pub const TTL_S_MAX: u32 = 30 * 24 * 3600;
 
@@ -51,6 +57,7 @@ struct Body {
 
 /// The messages one request made.
 pub struct Submission {
+    /// They share one payload (`Payload::shared`), stored once.
     pub messages: Vec<Message>,
     /// The request named `devices` (answered with `ids`), not `device`.
     pub multicast: bool,
@@ -142,6 +149,13 @@ pub fn build(
         return bad(why);
     }
     let ttl_s = profile.deliver_within_s.map_or(ttl_s, |w| w.min(ttl_s));
+    // One allocation for every device of the request, and one store row
+    // unless a small unicast payload is cheaper inline (as base64) in its record.
+    let payload = if devices.len() == 1 && payload.len() <= PAYLOAD_INLINE_BYTES_MAX {
+        Payload::inline(payload)
+    } else {
+        Payload::shared(ids.next_id(), Bytes::from(payload))
+    };
     let messages = devices
         .into_iter()
         .map(|device| Message {
@@ -190,16 +204,29 @@ mod tests {
             .expect("valid");
         assert_eq!(m.len(), 1);
         assert_eq!(
-            (m[0].device.as_str(), m[0].payload.as_slice(), m[0].qos),
+            (m[0].device.as_str(), &m[0].payload.bytes[..], m[0].qos),
             ("d1", &b"hi"[..], 1)
         );
         assert_eq!(m[0].expires_ms, 6_000);
+        assert_eq!(m[0].payload.stored_as, None, "a small unicast payload is inline");
+        let large = build_one(&format!(r#"{{"device":"d","payload":"{}"}}"#, "x".repeat(2_000))).expect("valid");
+        assert!(
+            large.iter().all(|m| m.payload.stored_as.is_some()),
+            "a large one has its row"
+        );
         assert_eq!(m[0].profile.priority, 7);
         let m = build_one(r#"{"devices":["a","b","c"],"payload":"AAE=","payload_encoding":"base64","qos":0}"#)
             .expect("valid");
         assert_eq!(m.len(), 3);
         assert_ne!(m[0].id, m[1].id);
-        assert_eq!(m[2].payload, vec![0, 1]);
+        assert_eq!(&m[2].payload.bytes[..], &[0, 1]);
+        assert_eq!(
+            m[0].payload.bytes.as_ptr(),
+            m[2].payload.bytes.as_ptr(),
+            "one allocation"
+        );
+        assert!(m[0].payload.stored_as.is_some() && m[0].payload == m[2].payload);
+        assert!(m.iter().all(|x| Some(x.id) != m[0].payload.stored_as), "its own id");
     }
 
     #[test]

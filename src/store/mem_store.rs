@@ -8,9 +8,16 @@ use super::{Store, StoreError, StoreOp};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+/// Message records and payload rows.
+#[derive(Default)]
+struct Tables {
+    messages: BTreeMap<u64, Vec<u8>>,
+    payloads: BTreeMap<u64, Vec<u8>>,
+}
+
 #[derive(Default)]
 pub struct MemStore {
-    map: Mutex<BTreeMap<u64, Vec<u8>>>,
+    map: Mutex<Tables>,
 }
 
 impl MemStore {
@@ -18,7 +25,7 @@ impl MemStore {
         MemStore::default()
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, BTreeMap<u64, Vec<u8>>>, StoreError> {
+    fn lock(&self) -> Result<MutexGuard<'_, Tables>, StoreError> {
         self.map
             .lock()
             .map_err(|_| StoreError::Corrupt("MemStore mutex poisoned".into()))
@@ -29,14 +36,20 @@ impl Store for MemStore {
     fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
         // Applying ops cannot fail once the lock is held, so all-or-nothing
         // holds trivially; the lock makes the commit atomic to readers.
-        let mut map = self.lock()?;
+        let mut t = self.lock()?;
         for op in ops {
             match op {
                 StoreOp::Put { id, value } => {
-                    map.insert(*id, value.clone());
+                    t.messages.insert(*id, value.clone());
                 }
                 StoreOp::Delete { id } => {
-                    map.remove(id);
+                    t.messages.remove(id);
+                }
+                StoreOp::PutPayload { id, value } => {
+                    t.payloads.insert(*id, value.clone());
+                }
+                StoreOp::DeletePayload { id } => {
+                    t.payloads.remove(id);
                 }
             }
         }
@@ -44,11 +57,15 @@ impl Store for MemStore {
     }
 
     fn load_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        Ok(self.lock()?.iter().map(|(k, v)| (*k, v.clone())).collect())
+        Ok(self.lock()?.messages.iter().map(|(k, v)| (*k, v.clone())).collect())
     }
 
     fn len(&self) -> Result<u64, StoreError> {
-        Ok(self.lock()?.len() as u64)
+        Ok(self.lock()?.messages.len() as u64)
+    }
+
+    fn load_payloads(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.lock()?.payloads.iter().map(|(k, v)| (*k, v.clone())).collect())
     }
 }
 

@@ -2,7 +2,8 @@
 //! types, and the two implementations (`RedbStore` on disk, `MemStore` for
 //! tests) plus the `GroupCommitter` that batches many callers into one fsync.
 //!
-//! Owns: the on-disk format of pending messages (id -> opaque bytes) and the
+//! Owns: the on-disk format of pending messages (id -> opaque bytes, and
+//! payload rows: id -> opaque bytes, which message records may reference) and the
 //! promise that a successful `commit` is on stable storage. Must never: encode
 //! or interpret message payloads, talk to the network or to other gateway
 //! modules (only `super::` paths are used so it can be dropped into any crate),
@@ -37,10 +38,14 @@ pub use redb_store::RedbStore;
 use std::fmt;
 
 /// One mutation. Ops of one `commit` call are applied in slice order.
+/// `PutPayload`/`DeletePayload` write the payloads table (a payload shared by
+/// the records of one multicast).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
     Put { id: u64, value: Vec<u8> },
     Delete { id: u64 },
+    PutPayload { id: u64, value: Vec<u8> },
+    DeletePayload { id: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +81,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every record, in id order (recovery at start-up).
     fn load_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     fn len(&self) -> Result<u64, StoreError>;
+    /// Every payload row, in id order (recovery re-links them to their
+    /// records). A store that never takes payload rows has none.
+    fn load_payloads(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        Ok(Vec::new())
+    }
     fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
     }

@@ -1,5 +1,6 @@
 //! `RedbStore`: the on-disk `Store`, one redb file `<dir>/messages.redb` with
-//! one table `messages: u64 -> bytes`.
+//! two tables, `messages: u64 -> bytes` and `payloads: u64 -> bytes` (a
+//! payload shared by the records of one multicast, stored once).
 //!
 //! Owns: opening/creating the file and mapping redb errors to `StoreError`.
 //! Must never: commit with a durability weaker than `Durability::Immediate`
@@ -11,6 +12,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use std::path::{Path, PathBuf};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 
 /// File name inside the directory given to `open`.
 pub const FILE_NAME: &str = "messages.redb";
@@ -38,12 +40,24 @@ impl RedbStore {
         // Make sure the table exists so readers never see TableDoesNotExist.
         let txn = db.begin_write().map_err(map_err)?;
         txn.open_table(MESSAGES).map_err(map_err)?;
+        txn.open_table(PAYLOADS).map_err(map_err)?;
         txn.commit().map_err(map_err)?;
         Ok(RedbStore { db, path })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn load_table(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(map_err)?;
+        let table = txn.open_table(def).map_err(map_err)?;
+        let mut out = Vec::with_capacity(table.len().map_err(map_err)? as usize);
+        for row in table.iter().map_err(map_err)? {
+            let (k, v) = row.map_err(map_err)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 }
 
@@ -59,6 +73,7 @@ impl Store for RedbStore {
             .map_err(|e| StoreError::Io(e.to_string()))?;
         {
             let mut table = txn.open_table(MESSAGES).map_err(map_err)?;
+            let mut payloads = txn.open_table(PAYLOADS).map_err(map_err)?;
             for op in ops {
                 match op {
                     StoreOp::Put { id, value } => {
@@ -66,6 +81,12 @@ impl Store for RedbStore {
                     }
                     StoreOp::Delete { id } => {
                         table.remove(*id).map_err(map_err)?;
+                    }
+                    StoreOp::PutPayload { id, value } => {
+                        payloads.insert(*id, value.as_slice()).map_err(map_err)?;
+                    }
+                    StoreOp::DeletePayload { id } => {
+                        payloads.remove(*id).map_err(map_err)?;
                     }
                 }
             }
@@ -76,14 +97,11 @@ impl Store for RedbStore {
     }
 
     fn load_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(map_err)?;
-        let table = txn.open_table(MESSAGES).map_err(map_err)?;
-        let mut out = Vec::with_capacity(table.len().map_err(map_err)? as usize);
-        for row in table.iter().map_err(map_err)? {
-            let (k, v) = row.map_err(map_err)?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.load_table(MESSAGES)
+    }
+
+    fn load_payloads(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.load_table(PAYLOADS)
     }
 
     fn len(&self) -> Result<u64, StoreError> {
@@ -162,6 +180,33 @@ mod tests {
         );
         assert_eq!(s.len().expect("len"), 2);
         assert!(!s.is_empty().expect("is_empty"));
+    }
+
+    #[test]
+    fn payload_rows_are_a_table_of_their_own() {
+        let dir = TempDir::new("payloads");
+        {
+            let s = RedbStore::open(&dir.0).expect("open");
+            s.commit(&[
+                StoreOp::PutPayload {
+                    id: 7,
+                    value: vec![1; 1000],
+                },
+                StoreOp::Put {
+                    id: 7,
+                    value: b"record".to_vec(),
+                },
+                StoreOp::PutPayload { id: 8, value: vec![2] },
+                StoreOp::DeletePayload { id: 8 },
+            ])
+            .expect("commit");
+        }
+        let s = RedbStore::open(&dir.0).expect("reopen");
+        assert_eq!(s.load_payloads().expect("payloads"), vec![(7, vec![1; 1000])]);
+        assert_eq!(s.load_all().expect("messages"), vec![(7, b"record".to_vec())]);
+        s.commit(&[StoreOp::DeletePayload { id: 7 }]).expect("delete");
+        assert!(s.load_payloads().expect("payloads").is_empty());
+        assert_eq!(s.len().expect("len"), 1, "the record is another table's");
     }
 
     #[test]
