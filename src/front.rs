@@ -194,10 +194,11 @@ impl Gateway for ApiFront {
             ops.push(StoreOp::Put { id: m.id, value });
         }
         // 201 means on disk: block until the group commit holding these is durable.
-        service
-            .committer
-            .commit(ops)
-            .map_err(|e| ApiError::Unavailable(format!("store: {e}")))?;
+        // On failure nothing was kept (the batch is atomic) and the service never heard of it.
+        service.committer.commit(ops).map_err(|e| {
+            service.counters.store_errors_api.fetch_add(1, Ordering::Relaxed);
+            ApiError::Unavailable(format!("store: {e}"))
+        })?;
         let ids: Vec<String> = messages.iter().map(|m| format_id(m.id)).collect();
         // Durable already: if the service is gone, recovery at the next start resumes them.
         let _ = service.requests.send(Request::Submit(messages));
@@ -284,6 +285,10 @@ impl Gateway for ApiFront {
             .map_err(|_| ApiError::ShuttingDown)?;
         rx.recv_timeout(Duration::from_millis(SERVICE_REPLY_TIMEOUT_MS))
             .map_err(|_| ApiError::Overloaded { retry_after_s: 1 })
+    }
+
+    fn store_error(&self) -> Option<String> {
+        self.env.service.committer.failure().map(|e| e.to_string())
     }
 
     fn metrics_text(&self) -> String {

@@ -15,7 +15,7 @@ use pulsegate::push::mechanism;
 use pulsegate::push::message::Message;
 use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts};
 use pulsegate::shard::env::BackendInUse;
-use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store};
+use pulsegate::store::{CompactPolicy, GroupCommitConfig, GroupCommitter, RedbStore, Store};
 use pulsegate::tls::{ServerTls, ServerTlsFiles};
 use pulsegate::{shard, sys};
 
@@ -283,9 +283,13 @@ fn start_push_service(
     stop: &Arc<AtomicBool>,
 ) -> Result<(std::thread::JoinHandle<()>, ServiceHandle), String> {
     let cfg = owners.cfg();
-    let store = RedbStore::open(&cfg.data_dir)
+    let retry_ms = (cfg.store_retry_ms_min, cfg.store_retry_ms_max);
+    let (store, open_error) = RedbStore::open_at_start(&cfg.data_dir, retry_ms, stop)
         .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
-    let records = store.load_all().map_err(|e| format!("cannot read the store: {e}"))?;
+    let records = match open_error {
+        Some(_) => Vec::new(), // nothing on disk yet (see open_at_start)
+        None => store.load_all().map_err(|e| format!("cannot read the store: {e}"))?,
+    };
     let mut recovered = Vec::with_capacity(records.len());
     let mut unreadable = 0u64;
     for (_, value) in records {
@@ -304,14 +308,22 @@ fn start_push_service(
         recovered.len()
     );
     let store: Arc<dyn Store> = Arc::new(store);
-    let committer = Arc::new(GroupCommitter::start(
-        store,
-        GroupCommitConfig {
-            queue_ops_max: cfg.store_queue_ops_max,
-            batch_ops_max: cfg.store_batch_ops_max,
-            batch_wait_us: 0,
+    let commit_cfg = GroupCommitConfig {
+        queue_ops_max: cfg.store_queue_ops_max,
+        batch_ops_max: cfg.store_batch_ops_max,
+        batch_wait_us: 0,
+        retry_ms_min: cfg.store_retry_ms_min,
+        retry_ms_max: cfg.store_retry_ms_max,
+        compact: CompactPolicy {
+            free_bytes_min: cfg.store_compact_free_bytes_min,
+            free_percent_min: cfg.store_compact_free_percent_min,
+            ..CompactPolicy::default()
         },
-    ));
+    };
+    let committer = Arc::new(match open_error {
+        None => GroupCommitter::start(store, commit_cfg),
+        Some(e) => GroupCommitter::start_degraded(store, commit_cfg, e),
+    });
     let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.api_requests_queue_max);
     let counters = Arc::new(ServiceCounters::default());
     let handle = ServiceHandle {

@@ -78,6 +78,10 @@ pub trait Gateway: Send + Sync + 'static {
     fn heartbeat_limit(&self, caller: &Caller, update: Option<&[u8]>) -> Result<serde_json::Value, ApiError>;
     /// Prometheus text exposition (version 0.0.4) of all metrics.
     fn metrics_text(&self) -> String;
+    /// `GET /healthz`: the store's error while it cannot commit (None: healthy).
+    fn store_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Limits of the HTTP server. All values must be non-zero (`HttpServer::start` refuses zeros).
