@@ -195,6 +195,7 @@ fn full_when_queue_bound_hit() {
         queue_ops_max: 10,
         batch_ops_max: 100,
         batch_wait_us: 0,
+        ..GroupCommitConfig::default()
     };
     let gc = GroupCommitter::start(store.clone(), cfg);
     gc.commit_async(vec![put(0)]).expect("first");
@@ -220,6 +221,7 @@ fn oversized_submission_accepted_when_idle_and_batches_respect_max() {
         queue_ops_max: 4,
         batch_ops_max: 3,
         batch_wait_us: 0,
+        ..GroupCommitConfig::default()
     };
     let gc = GroupCommitter::start(store.clone(), cfg);
     gc.commit((0..6).map(put).collect()).expect("oversized but alone");
