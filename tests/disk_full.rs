@@ -323,6 +323,9 @@ fn the_store_file_shrinks_back_once_a_burst_is_gone() {
     let bound = peak / BURST as u64 * RETAINED as u64 * 11 / 10;
     assert!(after < peak, "the file shrank: {after} >= {peak}");
     assert!(after <= bound, "{after} bytes > {bound} (what {RETAINED} records take, +10%)");
+    for line in gw.stderr().lines().filter(|l| l.contains("compacted")) {
+        eprintln!("compaction: gateway: {line}");
+    }
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }

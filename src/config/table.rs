@@ -182,10 +182,11 @@ settings! {
     /// Longest wait between two probes of a failed store.
     store_retry_ms_max: u64, flag u64, via same,
         default 5_000, unit "ms", range int(1, 3_600_000);
-    /// The store file is compacted once this many of its bytes are free (0 = never)...
+    /// The store file is compacted (shrunk) once this many of its bytes are free (0 = never)...
     store_compact_free_bytes_min: u64, flag u64, via same,
         default 16 << 20, unit "bytes", range int(0, u64::MAX);
-    /// ...and at least this share of it is free.
+    /// ...and the live data is at least this share below its peak since the
+    /// last compaction (a burst is gone; growth slack alone never compacts).
     store_compact_free_percent_min: u32, flag u32, via same,
         default 50, unit "%", range int(0, 100);
     /// Threads sending webhooks and callbacks.

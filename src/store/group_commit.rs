@@ -399,8 +399,12 @@ impl Writer {
                 c.stats.compactions += 1;
                 drop(c);
                 eprintln!(
-                    "pulsegate: store compacted {} -> {} bytes in {} ms",
-                    done.file_bytes_before, done.file_bytes_after, done.duration_ms
+                    "pulsegate: store compacted {} -> {} bytes in {} ms (live {} bytes, peak {})",
+                    done.file_bytes_before,
+                    done.file_bytes_after,
+                    done.duration_ms,
+                    done.live_bytes,
+                    done.live_peak_bytes
                 );
             }
             Err(e) => {

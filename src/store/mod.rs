@@ -111,9 +111,11 @@ pub trait Store: Send + Sync + 'static {
 /// When the store file is compacted: both bounds must hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactPolicy {
-    /// Free (allocated but unused) bytes in the file at least this (0 = never compact).
+    /// Free bytes in the file (its size minus the bytes in allocated pages) at
+    /// least this (0 = never compact)...
     pub free_bytes_min: u64,
-    /// And at least this share of the file free, in percent.
+    /// ...and the live bytes at least this many percent below their peak since
+    /// the last compaction (a burst is gone; not mere growth slack).
     pub free_percent_min: u32,
     /// Free space is measured at most this often, and only after commits.
     pub check_ms: u64,
@@ -134,5 +136,8 @@ impl Default for CompactPolicy {
 pub struct Compaction {
     pub file_bytes_before: u64,
     pub file_bytes_after: u64,
+    /// Bytes in allocated pages when it started, and their peak before.
+    pub live_bytes: u64,
+    pub live_peak_bytes: u64,
     pub duration_ms: u64,
 }

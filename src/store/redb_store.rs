@@ -14,7 +14,7 @@
 use super::{CompactPolicy, Compaction, Store, StoreError, StoreOp};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
@@ -33,6 +33,8 @@ pub struct RedbStore {
     db: RwLock<Option<Database>>,
     /// A write failed: the `Database` refuses everything until reopened.
     poisoned: AtomicBool,
+    /// Most bytes in allocated pages seen since the last compaction (`compact`).
+    live_peak_bytes: AtomicU64,
     path: PathBuf,
 }
 
@@ -65,6 +67,7 @@ impl RedbStore {
         RedbStore {
             db: RwLock::new(None),
             poisoned: AtomicBool::new(false),
+            live_peak_bytes: AtomicU64::new(0),
             path: dir.join(FILE_NAME),
         }
     }
@@ -307,9 +310,13 @@ impl Store for RedbStore {
             self.watch(usage(db, &self.path))?
         };
         let free = before.saturating_sub(live);
+        // Not the file's free share alone: redb grows the file by doubling, so right after
+        // a growth half of it is free. Compact once the live data fell `free_percent_min`
+        // below its high-water mark, i.e. after a burst is gone.
+        let peak = self.live_peak_bytes.fetch_max(live, Ordering::AcqRel).max(live);
         if policy.free_bytes_min == 0
             || free < policy.free_bytes_min
-            || free.saturating_mul(100) < before.saturating_mul(u64::from(policy.free_percent_min))
+            || live.saturating_mul(100) > peak.saturating_mul(100 - u64::from(policy.free_percent_min.min(100)))
         {
             return Ok(None);
         }
@@ -323,10 +330,13 @@ impl Store for RedbStore {
         });
         drop(guard);
         self.watch(r)?;
+        self.live_peak_bytes.store(live, Ordering::Release);
         let after = self.file_bytes().unwrap_or(before);
         Ok(Some(Compaction {
             file_bytes_before: before,
             file_bytes_after: after,
+            live_bytes: live,
+            live_peak_bytes: peak,
             duration_ms: t0.elapsed().as_millis() as u64,
         }))
     }
@@ -421,6 +431,58 @@ mod tests {
         let rows = s.load_all().expect("load");
         assert_eq!(rows.len(), 99);
         assert!(rows.iter().all(|(id, v)| *id != 50 && *v == payload(*id)));
+    }
+
+    #[test]
+    fn compacts_only_once_the_live_data_fell_below_its_peak_and_the_file_shrinks() {
+        let dir = TempDir::new("compact");
+        let s = RedbStore::open(&dir.0).expect("open");
+        let policy = CompactPolicy {
+            free_bytes_min: 1 << 20,
+            free_percent_min: 50,
+            check_ms: 0,
+        };
+        for chunk in 0..100u64 {
+            let ops: Vec<StoreOp> = (chunk * 100..chunk * 100 + 100)
+                .map(|id| StoreOp::Put { id, value: payload(id) })
+                .collect();
+            s.commit(&ops).expect("put");
+            // Growing: never compacted, whatever slack the file has.
+            assert_eq!(s.compact(&policy).expect("check"), None, "chunk {chunk}");
+        }
+        let full = s.file_bytes().expect("size");
+        let ops: Vec<StoreOp> = (0..9_900).map(|id| StoreOp::Delete { id }).collect();
+        s.commit(&ops).expect("delete");
+        // redb frees a commit's pages at the next commit.
+        s.commit(&[StoreOp::Delete { id: u64::MAX }]).expect("next commit");
+        let done = s.compact(&policy).expect("compact").expect("compacted");
+        assert_eq!(done.file_bytes_before, full);
+        assert!(done.file_bytes_after < full / 10, "{done:?}");
+        assert_eq!(s.file_bytes(), Some(done.file_bytes_after));
+        assert_eq!(s.compact(&policy).expect("again"), None, "nothing more to gain");
+        let rows = s.load_all().expect("load");
+        assert_eq!(rows.len(), 100);
+        assert!(rows.iter().all(|(id, v)| *id >= 9_900 && *v == payload(*id)));
+    }
+
+    #[test]
+    fn a_file_left_uninitialised_is_recreated_and_probe_reopens() {
+        let dir = TempDir::new("uninit");
+        std::fs::create_dir_all(&dir.0).expect("mkdir");
+        // What a create on a full disk leaves: a sparse file of zeros.
+        let f = std::fs::File::create(dir.0.join(FILE_NAME)).expect("create");
+        f.set_len(1 << 20).expect("set_len");
+        assert!(!RedbStore::may_hold_records(&dir.0));
+        let s = RedbStore::open(&dir.0).expect("recreated");
+        assert!(RedbStore::may_hold_records(&dir.0));
+        s.commit(&[StoreOp::Put { id: 1, value: payload(1) }]).expect("put");
+        // Poisoned (as after a failed write): refused until a probe reopens it.
+        s.poisoned.store(true, Ordering::Release);
+        assert!(s.commit(&[StoreOp::Delete { id: 1 }]).is_err());
+        s.probe(64 << 10).expect("probe reopens and writes");
+        assert_eq!(s.load_all().expect("load"), vec![(1, payload(1))], "the probe left nothing");
+        let unopened = RedbStore::unopened(&dir.0);
+        assert!(unopened.len().is_err());
     }
 
     /// Not a test on its own: the body of the child process of
