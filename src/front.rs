@@ -334,8 +334,10 @@ impl Gateway for ApiFront {
             }
         }
         // 201 means on disk: block until the group commit holding these is durable.
+        // On failure nothing was kept (the batch is atomic) and the service never heard of it.
         if let Err(e) = service.committer.commit(ops) {
             release();
+            service.counters.store_errors_api.fetch_add(1, Ordering::Relaxed);
             return Err(ApiError::Unavailable(format!("store: {e}")));
         }
         let ids: Vec<String> = messages.iter().map(|m| format_id(m.id)).collect();
@@ -430,6 +432,10 @@ impl Gateway for ApiFront {
             .map_err(|_| ApiError::ShuttingDown)?;
         rx.recv_timeout(Duration::from_millis(SERVICE_REPLY_TIMEOUT_MS))
             .map_err(|_| ApiError::Overloaded { retry_after_s: 1 })
+    }
+
+    fn store_error(&self) -> Option<String> {
+        self.env.service.committer.failure().map(|e| e.to_string())
     }
 
     fn metrics_text(&self) -> String {

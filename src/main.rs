@@ -16,7 +16,7 @@ use pulsegate::push::mechanism;
 use pulsegate::push::recovery::{self, Recovered};
 use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts, unix_ms};
 use pulsegate::shard::env::BackendInUse;
-use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store, StoreOp};
+use pulsegate::store::{CompactPolicy, GroupCommitConfig, GroupCommitter, RedbStore, Store, StoreOp};
 use pulsegate::tls::{ServerTls, ServerTlsFiles};
 use pulsegate::{shard, sys};
 
@@ -296,12 +296,19 @@ fn start_push_service(
     stop: &Arc<AtomicBool>,
 ) -> Result<(std::thread::JoinHandle<()>, ServiceHandle), String> {
     let cfg = owners.cfg();
-    let store = RedbStore::open(&cfg.data_dir)
+    let retry_ms = (cfg.store_retry_ms_min, cfg.store_retry_ms_max);
+    let (store, open_error) = RedbStore::open_at_start(&cfg.data_dir, retry_ms, stop)
         .map_err(|e| format!("cannot open the store in {}: {e}", cfg.data_dir.display()))?;
-    let records = store.load_all().map_err(|e| format!("cannot read the store: {e}"))?;
-    let payloads = store
-        .load_payloads()
-        .map_err(|e| format!("cannot read the store's payloads: {e}"))?;
+    // Degraded at start (see open_at_start): nothing on disk yet to recover.
+    let (records, payloads) = match open_error {
+        Some(_) => (Vec::new(), Vec::new()),
+        None => (
+            store.load_all().map_err(|e| format!("cannot read the store: {e}"))?,
+            store
+                .load_payloads()
+                .map_err(|e| format!("cannot read the store's payloads: {e}"))?,
+        ),
+    };
     let Recovered {
         messages: recovered,
         unreadable,
@@ -320,9 +327,15 @@ fn start_push_service(
         .iter()
         .map(|&id| StoreOp::DeletePayload { id })
         .collect();
-    store
-        .commit(&orphans)
-        .map_err(|e| format!("cannot delete unreferenced payloads: {e}"))?;
+    // Not fatal: on a full disk the rows wait for the next start.
+    if !orphans.is_empty()
+        && let Err(e) = store.commit(&orphans)
+    {
+        eprintln!(
+            "pulsegate: cannot delete {} unreferenced payloads yet: {e}",
+            orphans.len()
+        );
+    }
     let pending = recovered.iter().filter(|m| !m.state.is_terminal()).count();
     eprintln!(
         "pulsegate: store {}: {} messages recovered ({pending} pending, {payload_bytes} payload bytes), {unreadable} unreadable, \
@@ -332,14 +345,22 @@ fn start_push_service(
         orphans.len()
     );
     let store: Arc<dyn Store> = Arc::new(store);
-    let committer = Arc::new(GroupCommitter::start(
-        store,
-        GroupCommitConfig {
-            queue_ops_max: cfg.store_queue_ops_max,
-            batch_ops_max: cfg.store_batch_ops_max,
-            batch_wait_us: 0,
+    let commit_cfg = GroupCommitConfig {
+        queue_ops_max: cfg.store_queue_ops_max,
+        batch_ops_max: cfg.store_batch_ops_max,
+        batch_wait_us: 0,
+        retry_ms_min: cfg.store_retry_ms_min,
+        retry_ms_max: cfg.store_retry_ms_max,
+        compact: CompactPolicy {
+            free_bytes_min: cfg.store_compact_free_bytes_min,
+            free_percent_min: cfg.store_compact_free_percent_min,
+            ..CompactPolicy::default()
         },
-    ));
+    };
+    let committer = Arc::new(match open_error {
+        None => GroupCommitter::start(store, commit_cfg),
+        Some(e) => GroupCommitter::start_degraded(store, commit_cfg, e),
+    });
     let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.api_requests_queue_max);
     let counters = Arc::new(ServiceCounters::default());
     let budget = Arc::new(PayloadBudget::new(

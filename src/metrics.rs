@@ -355,11 +355,6 @@ pub fn render(src: &MetricsSources) -> String {
                 &c.outbound_tls_failures,
             ),
             (
-                "pulsegate_store_errors_total",
-                "Failed store commits of state changes.",
-                &c.store_errors,
-            ),
-            (
                 "pulsegate_store_deletes_dropped_total",
                 "Store deletes given up while the store kept failing (the record is deleted again at recovery).",
                 &c.store_deletes_dropped,
@@ -377,6 +372,30 @@ pub fn render(src: &MetricsSources) -> String {
             "# HELP pulsegate_store_commits_total Group commits (fsyncs) of the message store.\n# TYPE pulsegate_store_commits_total counter\npulsegate_store_commits_total {}\n\
              # HELP pulsegate_store_ops_total Records written or deleted.\n# TYPE pulsegate_store_ops_total counter\npulsegate_store_ops_total {}",
             stats.commits, stats.ops
+        );
+        // Store recovery and compaction (issue 14).
+        let _ = writeln!(
+            out,
+            "# HELP pulsegate_store_errors_total Store errors by path: api = pushes answered 503, state = state-change commits failed or refused (kept and retried), commit = group commits the store failed, probe = recovery probes that failed, open = start-up opens that failed, compact = compactions that failed.\n# TYPE pulsegate_store_errors_total counter"
+        );
+        for (path, n) in [
+            ("api", c.store_errors_api.load(Relaxed)),
+            ("state", c.store_errors.load(Relaxed)),
+            ("commit", stats.failed_commits),
+            ("probe", stats.failed_probes),
+            ("open", stats.failed_opens),
+            ("compact", stats.failed_compactions),
+        ] {
+            let _ = writeln!(out, "pulsegate_store_errors_total{{path=\"{path}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP pulsegate_store_degraded 1 while the store cannot commit (pushes get 503, /healthz is degraded).\n# TYPE pulsegate_store_degraded gauge\npulsegate_store_degraded {}\n\
+             # HELP pulsegate_store_compactions_total Compactions that shrank the store file.\n# TYPE pulsegate_store_compactions_total counter\npulsegate_store_compactions_total {}\n\
+             # HELP pulsegate_store_file_bytes Size of the store file at its last measurement.\n# TYPE pulsegate_store_file_bytes gauge\npulsegate_store_file_bytes {}",
+            u8::from(committer.is_failed()),
+            stats.compactions,
+            stats.file_bytes
         );
     }
     let g = &src.gauges;

@@ -100,6 +100,10 @@ pub trait Gateway: Send + Sync + 'static {
     fn authorize_metrics(&self, _authorization: Option<&str>) -> Result<(), ApiError> {
         Ok(())
     }
+    /// `GET /healthz`: the store's error while it cannot commit (None: healthy).
+    fn store_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Limits of the HTTP server. All values must be non-zero (`HttpServer::start` refuses zeros).

@@ -15,6 +15,8 @@ use super::{ApiError, Gateway};
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_error: Option<String>,
 }
 
 /// The route table.
@@ -28,7 +30,25 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
                 Err(e) => api_error(e),
             };
         }
-        ("/healthz", "GET") => return Response::json(200, &Health { status: "ok" }),
+        ("/healthz", "GET") => {
+            // 503 while degraded, so a load balancer sends pushes elsewhere.
+            return match gateway.store_error() {
+                None => Response::json(
+                    200,
+                    &Health {
+                        status: "ok",
+                        store_error: None,
+                    },
+                ),
+                Some(e) => Response::json(
+                    503,
+                    &Health {
+                        status: "degraded",
+                        store_error: Some(e),
+                    },
+                ),
+            };
+        }
         ("/metrics" | "/healthz", _) => return method_not_allowed("GET"),
         _ => {}
     }

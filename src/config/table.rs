@@ -201,6 +201,21 @@ settings! {
     /// Store writes per group commit (at most store_queue_ops_max).
     store_batch_ops_max: usize, flag usize, via same,
         default 20_000, unit "ops", range int(1, limits::STORE_QUEUE_OPS_MAX_CEILING as u64);
+    // Store recovery and compaction (issue 14: a store that recovers, a file that shrinks).
+    /// After a failed store write the gateway answers 503 and probes the store
+    /// first after this long, doubling per failed probe (at most store_retry_ms_max).
+    store_retry_ms_min: u64, flag u64, via same,
+        default 100, unit "ms", range int(1, 60_000);
+    /// Longest wait between two probes of a failed store.
+    store_retry_ms_max: u64, flag u64, via same,
+        default 5_000, unit "ms", range int(1, 3_600_000);
+    /// The store file is compacted (shrunk) once this many of its bytes are free (0 = never)...
+    store_compact_free_bytes_min: u64, flag u64, via same,
+        default 16 << 20, unit "bytes", range int(0, u64::MAX);
+    /// ...and the live data is at least this share below its peak since the
+    /// last compaction (a burst is gone; growth slack alone never compacts).
+    store_compact_free_percent_min: u32, flag u32, via same,
+        default 50, unit "%", range int(0, 100);
     /// Threads sending webhooks and callbacks.
     outbound_workers: usize, flag usize, via same,
         default 16, unit "threads", range int(1, limits::OUTBOUND_WORKERS_MAX as u64);

@@ -53,6 +53,16 @@ impl Config {
                 range: batch,
             });
         }
+        if self.store_retry_ms_min > self.store_retry_ms_max {
+            return Err(ConfigError::OutOfRange {
+                setting: "store_retry_ms_min",
+                value: Number::Int(self.store_retry_ms_min),
+                range: Range::Int {
+                    min: 1,
+                    max: self.store_retry_ms_max,
+                },
+            });
+        }
         let tls_wanted = if self.mqtt_tls_listen.is_some() {
             Some("mqtt_tls_listen")
         } else if self.http_tls {

@@ -41,6 +41,9 @@ pub struct ServiceCounters {
     /// Failed store commits (or refused submissions) of state changes; the
     /// changes themselves are kept and committed again.
     pub store_errors: AtomicU64,
+    /// Push API submissions answered 503 because the store failed or is
+    /// degraded (nothing of them was kept).
+    pub store_errors_api: AtomicU64,
     /// Store deletes dropped while the store kept failing (their records come
     /// back at recovery as finished messages and are deleted then; payload
     /// rows come back unreferenced and are deleted then).

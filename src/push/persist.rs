@@ -3,10 +3,10 @@
 //! commit at a time (`GroupCommitter::submit`, a ticket polled each turn), and
 //! kept until a commit covering them succeeds. A failed commit (or a refused
 //! submission) is counted in `store_errors`, its ids go back into the dirty
-//! set, and the commit is retried after a backoff (`PUSH_PERSIST_RETRY_MS_*`),
-//! resuming the committer's sticky failure because everything lost is
-//! resubmitted. What is written is always the message's value at submit time,
-//! so a retry supersedes whatever the lost commit held.
+//! set, and the commit is retried after a backoff (`PUSH_PERSIST_RETRY_MS_*`);
+//! the committer takes it again once its own probe found the store working.
+//! What is written is always the message's value at submit time, so a retry
+//! supersedes whatever the lost commit held.
 //!
 //! Owns the dirty set, pending deletes and the commit in flight. Must never
 //! wait for a commit in the loop (only `shutdown` waits, bounded) and never
@@ -106,10 +106,6 @@ impl Persister {
         }
         if now_ms < self.retry_at_ms || (self.dirty.is_empty() && self.deleted.is_empty()) {
             return;
-        }
-        if self.failures > 0 && self.committer.is_failed() {
-            // Everything the failed commit held is in `dirty`/`deleted` again.
-            self.committer.resume();
         }
         let puts: Vec<u64> = std::mem::take(&mut self.dirty).into_iter().collect();
         let deletes: Vec<Gone> = self.deleted.drain(..).collect();
@@ -238,6 +234,12 @@ mod tests {
         fn len(&self) -> Result<u64, StoreError> {
             self.inner.len()
         }
+        fn probe(&self, _bytes: usize) -> Result<(), StoreError> {
+            match self.failing.load(Ordering::SeqCst) {
+                true => Err(StoreError::Io("still unplugged".into())),
+                false => Ok(()),
+            }
+        }
     }
 
     /// Turns until the commit in flight has an answer (the writer is a thread).
@@ -300,6 +302,12 @@ mod tests {
         assert_eq!(p.next_due_ms(), Some(3 * PUSH_PERSIST_RETRY_MS_MIN));
 
         store.failing.store(false, Ordering::SeqCst);
+        // The committer takes writes again once its probe (100 ms, 200 ms, ...) passes.
+        let t0 = Instant::now();
+        while committer.is_failed() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!committer.is_failed(), "the probe found the store working");
         p.turn(3 * PUSH_PERSIST_RETRY_MS_MIN, |id| values.get(&id).cloned());
         settle(&mut p, 3 * PUSH_PERSIST_RETRY_MS_MIN, &values);
         assert!(p.is_idle(), "everything landed");

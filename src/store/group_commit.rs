@@ -4,16 +4,26 @@
 //! Whatever piles up while one commit is in flight is merged into the next
 //! commit, so N concurrent callers cost about one fsync, not N.
 //!
+//! A failed store commit makes the committer *degraded*: that batch's callers
+//! get the error, and so does every submission after it (refused at once),
+//! until the writer's probe (`Store::probe`, retried with backoff from
+//! `retry_ms_min` to `retry_ms_max`) commits a record as large as the failed
+//! batch. Then submissions are taken again, with no restart. A caller whose
+//! ops failed decides what to resubmit (the API answered 503, so its ops are
+//! simply gone; the push service keeps its dirty ids and writes them again),
+//! so nothing that failed is applied later behind its caller's back.
+//! While idle the writer also compacts the store (`CompactPolicy`).
+//!
 //! Owns: the submission queue, its bound (`queue_ops_max`, back-pressure via
-//! `StoreError::Full`), batching, ordering, and commit statistics.
+//! `StoreError::Full`), batching, ordering, the degraded state and its probes,
+//! when to compact, and commit statistics.
 //! Must never: acknowledge a submission before `Store::commit` covering it has
 //! returned Ok, reorder submissions, split one submission across two store
-//! commits (a submission is atomic), or keep committing after a store commit
-//! failed (a failure is sticky: later ops could depend on the lost ones) until
-//! a caller that resubmits everything it lost calls `resume`.
+//! commits (a submission is atomic), retry a failed submission by itself, or
+//! commit anything while degraded (ops queued behind a failure fail too).
 
-use super::{Store, StoreError, StoreOp};
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use super::{CompactPolicy, Store, StoreError, StoreOp};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,7 +42,18 @@ pub struct GroupCommitConfig {
     /// Linger after the first submission to grow the batch (0 = commit as
     /// soon as the writer is free; concurrency alone then forms the batches).
     pub batch_wait_us: u64,
+    /// First probe this long after a failure; doubles per failed probe...
+    pub retry_ms_min: u64,
+    /// ...up to this.
+    pub retry_ms_max: u64,
+    pub compact: CompactPolicy,
 }
+
+/// A probe writes at least this much (a failed batch of one small op must not
+/// be "cured" by the few pages a full file still has free)...
+pub const PROBE_BYTES_MIN: usize = 64 << 10;
+/// ...and at most this much (a huge failed batch must not make probing costly).
+pub const PROBE_BYTES_MAX: usize = 1 << 20;
 
 impl Default for GroupCommitConfig {
     fn default() -> Self {
@@ -40,6 +61,9 @@ impl Default for GroupCommitConfig {
             queue_ops_max: 65_536,
             batch_ops_max: 4_096,
             batch_wait_us: 0,
+            retry_ms_min: 100,
+            retry_ms_max: 5_000,
+            compact: CompactPolicy::default(),
         }
     }
 }
@@ -58,6 +82,14 @@ pub struct GroupCommitStats {
     pub commit_p50_us: u64,
     pub commit_p99_us: u64,
     pub commit_max_us: u64,
+    /// Probes (while degraded) that failed.
+    pub failed_probes: u64,
+    /// Store opens that failed (`start_degraded`).
+    pub failed_opens: u64,
+    pub compactions: u64,
+    pub failed_compactions: u64,
+    /// The store file's size at the last measurement (0: unknown).
+    pub file_bytes: u64,
 }
 
 type Reply = Sender<Result<(), StoreError>>;
@@ -97,13 +129,31 @@ pub struct GroupCommitter {
 
 impl GroupCommitter {
     pub fn start(store: Arc<dyn Store>, config: GroupCommitConfig) -> GroupCommitter {
+        GroupCommitter::start_with(store, config, None)
+    }
+
+    /// Starts degraded: the store could not be opened (`error`); the writer
+    /// probes it (which opens it) with the usual backoff.
+    pub fn start_degraded(store: Arc<dyn Store>, config: GroupCommitConfig, error: StoreError) -> GroupCommitter {
+        GroupCommitter::start_with(store, config, Some(error))
+    }
+
+    fn start_with(store: Arc<dyn Store>, config: GroupCommitConfig, failure: Option<StoreError>) -> GroupCommitter {
+        assert!(
+            config.retry_ms_min > 0 && config.retry_ms_min <= config.retry_ms_max,
+            "retry_ms_min must be in 1..=retry_ms_max"
+        );
         let (tx, rx) = crossbeam_channel::unbounded();
+        let failed_opens = u64::from(failure.is_some());
         let shared = Arc::new(Shared {
             queued_ops: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
+            failed: AtomicBool::new(failure.is_some()),
+            failure: Mutex::new(failure),
             counters: Mutex::new(Counters {
-                stats: GroupCommitStats::default(),
+                stats: GroupCommitStats {
+                    failed_opens,
+                    ..GroupCommitStats::default()
+                },
                 // 1us..1h at 2 significant digits: these bounds are valid
                 // constants, so construction cannot fail.
                 latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
@@ -148,17 +198,13 @@ impl GroupCommitter {
         Ok(Ticket { done })
     }
 
-    /// Clears a sticky failure so submissions are taken again. Only for a caller
-    /// that resubmits every op it lost (the push service keeps its dirty ids
-    /// until a commit of them succeeds): after `resume`, later ops no longer wait
-    /// on the lost ones. Blocking callers were told of their failure already.
-    pub fn resume(&self) {
-        let mut f = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner);
-        *f = None;
-        self.shared.failed.store(false, Ordering::Release);
+    /// The store's error while degraded (every submission is refused with
+    /// it until a probe succeeds); None while healthy.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.is_failed().then(|| self.shared.failure())
     }
 
-    /// True while a failed commit blocks every submission (until `resume`).
+    /// True while degraded: a failed commit blocks every submission until a probe succeeds.
     pub fn is_failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)
     }
@@ -248,16 +294,169 @@ impl Drop for GroupCommitter {
     }
 }
 
+/// The writer thread's own state besides the queue.
+struct Writer {
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    cfg: GroupCommitConfig,
+    /// Some while degraded: when to probe next, and how hard.
+    probe: Option<Probe>,
+    /// Ops committed since free space was last measured.
+    ops_since_check: u64,
+    check_at: Instant,
+}
+
+struct Probe {
+    at: Instant,
+    /// Failed probes in a row.
+    attempt: u32,
+    bytes: usize,
+    since: Instant,
+}
+
+impl Writer {
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.shared.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ms = self.cfg.retry_ms_min.saturating_mul(1u64 << attempt.min(20));
+        Duration::from_millis(ms.min(self.cfg.retry_ms_max))
+    }
+
+    /// Degraded from now on, with `error`, until a probe of `bytes` succeeds.
+    fn fail(&mut self, error: StoreError, bytes: usize) {
+        *self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+        self.shared.failed.store(true, Ordering::Release);
+        let bytes = bytes.clamp(PROBE_BYTES_MIN, PROBE_BYTES_MAX);
+        match &mut self.probe {
+            Some(p) => p.bytes = p.bytes.max(bytes),
+            None => {
+                eprintln!("pulsegate: store degraded ({error}); refusing writes, probing from now on");
+                let now = Instant::now();
+                self.probe = Some(Probe {
+                    at: now + self.backoff(0),
+                    attempt: 0,
+                    bytes,
+                    since: now,
+                });
+            }
+        }
+    }
+
+    /// When `upkeep` has work next (None: only a request wakes the writer).
+    fn next_due(&self) -> Option<Instant> {
+        match &self.probe {
+            Some(p) => Some(p.at),
+            None => (self.cfg.compact.free_bytes_min > 0 && self.ops_since_check > 0).then_some(self.check_at),
+        }
+    }
+
+    /// Runs what is due: a probe while degraded, else a compaction check.
+    fn upkeep(&mut self) {
+        let now = Instant::now();
+        if let Some(p) = &self.probe {
+            if now < p.at {
+                return;
+            }
+            let (bytes, attempt, since) = (p.bytes, p.attempt, p.since);
+            match self.store.probe(bytes) {
+                Ok(()) => {
+                    self.probe = None;
+                    *self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    self.shared.failed.store(false, Ordering::Release);
+                    eprintln!(
+                        "pulsegate: store recovered after {} ms ({} probes); taking writes again",
+                        since.elapsed().as_millis(),
+                        attempt + 1
+                    );
+                }
+                Err(e) => {
+                    self.counters().stats.failed_probes += 1;
+                    *self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    let at = now + self.backoff(attempt + 1);
+                    if let Some(p) = &mut self.probe {
+                        p.attempt = attempt.saturating_add(1);
+                        p.at = at;
+                    }
+                }
+            }
+            return;
+        }
+        let policy = self.cfg.compact;
+        if policy.free_bytes_min == 0 || self.ops_since_check == 0 || now < self.check_at {
+            return;
+        }
+        self.ops_since_check = 0;
+        self.check_at = now + Duration::from_millis(policy.check_ms);
+        let result = self.store.compact(&policy);
+        let file_bytes = self.store.file_bytes().unwrap_or(0);
+        let mut c = self.counters();
+        c.stats.file_bytes = file_bytes;
+        match result {
+            Ok(None) => {}
+            Ok(Some(done)) => {
+                c.stats.compactions += 1;
+                drop(c);
+                eprintln!(
+                    "pulsegate: store compacted {} -> {} bytes in {} ms (live {} bytes, peak {})",
+                    done.file_bytes_before,
+                    done.file_bytes_after,
+                    done.duration_ms,
+                    done.live_bytes,
+                    done.live_peak_bytes
+                );
+            }
+            Err(e) => {
+                c.stats.failed_compactions += 1;
+                drop(c);
+                eprintln!("pulsegate: store compaction failed: {e}");
+                // A failed write poisons the store until it is reopened: probe it.
+                if matches!(e, StoreError::Io(_) | StoreError::NoSpace(_)) {
+                    self.fail(e, 0);
+                }
+            }
+        }
+    }
+}
+
 fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>, cfg: GroupCommitConfig) {
     let linger = Duration::from_micros(cfg.batch_wait_us);
+    let file_bytes = store.file_bytes().unwrap_or(0);
+    shared
+        .counters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .stats
+        .file_bytes = file_bytes;
+    let mut w = Writer {
+        store,
+        shared,
+        cfg,
+        probe: None,
+        ops_since_check: 0,
+        check_at: Instant::now(),
+    };
+    if w.shared.failed.load(Ordering::Acquire) {
+        // Started degraded (the store did not open).
+        w.fail(w.shared.failure(), 0);
+    }
     let mut carry: Option<Request> = None;
     loop {
         let first = match carry.take() {
             Some(r) => r,
-            None => match rx.recv() {
-                Ok(r) => r,
-                Err(_) => return, // disconnected and drained
-            },
+            None => {
+                w.upkeep();
+                let next = match w.next_due() {
+                    Some(at) => rx.recv_deadline(at),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match next {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return, // disconnected and drained
+                }
+            }
         };
         let deadline = (!linger.is_zero()).then(|| Instant::now() + linger);
         let mut ops = first.ops;
@@ -285,15 +484,15 @@ fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>
         }
 
         let n = ops.len();
-        let result = if shared.failed.load(Ordering::Acquire) {
-            Err(shared.failure())
+        let result = if w.probe.is_some() {
+            Err(w.shared.failure())
         } else if n == 0 {
             Ok(())
         } else {
             let t0 = Instant::now();
-            let r = store.commit(&ops);
+            let r = w.store.commit(&ops);
             let us = t0.elapsed().as_micros().min(u64::MAX as u128) as u64;
-            let mut c = shared.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut c = w.counters();
             c.latency_us.saturating_record(us.max(1));
             c.stats.commits += 1;
             c.stats.ops += n as u64;
@@ -301,26 +500,30 @@ fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>
             if r.is_err() {
                 c.stats.failed_commits += 1;
             }
+            drop(c);
+            w.ops_since_check += n as u64;
+            if let Err(e) = &r {
+                w.fail(e.clone(), ops_bytes(&ops));
+            }
             r
         };
-        if let Err(e) = &result
-            && !shared.failed.load(Ordering::Acquire)
-        {
-            *shared.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
-            shared.failed.store(true, Ordering::Release);
-        }
-        shared
-            .counters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stats
-            .submissions += submissions;
-        shared.queued_ops.fetch_sub(n, Ordering::AcqRel);
+        w.counters().stats.submissions += submissions;
+        w.shared.queued_ops.fetch_sub(n, Ordering::AcqRel);
         for r in replies {
             // The caller may have gone away; nothing to do then.
             let _ = r.send(result.clone());
         }
     }
+}
+
+/// About what `ops` occupy in the store (values plus a key per op).
+fn ops_bytes(ops: &[StoreOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            StoreOp::Put { value, .. } | StoreOp::PutPayload { value, .. } => value.len() + 8,
+            StoreOp::Delete { .. } | StoreOp::DeletePayload { .. } => 8,
+        })
+        .sum()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The group committer against counting, gated and failing stores.
 
+use super::super::CompactPolicy;
 use super::super::MemStore;
 use super::*;
 use std::sync::Condvar;
@@ -19,6 +20,9 @@ struct CountingStore {
     delay: Duration,
     log: Mutex<Vec<StoreOp>>,
     fail_at: Option<u64>,
+    /// Probes pass only while this is set; each probe's size is logged.
+    probe_ok: AtomicBool,
+    probes: Mutex<Vec<usize>>,
 }
 
 impl CountingStore {
@@ -29,6 +33,8 @@ impl CountingStore {
             delay,
             log: Mutex::new(Vec::new()),
             fail_at: None,
+            probe_ok: AtomicBool::new(true),
+            probes: Mutex::new(Vec::new()),
         })
     }
 }
@@ -48,6 +54,13 @@ impl Store for CountingStore {
     }
     fn len(&self) -> Result<u64, StoreError> {
         self.inner.len()
+    }
+    fn probe(&self, bytes: usize) -> Result<(), StoreError> {
+        self.probes.lock().expect("probes lock").push(bytes);
+        match self.probe_ok.load(Ordering::SeqCst) {
+            true => Ok(()),
+            false => Err(StoreError::NoSpace("still full".into())),
+        }
     }
 }
 
@@ -182,6 +195,7 @@ fn full_when_queue_bound_hit() {
         queue_ops_max: 10,
         batch_ops_max: 100,
         batch_wait_us: 0,
+        ..GroupCommitConfig::default()
     };
     let gc = GroupCommitter::start(store.clone(), cfg);
     gc.commit_async(vec![put(0)]).expect("first");
@@ -207,6 +221,7 @@ fn oversized_submission_accepted_when_idle_and_batches_respect_max() {
         queue_ops_max: 4,
         batch_ops_max: 3,
         batch_wait_us: 0,
+        ..GroupCommitConfig::default()
     };
     let gc = GroupCommitter::start(store.clone(), cfg);
     gc.commit((0..6).map(put).collect()).expect("oversized but alone");
@@ -236,23 +251,85 @@ fn shutdown_flushes_async_and_linger_grows_batches() {
     assert!(store.commits.load(Ordering::SeqCst) < 20);
 }
 
-#[test]
-fn store_failure_is_sticky() {
-    let store = Arc::new(CountingStore {
+fn failing_store(fail_at: u64) -> Arc<CountingStore> {
+    Arc::new(CountingStore {
         inner: MemStore::new(),
         commits: AtomicU64::new(0),
         delay: Duration::ZERO,
         log: Mutex::new(Vec::new()),
-        fail_at: Some(2),
-    });
-    let gc = GroupCommitter::start(store.clone(), GroupCommitConfig::default());
+        fail_at: Some(fail_at),
+        probe_ok: AtomicBool::new(false),
+        probes: Mutex::new(Vec::new()),
+    })
+}
+
+const FAST_RETRY: GroupCommitConfig = GroupCommitConfig {
+    queue_ops_max: 65_536,
+    batch_ops_max: 4_096,
+    batch_wait_us: 0,
+    retry_ms_min: 5,
+    retry_ms_max: 20,
+    compact: CompactPolicy {
+        free_bytes_min: 0,
+        free_percent_min: 50,
+        check_ms: 1_000,
+    },
+};
+
+/// Waits (bounded) until `gc` is no longer degraded.
+fn wait_healthy(gc: &GroupCommitter) {
+    let t0 = Instant::now();
+    while gc.is_failed() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!gc.is_failed(), "still degraded after 10 s: {:?}", gc.failure());
+}
+
+#[test]
+fn a_failure_refuses_everything_until_a_probe_passes_then_writes_are_taken_again() {
+    let store = failing_store(2);
+    let gc = GroupCommitter::start(store.clone(), FAST_RETRY);
     gc.commit(vec![put(1)]).expect("first ok");
+    assert_eq!(gc.failure(), None);
     assert_eq!(gc.commit(vec![put(2)]), Err(StoreError::Io("injected".into())));
-    assert_eq!(gc.commit(vec![put(3)]), Err(StoreError::Io("injected".into())));
-    assert_eq!(gc.commit_async(vec![put(4)]), Err(StoreError::Io("injected".into())));
+    assert!(gc.is_failed());
+    assert!(gc.commit(vec![put(3)]).is_err(), "refused while degraded");
+    assert!(gc.commit_async(vec![put(4)]).is_err());
+    // Probes fail (5, 10, 20, 20 ms ...) and nothing is committed meanwhile.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(gc.is_failed());
+    assert_eq!(
+        gc.failure(),
+        Some(StoreError::NoSpace("still full".into())),
+        "the latest error"
+    );
+    let probes = store.probes.lock().expect("probes").clone();
+    assert!(probes.len() >= 2, "probed with backoff: {probes:?}");
+    assert!(probes.len() <= 25, "backoff bounds the probes: {probes:?}");
+    assert!(probes.iter().all(|&b| b == PROBE_BYTES_MIN), "{probes:?}");
+    assert_eq!(gc.stats().failed_probes, probes.len() as u64);
     assert_eq!(store.commits.load(Ordering::SeqCst), 2);
+
+    store.probe_ok.store(true, Ordering::SeqCst);
+    wait_healthy(&gc);
+    gc.commit(vec![put(3)]).expect("taken again without a restart");
     assert_eq!(gc.stats().failed_commits, 1);
-    assert_eq!(store.load_all().expect("load").len(), 1);
+    let ids: Vec<u64> = store.load_all().expect("load").iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![1, 3], "the failed and refused ops were never applied later");
+}
+
+#[test]
+fn start_degraded_refuses_until_the_store_opens() {
+    let store = failing_store(u64::MAX);
+    let gc = GroupCommitter::start_degraded(store.clone(), FAST_RETRY, StoreError::NoSpace("no space".into()));
+    assert_eq!(gc.stats().failed_opens, 1);
+    assert!(matches!(gc.submit(vec![put(1)]), Err(StoreError::NoSpace(_))));
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(gc.is_failed());
+    store.probe_ok.store(true, Ordering::SeqCst);
+    wait_healthy(&gc);
+    gc.commit(vec![put(1)]).expect("taken once the store opened");
+    assert_eq!(store.len().expect("len"), 1);
 }
 
 /// Polls a ticket until it resolves (the writer is another thread).
@@ -267,7 +344,7 @@ fn settle(t: &Ticket) -> Result<(), StoreError> {
 }
 
 #[test]
-fn tickets_resolve_without_blocking_and_resume_clears_a_failure() {
+fn tickets_resolve_without_blocking_and_a_passed_probe_ends_a_failure() {
     let store = Arc::new(GateStore {
         inner: MemStore::new(),
         entered: AtomicU64::new(0),
@@ -285,21 +362,15 @@ fn tickets_resolve_without_blocking_and_resume_clears_a_failure() {
     assert_eq!(settle(&t), Ok(()));
     assert_eq!(t.poll(), Some(Err(StoreError::Closed)), "answered once");
 
-    let failing = Arc::new(CountingStore {
-        inner: MemStore::new(),
-        commits: AtomicU64::new(0),
-        delay: Duration::ZERO,
-        log: Mutex::new(Vec::new()),
-        fail_at: Some(1),
-    });
-    let gc = GroupCommitter::start(failing.clone(), GroupCommitConfig::default());
+    let failing = failing_store(1);
+    let gc = GroupCommitter::start(failing.clone(), FAST_RETRY);
     let t = gc.submit(vec![put(2)]).expect("taken");
     assert_eq!(settle(&t), Err(StoreError::Io("injected".into())));
     assert!(gc.is_failed());
-    assert!(matches!(gc.submit(vec![put(2)]), Err(StoreError::Io(_))), "sticky");
-    gc.resume();
-    assert!(!gc.is_failed());
-    let t = gc.submit(vec![put(2)]).expect("taken after resume");
+    assert!(gc.submit(vec![put(2)]).is_err(), "refused while degraded");
+    failing.probe_ok.store(true, Ordering::SeqCst);
+    wait_healthy(&gc);
+    let t = gc.submit(vec![put(2)]).expect("taken after the probe passed");
     assert_eq!(settle(&t), Ok(()));
     assert_eq!(failing.load_all().expect("load").len(), 1);
 }

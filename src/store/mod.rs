@@ -24,6 +24,15 @@
 //! because messages are deleted once delivered. Throughput is bounded by
 //! fsync either way; group commit (one fsync for many messages) is what
 //! recovers it, and that is storage-agnostic (see `group_commit`).
+//!
+//! # Failure and recovery
+//! A redb `Database` whose write failed (a full disk) refuses everything after
+//! (`PreviousIo`) until it is reopened. `RedbStore` therefore reopens itself in
+//! `probe`, which the committer's writer calls with backoff while it is
+//! degraded; a probe that commits a record the size of the failed batch ends
+//! the degraded state, with no restart. The file only grows under redb (freed
+//! pages are reused, never returned), so the writer also asks the store to
+//! `compact` when free space passes `CompactPolicy`.
 
 #![forbid(unsafe_code)]
 
@@ -54,6 +63,8 @@ pub enum StoreError {
     Io(String),
     /// The on-disk data is inconsistent.
     Corrupt(String),
+    /// The disk (or quota) is full: retried until space comes back.
+    NoSpace(String),
     /// Back-pressure: the group-commit queue already holds this many ops.
     Full { queued_ops: usize },
     /// The writer is gone (shut down or died).
@@ -65,6 +76,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Io(m) => write!(f, "store I/O error: {m}"),
             StoreError::Corrupt(m) => write!(f, "store corrupt: {m}"),
+            StoreError::NoSpace(m) => write!(f, "store out of disk space: {m}"),
             StoreError::Full { queued_ops } => {
                 write!(f, "store queue full ({queued_ops} ops waiting)")
             }
@@ -89,4 +101,53 @@ pub trait Store: Send + Sync + 'static {
     fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
     }
+    /// Makes the store usable again after a failure if it can (reopen), then
+    /// proves it can durably commit about `bytes` (written, then removed, in
+    /// two commits; nothing of it stays). Called by the writer while degraded.
+    fn probe(&self, _bytes: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Compacts the file if `policy` says its free space is worth returning;
+    /// the caller guarantees no commit runs meanwhile. None: nothing done.
+    fn compact(&self, _policy: &CompactPolicy) -> Result<Option<Compaction>, StoreError> {
+        Ok(None)
+    }
+    /// The size of the backing file, if there is one.
+    fn file_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// When the store file is compacted: both bounds must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactPolicy {
+    /// Free bytes in the file (its size minus the bytes in allocated pages) at
+    /// least this (0 = never compact)...
+    pub free_bytes_min: u64,
+    /// ...and the live bytes at least this many percent below their peak since
+    /// the last compaction (a burst is gone; not mere growth slack).
+    pub free_percent_min: u32,
+    /// Free space is measured at most this often, and only after commits.
+    pub check_ms: u64,
+}
+
+impl Default for CompactPolicy {
+    fn default() -> Self {
+        CompactPolicy {
+            free_bytes_min: 16 << 20,
+            free_percent_min: 50,
+            check_ms: 1_000,
+        }
+    }
+}
+
+/// One compaction that ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    /// Bytes in allocated pages when it started, and their peak before.
+    pub live_bytes: u64,
+    pub live_peak_bytes: u64,
+    pub duration_ms: u64,
 }

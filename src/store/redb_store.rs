@@ -2,14 +2,22 @@
 //! two tables, `messages: u64 -> bytes` and `payloads: u64 -> bytes` (a
 //! payload shared by the records of one multicast, stored once).
 //!
-//! Owns: opening/creating the file and mapping redb errors to `StoreError`.
+//! Owns: opening/creating the file, reopening it after a failed write (redb
+//! refuses everything after an I/O error until reopened), probing that it can
+//! commit again, compacting it, and mapping redb errors to `StoreError`.
 //! Must never: commit with a durability weaker than `Durability::Immediate`
 //! (that is the whole point of `commit`), hold a write transaction across
-//! calls, or batch/queue anything itself (that is `group_commit`'s job).
+//! calls, batch/queue anything itself (that is `group_commit`'s job), reopen
+//! or compact while a transaction of its own is live (the `RwLock` write side
+//! excludes them), or leave a half-created file where a store is expected (a
+//! new file is created beside it and renamed into place once it has a table).
 
-use super::{Store, StoreError, StoreOp};
+use super::{CompactPolicy, Compaction, Store, StoreError, StoreOp};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::time::Instant;
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
@@ -17,16 +25,34 @@ const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 /// File name inside the directory given to `open`.
 pub const FILE_NAME: &str = "messages.redb";
 
+// Store recovery (probe) only: holds at most one record, between two commits.
+const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
+/// A new store is created under this name, then renamed to `FILE_NAME`.
+const NEW_FILE_NAME: &str = "messages.redb.new";
+
 pub struct RedbStore {
-    db: Database,
+    /// None: not open (the open at start-up or a reopen failed).
+    db: RwLock<Option<Database>>,
+    /// A write failed: the `Database` refuses everything until reopened.
+    poisoned: AtomicBool,
+    /// Most bytes in allocated pages seen since the last compaction (`compact`).
+    live_peak_bytes: AtomicU64,
     path: PathBuf,
 }
 
 fn map_err<E: Into<redb::Error>>(e: E) -> StoreError {
     match e.into() {
         redb::Error::Corrupted(m) => StoreError::Corrupt(m),
+        redb::Error::Io(io) if is_no_space(&io) => StoreError::NoSpace(io.to_string()),
         other => StoreError::Io(other.to_string()),
     }
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl RedbStore {
@@ -34,15 +60,65 @@ impl RedbStore {
     /// After an unclean shutdown redb repairs the file here (may take a while
     /// for a large file); the last committed transaction is what is visible.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
-        let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(map_err)?;
-        // Make sure the table exists so readers never see TableDoesNotExist.
-        let txn = db.begin_write().map_err(map_err)?;
-        txn.open_table(MESSAGES).map_err(map_err)?;
-        txn.open_table(PAYLOADS).map_err(map_err)?;
-        txn.commit().map_err(map_err)?;
-        Ok(RedbStore { db, path })
+        let store = RedbStore::unopened(dir);
+        let db = open_db(&store.path)?;
+        *store.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
+        Ok(store)
+    }
+
+    /// A store whose file is not open yet: every call fails until `probe`
+    /// opens it (for starting on a full disk when there is nothing to recover).
+    pub fn unopened(dir: &Path) -> RedbStore {
+        RedbStore {
+            db: RwLock::new(None),
+            poisoned: AtomicBool::new(false),
+            live_peak_bytes: AtomicU64::new(0),
+            path: dir.join(FILE_NAME),
+        }
+    }
+
+    /// True if `dir` may hold records: its store file exists and was ever
+    /// initialised. False means an open that failed loses nothing.
+    pub fn may_hold_records(dir: &Path) -> bool {
+        initialised(&dir.join(FILE_NAME)).unwrap_or(true)
+    }
+
+    /// The start-up open. A store that fails to open but holds nothing yet
+    /// (a full disk before the first create) comes back unopened with its
+    /// error: the gateway starts degraded and the committer's probe opens it.
+    /// A file with records that cannot be opened for lack of space is retried
+    /// here (backoff `retry_ms`, logged each time) until it opens or `stop` is
+    /// set, because its records must be recovered before anything is taken.
+    /// Any other error is returned.
+    pub fn open_at_start(
+        dir: &Path,
+        retry_ms: (u64, u64),
+        stop: &AtomicBool,
+    ) -> Result<(RedbStore, Option<StoreError>), StoreError> {
+        let mut wait_ms = retry_ms.0;
+        loop {
+            let e = match RedbStore::open(dir) {
+                Ok(s) => return Ok((s, None)),
+                Err(e) => e,
+            };
+            let retryable = matches!(e, StoreError::Io(_) | StoreError::NoSpace(_));
+            if retryable && !RedbStore::may_hold_records(dir) {
+                eprintln!(
+                    "pulsegate: WARNING: cannot create the store in {}: {e}; starting degraded (POSTs get 503) until it can",
+                    dir.display()
+                );
+                return Ok((RedbStore::unopened(dir), Some(e)));
+            }
+            if !matches!(e, StoreError::NoSpace(_)) || stop.load(Ordering::Acquire) {
+                return Err(e);
+            }
+            eprintln!(
+                "pulsegate: cannot open the store in {} ({e}); its messages must be recovered first: retrying in {wait_ms} ms",
+                dir.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+            wait_ms = wait_ms.saturating_mul(2).min(retry_ms.1);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -50,7 +126,9 @@ impl RedbStore {
     }
 
     fn load_table(&self, def: TableDefinition<u64, &[u8]>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(map_err)?;
+        let guard = self.db()?;
+        let db = guard.as_ref().ok_or(StoreError::Closed)?;
+        let txn = db.begin_read().map_err(map_err)?;
         let table = txn.open_table(def).map_err(map_err)?;
         let mut out = Vec::with_capacity(table.len().map_err(map_err)? as usize);
         for row in table.iter().map_err(map_err)? {
@@ -59,6 +137,161 @@ impl RedbStore {
         }
         Ok(out)
     }
+
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() || self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Io(
+                "store not open (a write failed; reopened by the next probe)".into(),
+            ));
+        }
+        Ok(guard)
+    }
+
+    /// `r`, marking the database for a reopen if it failed in storage.
+    fn watch<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(r, Err(StoreError::Io(_) | StoreError::NoSpace(_))) {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Drops a poisoned or missing `Database` and opens the file again.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_some() && !self.poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Dropping releases the file lock; the file stays marked for repair.
+        drop(guard.take());
+        *guard = Some(open_db(&self.path)?);
+        self.poisoned.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Opens `path`, or creates it beside and renames it into place, so a create
+/// that fails (a full disk) never leaves an uninitialised file behind.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
+    if initialised(path).map_err(|e| StoreError::Io(format!("read {}: {e}", path.display())))? {
+        let db = Database::create(path).map_err(map_err)?;
+        ensure_table(&db)?;
+        return Ok(db);
+    }
+    let new = dir.join(NEW_FILE_NAME);
+    let _ = std::fs::remove_file(&new); // a leftover of a failed create; absent is fine
+    let created = Database::create(&new).map_err(map_err).and_then(|db| {
+        ensure_table(&db)?;
+        Ok(db)
+    });
+    let db = match created {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = std::fs::remove_file(&new); // frees what the failed create took
+            return Err(e);
+        }
+    };
+    // Renaming keeps the inode, so the lock redb holds on it stays valid.
+    std::fs::rename(&new, path).map_err(|e| StoreError::Io(format!("rename to {}: {e}", path.display())))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all()
+            .map_err(|e| StoreError::Io(format!("sync {}: {e}", dir.display())))?;
+    }
+    Ok(db)
+}
+
+/// Whether `path` holds an initialised redb file (absent, empty or all-zero
+/// head: never initialised, e.g. left by a create that failed on a full disk).
+fn initialised(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut head = [0u8; 4];
+    match f.read_exact(&mut head) {
+        Ok(()) => Ok(head != [0u8; 4]),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Make sure the table exists so readers never see TableDoesNotExist.
+fn ensure_table(db: &Database) -> Result<(), StoreError> {
+    let read = db.begin_read().map_err(map_err)?;
+    if read.open_table(MESSAGES).is_ok() && read.open_table(PAYLOADS).is_ok() {
+        return Ok(());
+    }
+    drop(read);
+    let txn = db.begin_write().map_err(map_err)?;
+    txn.open_table(MESSAGES).map_err(map_err)?;
+    txn.open_table(PAYLOADS).map_err(map_err)?;
+    txn.commit().map_err(map_err)
+}
+
+fn write(db: &Database, ops: &[StoreOp]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(map_err)?;
+    // Immediate is redb's default; set it explicitly so a future default
+    // change can never silently drop the fsync.
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::Io(e.to_string()))?;
+    {
+        let mut table = txn.open_table(MESSAGES).map_err(map_err)?;
+        let mut payloads = txn.open_table(PAYLOADS).map_err(map_err)?;
+        for op in ops {
+            match op {
+                StoreOp::Put { id, value } => {
+                    table.insert(*id, value.as_slice()).map_err(map_err)?;
+                }
+                StoreOp::Delete { id } => {
+                    table.remove(*id).map_err(map_err)?;
+                }
+                StoreOp::PutPayload { id, value } => {
+                    payloads.insert(*id, value.as_slice()).map_err(map_err)?;
+                }
+                StoreOp::DeletePayload { id } => {
+                    payloads.remove(*id).map_err(map_err)?;
+                }
+            }
+        }
+    }
+    // On any error above `txn` is dropped un-committed: redb aborts it,
+    // so a commit is all-or-nothing.
+    txn.commit().map_err(map_err)
+}
+
+/// Writes a `bytes`-long probe record in one commit and removes it in the next.
+fn probe_write(db: &Database, bytes: usize) -> Result<(), StoreError> {
+    let value = vec![0u8; bytes];
+    for put in [true, false] {
+        let mut txn = db.begin_write().map_err(map_err)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        {
+            let mut table = txn.open_table(PROBE).map_err(map_err)?;
+            if put {
+                table.insert(0, value.as_slice()).map_err(map_err)?;
+            } else {
+                table.remove(0).map_err(map_err)?;
+            }
+        }
+        txn.commit().map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// (file bytes, bytes in allocated pages) of `db` at `path`.
+fn usage(db: &Database, path: &Path) -> Result<(u64, u64), StoreError> {
+    let txn = db.begin_write().map_err(map_err)?;
+    let stats = txn.stats().map_err(map_err)?;
+    txn.abort().map_err(map_err)?;
+    let file_bytes = std::fs::metadata(path)
+        .map_err(|e| StoreError::Io(format!("stat {}: {e}", path.display())))?
+        .len();
+    Ok((file_bytes, stats.allocated_pages() * stats.page_size() as u64))
 }
 
 impl Store for RedbStore {
@@ -66,34 +299,9 @@ impl Store for RedbStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut txn = self.db.begin_write().map_err(map_err)?;
-        // Immediate is redb's default; set it explicitly so a future default
-        // change can never silently drop the fsync.
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        {
-            let mut table = txn.open_table(MESSAGES).map_err(map_err)?;
-            let mut payloads = txn.open_table(PAYLOADS).map_err(map_err)?;
-            for op in ops {
-                match op {
-                    StoreOp::Put { id, value } => {
-                        table.insert(*id, value.as_slice()).map_err(map_err)?;
-                    }
-                    StoreOp::Delete { id } => {
-                        table.remove(*id).map_err(map_err)?;
-                    }
-                    StoreOp::PutPayload { id, value } => {
-                        payloads.insert(*id, value.as_slice()).map_err(map_err)?;
-                    }
-                    StoreOp::DeletePayload { id } => {
-                        payloads.remove(*id).map_err(map_err)?;
-                    }
-                }
-            }
-        }
-        // On any error above `txn` is dropped un-committed: redb aborts it,
-        // so a commit is all-or-nothing.
-        txn.commit().map_err(map_err)
+        let guard = self.db()?;
+        let db = guard.as_ref().ok_or(StoreError::Closed)?;
+        self.watch(write(db, ops))
     }
 
     fn load_all(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -105,9 +313,60 @@ impl Store for RedbStore {
     }
 
     fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(map_err)?;
+        let guard = self.db()?;
+        let db = guard.as_ref().ok_or(StoreError::Closed)?;
+        let txn = db.begin_read().map_err(map_err)?;
         let table = txn.open_table(MESSAGES).map_err(map_err)?;
         table.len().map_err(map_err)
+    }
+
+    fn probe(&self, bytes: usize) -> Result<(), StoreError> {
+        self.reopen()?;
+        let guard = self.db()?;
+        let db = guard.as_ref().ok_or(StoreError::Closed)?;
+        self.watch(probe_write(db, bytes))
+    }
+
+    fn compact(&self, policy: &CompactPolicy) -> Result<Option<Compaction>, StoreError> {
+        let (before, live) = {
+            let guard = self.db()?;
+            let db = guard.as_ref().ok_or(StoreError::Closed)?;
+            self.watch(usage(db, &self.path))?
+        };
+        let free = before.saturating_sub(live);
+        // Not the file's free share alone: redb grows the file by doubling, so right after
+        // a growth half of it is free. Compact once the live data fell `free_percent_min`
+        // below its high-water mark, i.e. after a burst is gone.
+        let peak = self.live_peak_bytes.fetch_max(live, Ordering::AcqRel).max(live);
+        if policy.free_bytes_min == 0
+            || free < policy.free_bytes_min
+            || live.saturating_mul(100) > peak.saturating_mul(100 - u64::from(policy.free_percent_min.min(100)))
+        {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        // The write side: no transaction of ours is live while it compacts.
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let db = guard.as_mut().ok_or(StoreError::Closed)?;
+        let r = db.compact().map_err(|e| match e {
+            redb::CompactionError::Storage(s) => map_err(s),
+            other => StoreError::Io(format!("compact: {other}")),
+        });
+        drop(guard);
+        self.watch(r)?;
+        self.live_peak_bytes.store(live, Ordering::Release);
+        let after = self.file_bytes().unwrap_or(before);
+        Ok(Some(Compaction {
+            file_bytes_before: before,
+            file_bytes_after: after,
+            live_bytes: live,
+            live_peak_bytes: peak,
+            duration_ms: t0.elapsed().as_millis() as u64,
+        }))
+    }
+
+    fn file_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
     }
 }
 
@@ -223,6 +482,66 @@ mod tests {
         let rows = s.load_all().expect("load");
         assert_eq!(rows.len(), 99);
         assert!(rows.iter().all(|(id, v)| *id != 50 && *v == payload(*id)));
+    }
+
+    #[test]
+    fn compacts_only_once_the_live_data_fell_below_its_peak_and_the_file_shrinks() {
+        let dir = TempDir::new("compact");
+        let s = RedbStore::open(&dir.0).expect("open");
+        let policy = CompactPolicy {
+            free_bytes_min: 1 << 20,
+            free_percent_min: 50,
+            check_ms: 0,
+        };
+        for chunk in 0..100u64 {
+            let ops: Vec<StoreOp> = (chunk * 100..chunk * 100 + 100)
+                .map(|id| StoreOp::Put { id, value: payload(id) })
+                .collect();
+            s.commit(&ops).expect("put");
+            // Growing: never compacted, whatever slack the file has.
+            assert_eq!(s.compact(&policy).expect("check"), None, "chunk {chunk}");
+        }
+        let full = s.file_bytes().expect("size");
+        let ops: Vec<StoreOp> = (0..9_900).map(|id| StoreOp::Delete { id }).collect();
+        s.commit(&ops).expect("delete");
+        // redb frees a commit's pages at the next commit.
+        s.commit(&[StoreOp::Delete { id: u64::MAX }]).expect("next commit");
+        let done = s.compact(&policy).expect("compact").expect("compacted");
+        assert_eq!(done.file_bytes_before, full);
+        assert!(done.file_bytes_after < full / 10, "{done:?}");
+        assert_eq!(s.file_bytes(), Some(done.file_bytes_after));
+        assert_eq!(s.compact(&policy).expect("again"), None, "nothing more to gain");
+        let rows = s.load_all().expect("load");
+        assert_eq!(rows.len(), 100);
+        assert!(rows.iter().all(|(id, v)| *id >= 9_900 && *v == payload(*id)));
+    }
+
+    #[test]
+    fn a_file_left_uninitialised_is_recreated_and_probe_reopens() {
+        let dir = TempDir::new("uninit");
+        std::fs::create_dir_all(&dir.0).expect("mkdir");
+        // What a create on a full disk leaves: a sparse file of zeros.
+        let f = std::fs::File::create(dir.0.join(FILE_NAME)).expect("create");
+        f.set_len(1 << 20).expect("set_len");
+        assert!(!RedbStore::may_hold_records(&dir.0));
+        let s = RedbStore::open(&dir.0).expect("recreated");
+        assert!(RedbStore::may_hold_records(&dir.0));
+        s.commit(&[StoreOp::Put {
+            id: 1,
+            value: payload(1),
+        }])
+        .expect("put");
+        // Poisoned (as after a failed write): refused until a probe reopens it.
+        s.poisoned.store(true, Ordering::Release);
+        assert!(s.commit(&[StoreOp::Delete { id: 1 }]).is_err());
+        s.probe(64 << 10).expect("probe reopens and writes");
+        assert_eq!(
+            s.load_all().expect("load"),
+            vec![(1, payload(1))],
+            "the probe left nothing"
+        );
+        let unopened = RedbStore::unopened(&dir.0);
+        assert!(unopened.len().is_err());
     }
 
     /// Not a test on its own: the body of the child process of
