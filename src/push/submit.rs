@@ -13,11 +13,11 @@ use super::message::{Event, Message, State};
 use super::payload::Payload;
 use super::profile::{self, Profile};
 use crate::config::Config;
+use crate::protocol::device_id;
 
 /// Devices one multicast request may name.
 pub const MULTICAST_DEVICES_MAX: usize = 1_000;
-/// Longest device id (the MQTT client id limit of the shards).
-pub const DEVICE_ID_BYTES_MAX: usize = 256;
+pub use crate::protocol::device_id::DEVICE_ID_BYTES_MAX;
 /// Longest collapse key and callback URL.
 pub const FIELD_BYTES_MAX: usize = 2_048;
 /// Largest unicast payload carried inline in its record (base64, 4/3 of it)
@@ -99,8 +99,9 @@ pub fn build(
         return bad(format!("at most {MULTICAST_DEVICES_MAX} devices per request"));
     }
     for d in &devices {
-        if d.is_empty() || d.len() > DEVICE_ID_BYTES_MAX {
-            return bad(format!("device ids must be 1..{DEVICE_ID_BYTES_MAX} bytes"));
+        if let Err(e) = device_id::validate(d) {
+            let shown: String = d.escape_debug().take(80).collect();
+            return bad(format!("device \"{shown}\": {e}"));
         }
     }
     let payload = match b.payload_encoding.unwrap_or(Encoding::Utf8) {

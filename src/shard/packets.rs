@@ -25,7 +25,7 @@ use crate::protocol::mqtt::{
 };
 
 /// Longest client id accepted, in bytes (MQTT allows 65,535; devices use < 64).
-pub const CLIENT_ID_BYTES_MAX: usize = 256;
+pub const CLIENT_ID_BYTES_MAX: usize = crate::protocol::device_id::DEVICE_ID_BYTES_MAX;
 
 /// The protocol's largest packet (remaining length 268,435,455 + 5 header bytes).
 const MQTT_PACKET_BYTES_MAX: u32 = 268_435_460;
@@ -258,8 +258,10 @@ impl Packets<'_> {
             self.begin_close(key, CloseReason::ServerBusy);
             return Flow::Stop;
         }
+        // An empty id is assigned one below (a clean 3.1.1 session or any 5.0 one).
         if c.client_id.len() > CLIENT_ID_BYTES_MAX
             || (c.client_id.is_empty() && version == ProtocolVersion::V311 && !c.clean_start)
+            || (!c.client_id.is_empty() && crate::protocol::device_id::validate(c.client_id).is_err())
         {
             return self.refuse_connect(
                 key,
