@@ -129,7 +129,7 @@ fn main() {
         );
     }
 
-    let http_listener = match std::net::TcpListener::bind(cfg.http_listen) {
+    let http_listener = match pulsegate::api::bind(cfg.http_listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("pulsegate: cannot listen on {}: {e}", cfg.http_listen);

@@ -19,7 +19,7 @@ mod tests;
 
 use std::sync::atomic::AtomicU64;
 
-pub use server::HttpServer;
+pub use server::{HttpServer, LISTEN_BACKLOG, bind};
 
 /// The HTTP server's own counters (relaxed atomics), read by `/metrics`.
 #[derive(Debug, Default)]

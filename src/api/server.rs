@@ -20,6 +20,19 @@ use super::handlers::Pool;
 use super::{Gateway, HttpConfig, HttpCounters};
 use crate::tls::ServerTls;
 
+/// Connections the kernel queues for the loop to accept (a connect flood beyond it is
+/// dropped by the kernel and retried by the clients' TCP, instead of piling up here).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds the API listener with `LISTEN_BACKLOG` (std's `bind` queues only 128).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Total time `shutdown()` waits for threads before detaching the stragglers.
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1800);
 
