@@ -231,7 +231,8 @@ fn per_ip_cap_answers_429_at_once() {
     let src = Ipv4Addr::new(127, 0, 0, 9);
     let open = |src: Ipv4Addr| -> TcpStream {
         let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-        s.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into()).expect("bind source");
+        s.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into())
+            .expect("bind source");
         s.connect_timeout(&addr.into(), ANSWER_TIMEOUT).expect("connect");
         let s: TcpStream = s.into();
         s.set_read_timeout(Some(ANSWER_TIMEOUT)).expect("read timeout");
@@ -269,12 +270,10 @@ fn per_ip_cap_answers_429_at_once() {
 #[test]
 fn slowloris_head_is_cut_at_the_header_timeout() {
     let header_timeout_s = 1u64;
-    let gw = Gateway::start(
-        BACKEND,
-        &["--http-header-timeout-s", &header_timeout_s.to_string()],
-    );
+    let gw = Gateway::start(BACKEND, &["--http-header-timeout-s", &header_timeout_s.to_string()]);
     let mut s = TcpStream::connect(gw.http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("read timeout");
     let head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
     let started = Instant::now();
     let mut answer = Vec::new();

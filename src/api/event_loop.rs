@@ -271,7 +271,12 @@ impl EventLoop {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // Out of fds or memory: the connection stays queued; retry shortly, serving
                 // the others meanwhile.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
                     self.accept_retry_at = Some(now + ACCEPT_RETRY);
                     return;
                 }

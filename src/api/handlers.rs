@@ -34,6 +34,10 @@ pub(super) struct Done {
     pub response: Response,
 }
 
+/// Every handler is busy and the queue is full (or the pool is closing).
+#[derive(Debug)]
+pub(super) struct Busy;
+
 /// The loop's side of the pool.
 pub(super) struct Pool {
     /// None once closing: the threads end after their current job.
@@ -83,20 +87,20 @@ impl Pool {
         })
     }
 
-    /// Queues `job`, or hands it back when the queue is full (the caller answers 503).
-    pub(super) fn try_submit(&mut self, job: Job) -> Result<(), Job> {
+    /// Queues `job`, or refuses it when the queue is full (the caller answers 503).
+    pub(super) fn try_submit(&mut self, job: Job) -> Result<(), Busy> {
         let Some(jobs) = &self.jobs else {
-            return Err(job);
+            return Err(Busy);
         };
         if self.in_flight >= self.in_flight_max {
-            return Err(job);
+            return Err(Busy);
         }
         match jobs.try_send(job) {
             Ok(()) => {
                 self.in_flight += 1;
                 Ok(())
             }
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Err(job),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
         }
     }
 

@@ -13,9 +13,9 @@ mod request;
 mod response;
 mod routes;
 mod server;
-mod transport;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::sync::atomic::AtomicU64;
 

@@ -174,7 +174,8 @@ mod tests {
 
     #[test]
     fn http11_needs_exactly_one_host() {
-        let malformed = |raw: &[u8]| matches!(parse_head(raw, 1024), Err(HeadError::Malformed(m)) if m.contains("Host"));
+        let malformed =
+            |raw: &[u8]| matches!(parse_head(raw, 1024), Err(HeadError::Malformed(m)) if m.contains("Host"));
         assert!(malformed(b"GET / HTTP/1.1\r\n\r\n"));
         assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"));
         assert!(parse_head(b"GET / HTTP/1.1\r\nHOST: a\r\n\r\n", 1024).is_ok_and(|h| h.is_some()));

@@ -1047,7 +1047,9 @@ fn chunked_and_missing_length_are_411() {
         assert!(c.closed_within(Duration::from_secs(2)), "{target}");
     }
     let mut c = Client::connect(addr);
-    c.send(format!("POST /v1/messages HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\n\r\n"));
+    c.send(format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\n\r\n"
+    ));
     let resp = c.read_response();
     assert_eq!(resp.status, 411);
     assert_eq!(resp.error_code(), "length_required");
