@@ -38,6 +38,8 @@ enum Reply {
     Json(Value),
     Fail(ApiError),
     Panic,
+    /// Blocks the handler thread this long, then echoes.
+    Sleep(Duration),
 }
 
 /// One recorded call of a caller-facing gateway method.
@@ -119,6 +121,10 @@ impl FakeGateway {
             Reply::Json(v) => Ok(v),
             Reply::Fail(e) => Err(e),
             Reply::Panic => panic!("fake gateway panics on purpose"),
+            Reply::Sleep(d) => {
+                thread::sleep(d);
+                Ok(json!({"method": method, "call": n, "id": id}))
+            }
         }
     }
 }
@@ -1105,6 +1111,47 @@ fn gateway_panic_is_500_and_server_survives() {
     let resp = roundtrip(server.local_addr(), post(r#"{"device":"ok","payload":"x"}"#));
     assert_eq!(resp.status, 201);
     assert_eq!(resp.json()["call"], 2);
+    server.shutdown();
+}
+
+#[test]
+fn busy_handlers_answer_503_at_once_and_others_still_flow() {
+    let (server, gw, counters) = start_with(
+        HttpConfig {
+            handler_threads: 1,
+            handler_queue_max: 1,
+            ..config()
+        },
+        OVER_TLS.get().then(|| Arc::new(test_pki().server_tls(&[b"http/1.1"]))),
+    );
+    gw.set_reply(Reply::Sleep(Duration::from_millis(600)));
+    let addr = server.local_addr();
+    // One request in the handler, one in the queue: the pool is full.
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(addr)).collect();
+    for c in &mut held {
+        c.send(post("{}"));
+        thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let mut third = Client::connect(addr);
+    third.send(post("{}"));
+    let resp = third.read_response();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.error_code(), "handlers_busy");
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(counters.requests_refused_busy.load(Ordering::Relaxed), 1);
+    // The two held requests are answered in turn, and the refused connection stays usable.
+    for c in &mut held {
+        assert_eq!(c.read_response().status, 201);
+    }
+    gw.set_reply(Reply::Echo);
+    third.send(post("{}"));
+    assert_eq!(third.read_response().status, 201);
     server.shutdown();
 }
 

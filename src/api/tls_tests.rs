@@ -54,6 +54,7 @@ over_tls!(
     expect_continue_gets_interim_response,
     max_requests_per_connection_closes,
     gateway_panic_is_500_and_server_survives,
+    busy_handlers_answer_503_at_once_and_others_still_flow,
     shutdown_is_prompt_with_connections_open,
 );
 
