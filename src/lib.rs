@@ -40,7 +40,10 @@
 //! - `shard::counters`: relaxed single-writer atomics per shard, read by
 //!   `metrics` (Prometheus) and the coordinator (dispersal, heartbeat load,
 //!   cross-shard rebalancing).
-//! - `api`: HTTP/1.1 (httparse + serde_json): `POST /v1/messages`, `GET /metrics`.
+//! - `api`: HTTP/1.1 (httparse + serde_json): `POST /v1/messages`, `GET /metrics`. One
+//!   mio event-loop thread owns the listener and every connection (an idle one costs a
+//!   few KB, no thread; caps, deadlines and refusals are decided there, never sleeping); a
+//!   fixed pool of handler threads runs the requests, whose gateway calls block.
 //! - `protocol::mqtt`: the sans-IO codec, one file per packet type.
 //! - `coordinator`: its own thread; reads counters, runs the pure policies of
 //!   `policy` (dispersal, admission, relief, rebalancing), posts commands.

@@ -142,7 +142,7 @@ fn main() {
         );
     }
 
-    let http_listener = match std::net::TcpListener::bind(cfg.http_listen) {
+    let http_listener = match pulsegate::api::bind(cfg.http_listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("pulsegate: cannot listen on {}: {e}", cfg.http_listen);
@@ -151,10 +151,15 @@ fn main() {
     };
     let http_config = HttpConfig {
         max_connections: cfg.http_max_connections,
+        connections_per_ip_max: cfg.http_connections_per_ip_max,
         max_header_bytes: cfg.http_max_header_bytes,
         max_body_bytes: cfg.http_max_body_bytes,
+        header_timeout_ms: u64::from(cfg.http_header_timeout_s) * 1000,
+        body_timeout_ms: u64::from(cfg.http_body_timeout_s) * 1000,
         idle_timeout_ms: cfg.http_idle_timeout_ms,
         max_requests_per_connection: cfg.http_requests_per_connection_max,
+        handler_threads: cfg.http_handler_threads,
+        handler_queue_max: cfg.http_handler_queue_max,
     };
     // HTTPS: its own rustls config (ALPN http/1.1); `http_tls.reload()` re-reads the files
     // for connections accepted after it.

@@ -482,6 +482,22 @@ pub fn render(src: &MetricsSources) -> String {
         "# HELP pulsegate_http_tls_handshake_failures_total HTTPS connections that ended before their TLS handshake completed (bad or plaintext ClientHello, alert, no handshake within the idle timeout).\n# TYPE pulsegate_http_tls_handshake_failures_total counter\npulsegate_http_tls_handshake_failures_total {}",
         src.http.tls_handshake_failures.load(Relaxed)
     );
+    let h = &src.http;
+    let _ = writeln!(
+        out,
+        "# HELP pulsegate_http_connections HTTP API connections open.\n# TYPE pulsegate_http_connections gauge\npulsegate_http_connections {}\n\
+         # HELP pulsegate_http_connections_refused_total HTTP API connections answered at accept and closed: 503 over http_max_connections, 429 over http_connections_per_ip_max.\n# TYPE pulsegate_http_connections_refused_total counter\n\
+         pulsegate_http_connections_refused_total{{reason=\"connections_max\"}} {}\npulsegate_http_connections_refused_total{{reason=\"per_ip\"}} {}\n\
+         # HELP pulsegate_http_requests_refused_total HTTP requests answered 503 because every handler thread was busy and the queue full.\n# TYPE pulsegate_http_requests_refused_total counter\npulsegate_http_requests_refused_total{{reason=\"handlers_busy\"}} {}\n\
+         # HELP pulsegate_http_request_timeouts_total HTTP requests cut with 408: the head not whole within http_header_timeout_s of its first byte, or the body within http_body_timeout_s.\n# TYPE pulsegate_http_request_timeouts_total counter\n\
+         pulsegate_http_request_timeouts_total{{phase=\"header\"}} {}\npulsegate_http_request_timeouts_total{{phase=\"body\"}} {}",
+        h.connections_open.load(Relaxed),
+        h.connections_refused_max.load(Relaxed),
+        h.connections_refused_per_ip.load(Relaxed),
+        h.requests_refused_busy.load(Relaxed),
+        h.header_timeouts.load(Relaxed),
+        h.body_timeouts.load(Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP pulsegate_stored_sessions Offline persistent sessions held.\n# TYPE pulsegate_stored_sessions gauge\npulsegate_stored_sessions {}",

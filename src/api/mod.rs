@@ -6,17 +6,20 @@
 //! Must never: hold socket I/O, HTTP parsing or routing logic, or name anything outside this
 //! module but the layer below it (`crate::tls` for the server certificate).
 
+mod conn;
+mod event_loop;
+mod handlers;
 mod request;
 mod response;
 mod routes;
 mod server;
-mod stream;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::sync::atomic::AtomicU64;
 
-pub use server::HttpServer;
+pub use server::{HttpServer, LISTEN_BACKLOG, bind};
 
 /// The HTTP server's own counters (relaxed atomics), read by `/metrics`.
 #[derive(Debug, Default)]
@@ -24,6 +27,19 @@ pub struct HttpCounters {
     /// Connections that ended before their TLS handshake completed (bad or plaintext
     /// ClientHello, an alert, no handshake within the idle timeout, the client left).
     pub tls_handshake_failures: AtomicU64,
+    /// Connections open now (a gauge; refusals being answered are not counted).
+    pub connections_open: AtomicU64,
+    /// Connections answered 503 at accept: `max_connections` were open.
+    pub connections_refused_max: AtomicU64,
+    /// Connections answered 429 at accept: `connections_per_ip_max` were open from that address.
+    pub connections_refused_per_ip: AtomicU64,
+    /// Requests answered 503 because every handler thread was busy and the queue full.
+    pub requests_refused_busy: AtomicU64,
+    /// Requests cut with 408: the head did not arrive within `header_timeout_ms` of its
+    /// first byte.
+    pub header_timeouts: AtomicU64,
+    /// Requests cut with 408: the body did not arrive within `body_timeout_ms` of the head.
+    pub body_timeouts: AtomicU64,
 }
 
 /// Who is calling: the SP an API key belongs to, or the operator (the admin key).
@@ -111,13 +127,22 @@ pub trait Gateway: Send + Sync + 'static {
 pub struct HttpConfig {
     /// Concurrent HTTP connections; beyond it a new connection is answered 503 and closed.
     pub max_connections: usize,
+    /// Concurrent connections from one source address; beyond it: 429 and close.
+    pub connections_per_ip_max: usize,
     /// Request line + headers (e.g. 16 KiB); beyond it: 431 and close.
     pub max_header_bytes: usize,
     /// Request body (from Content-Length, before reading it); beyond it: 413 and close.
     pub max_body_bytes: usize,
-    /// Keep-alive idle close, and also the time allowed to receive one whole request once its
-    /// first byte arrived (slowloris bound; a late request gets 408 and close).
+    /// The whole head must arrive within this of its first byte (slowloris bound): 408, close.
+    pub header_timeout_ms: u64,
+    /// The whole body must arrive within this of the head: 408 and close.
+    pub body_timeout_ms: u64,
+    /// Keep-alive idle close (also bounds a TLS handshake from the accept).
     pub idle_timeout_ms: u64,
     /// After this many requests the response carries `Connection: close`.
     pub max_requests_per_connection: u32,
+    /// Threads running requests (the gateway's calls block); the event loop never does.
+    pub handler_threads: usize,
+    /// Complete requests waiting for a handler thread; beyond it: 503 at once.
+    pub handler_queue_max: usize,
 }

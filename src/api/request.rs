@@ -2,7 +2,7 @@
 //! size limit and deciding body framing and keep-alive from the headers.
 //!
 //! Owns: request-head parsing and header interpretation (Content-Length, Transfer-Encoding,
-//! Connection, Expect).
+//! Connection, Expect, the HTTP/1.1 Host requirement).
 //! Must never: do I/O, block, allocate beyond the head it was given, or know about routes.
 
 /// Most header lines accepted in one request; more is answered like an oversize head (431).
@@ -67,6 +67,7 @@ pub(super) fn parse_head(buf: &[u8], max_header_bytes: usize) -> Result<Option<(
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut authorization = None;
+    let mut hosts = 0usize;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_content_length(h.value)?;
@@ -84,9 +85,16 @@ pub(super) fn parse_head(buf: &[u8], max_header_bytes: usize) -> Result<Option<(
             }
         } else if h.name.eq_ignore_ascii_case("expect") {
             expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
         } else if h.name.eq_ignore_ascii_case("authorization") {
             authorization = std::str::from_utf8(h.value).ok().map(|v| v.trim().to_owned());
         }
+    }
+    // RFC 9112 3.2: an HTTP/1.1 request without exactly one Host header is answered 400.
+    if minor_version >= 1 && hosts != 1 {
+        let why = if hosts == 0 { "without a" } else { "with more than one" };
+        return Err(HeadError::Malformed(format!("HTTP/1.1 request {why} Host header")));
     }
     let keep_alive = !close && (minor_version >= 1 || keep_alive_token);
     let path = target.split_once('?').map_or(target, |(p, _)| p);
@@ -142,11 +150,11 @@ mod tests {
     #[test]
     fn connection_semantics() {
         let get = |raw: &[u8]| parse_head(raw, 1024).expect("valid").expect("complete").0;
-        assert!(!get(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(!get(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n").keep_alive);
         assert!(!get(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(get(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
-        assert!(get(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
-        assert!(get(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_transfer_encoding);
+        assert!(get(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        assert!(get(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").has_transfer_encoding);
     }
 
     #[test]
@@ -159,9 +167,19 @@ mod tests {
         ] {
             assert!(matches!(parse_head(raw, 1024), Err(HeadError::Malformed(_))));
         }
-        let huge = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n";
+        let huge = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n";
         let head = parse_head(huge, 1024).expect("valid").expect("complete").0;
         assert_eq!(head.content_length, Some(u64::MAX));
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        let malformed =
+            |raw: &[u8]| matches!(parse_head(raw, 1024), Err(HeadError::Malformed(m)) if m.contains("Host"));
+        assert!(malformed(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(malformed(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"));
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHOST: a\r\n\r\n", 1024).is_ok_and(|h| h.is_some()));
+        assert!(parse_head(b"GET / HTTP/1.0\r\n\r\n", 1024).is_ok_and(|h| h.is_some()));
     }
 
     #[test]

@@ -38,6 +38,8 @@ enum Reply {
     Json(Value),
     Fail(ApiError),
     Panic,
+    /// Blocks the handler thread this long, then echoes.
+    Sleep(Duration),
 }
 
 /// One recorded call of a caller-facing gateway method.
@@ -119,6 +121,10 @@ impl FakeGateway {
             Reply::Json(v) => Ok(v),
             Reply::Fail(e) => Err(e),
             Reply::Panic => panic!("fake gateway panics on purpose"),
+            Reply::Sleep(d) => {
+                thread::sleep(d);
+                Ok(json!({"method": method, "call": n, "id": id}))
+            }
         }
     }
 }
@@ -165,10 +171,15 @@ impl Gateway for FakeGateway {
 fn config() -> HttpConfig {
     HttpConfig {
         max_connections: 16,
+        connections_per_ip_max: 16,
         max_header_bytes: 16 * 1024,
         max_body_bytes: 64 * 1024,
+        header_timeout_ms: 5_000,
+        body_timeout_ms: 5_000,
         idle_timeout_ms: 5_000,
         max_requests_per_connection: 100,
+        handler_threads: 4,
+        handler_queue_max: 64,
     }
 }
 
@@ -417,7 +428,7 @@ fn submit_receives_raw_body_bytes() {
         Vec::new(),
         br#"{"device":5,"payload":[1,2],"qos":"1","retain":true}"#.to_vec(),
         r#"{"device":"d","payload":"héllo ✓"}"#.as_bytes().to_vec(),
-        b"\xff\xfe\x00 binary \r\n\r\nGET /healthz HTTP/1.1\r\n\r\n".to_vec(),
+        b"\xff\xfe\x00 binary \r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
         b"  [\"d\", \"x\"]\n".to_vec(),
     ];
     for (i, body) in bodies.iter().enumerate() {
@@ -462,7 +473,7 @@ fn auth_refused_is_401_and_gateway_not_called() {
         request("PATCH", "/v1/messages/abc", Some(b"{}")),
         request("DELETE", "/v1/messages/abc", None),
         request("GET", "/v1/mechanisms", None),
-        b"POST /v1/messages HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+        b"POST /v1/messages HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
     ];
     for raw in &requests {
         c.send(raw);
@@ -769,7 +780,7 @@ fn metrics_and_healthz_skip_authentication() {
     let ct = resp.header("content-type").expect("content type");
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     assert!(String::from_utf8_lossy(&resp.body).contains("pulsegate_pushes_total 3"));
-    let resp = roundtrip(addr, "GET /healthz?probe=1 HTTP/1.1\r\n\r\n");
+    let resp = roundtrip(addr, "GET /healthz?probe=1 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json(), json!({"status": "ok"}));
     // With a key present it is still not looked at.
@@ -904,11 +915,11 @@ fn max_connections_exceeded_gets_503() {
         ..config()
     });
     let mut first = Client::connect(server.local_addr());
-    first.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    first.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(first.read_response().status, 200); // now certainly counted as active
 
     let mut second = Client::connect(server.local_addr());
-    second.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    second.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     let resp = second.read_response();
     assert_eq!(resp.status, 503);
     assert_eq!(resp.error_code(), "too_many_connections");
@@ -918,7 +929,7 @@ fn max_connections_exceeded_gets_503() {
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let resp = roundtrip(server.local_addr(), "GET /healthz HTTP/1.1\r\n\r\n");
+        let resp = roundtrip(server.local_addr(), "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
         if resp.status == 200 {
             break;
         }
@@ -935,7 +946,7 @@ fn idle_timeout_closes_socket() {
         ..config()
     });
     let mut c = Client::connect(server.local_addr());
-    c.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(c.read_response().status, 200);
     let start = Instant::now();
     assert!(c.closed_within(Duration::from_secs(3)));
@@ -946,13 +957,13 @@ fn idle_timeout_closes_socket() {
 #[test]
 fn slowloris_head_times_out_with_408() {
     let (server, _gw) = start(HttpConfig {
-        idle_timeout_ms: 300,
+        header_timeout_ms: 300,
         ..config()
     });
     let mut c = Client::connect(server.local_addr());
     let start = Instant::now();
     // Trickle a byte every 100 ms: a per-read timeout would never fire, the request deadline must.
-    for b in b"GET /healthz HTTP/1.1\r\nX-Slow: " {
+    for b in b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: " {
         if c.reader.get_mut().write_all(&[*b]).is_err() {
             break;
         }
@@ -971,11 +982,59 @@ fn slowloris_head_times_out_with_408() {
 fn malformed_request_is_400_and_closed() {
     let (server, _gw) = start(config());
     let mut c = Client::connect(server.local_addr());
-    c.send(b"GET /healthz HTTP/1.1\r\nBad Header Without Colon\r\n\r\n");
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header Without Colon\r\n\r\n");
     let resp = c.read_response();
     assert_eq!(resp.status, 400);
     assert_eq!(resp.error_code(), "bad_request");
     assert!(c.closed_within(Duration::from_secs(2)));
+    server.shutdown();
+}
+
+#[test]
+fn http11_without_exactly_one_host_is_400() {
+    let (server, gw) = start(config());
+    let addr = server.local_addr();
+    for raw in [
+        format!("POST /v1/messages HTTP/1.1\r\nAuthorization: {KEY}\r\nContent-Length: 2\r\n\r\n{{}}"),
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned(),
+    ] {
+        let mut c = Client::connect(addr);
+        c.send(&raw);
+        let resp = c.read_response();
+        assert_eq!(resp.status, 400, "{raw:?}");
+        let (code, message) = resp.error();
+        assert_eq!(code, "bad_request");
+        assert!(message.contains("Host"), "{message}");
+        assert!(c.closed_within(Duration::from_secs(2)), "{raw:?}");
+    }
+    // HTTP/1.0 needs no Host.
+    assert_eq!(roundtrip(addr, "GET /healthz HTTP/1.0\r\n\r\n").status, 200);
+    assert!(gw.calls().is_empty(), "{:?}", gw.calls());
+    server.shutdown();
+}
+
+#[test]
+fn body_deadline_cuts_a_slow_body_with_408() {
+    let (server, gw) = start(HttpConfig {
+        body_timeout_ms: 300,
+        ..config()
+    });
+    let mut c = Client::connect(server.local_addr());
+    let start = Instant::now();
+    c.send(format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\nContent-Length: 100\r\n\r\n"
+    ));
+    for _ in 0..6 {
+        let w = c.reader.get_mut();
+        if w.write_all(b"x").and_then(|()| w.flush()).is_err() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let resp = c.read_response();
+    assert_eq!(resp.status, 408);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(gw.calls().is_empty());
     server.shutdown();
 }
 
@@ -986,7 +1045,7 @@ fn chunked_and_missing_length_are_411() {
     for target in ["POST /v1/messages", "PATCH /v1/messages/abc"] {
         let mut c = Client::connect(addr);
         c.send(format!(
-            "{target} HTTP/1.1\r\nAuthorization: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            "{target} HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         ));
         let resp = c.read_response();
         assert_eq!(resp.status, 411, "{target}");
@@ -994,7 +1053,9 @@ fn chunked_and_missing_length_are_411() {
         assert!(c.closed_within(Duration::from_secs(2)), "{target}");
     }
     let mut c = Client::connect(addr);
-    c.send(format!("POST /v1/messages HTTP/1.1\r\nAuthorization: {KEY}\r\n\r\n"));
+    c.send(format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\n\r\n"
+    ));
     let resp = c.read_response();
     assert_eq!(resp.status, 411);
     assert_eq!(resp.error_code(), "length_required");
@@ -1010,7 +1071,7 @@ fn expect_continue_gets_interim_response() {
     let mut c = Client::connect(server.local_addr());
     let body = r#"{"device":"d","payload":"x"}"#;
     let head = format!(
-        "POST /v1/messages HTTP/1.1\r\nAuthorization: {KEY}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/messages HTTP/1.1\r\nHost: t\r\nAuthorization: {KEY}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     c.send(head);
@@ -1028,9 +1089,9 @@ fn max_requests_per_connection_closes() {
         ..config()
     });
     let mut c = Client::connect(server.local_addr());
-    c.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(c.read_response().header("connection"), Some("keep-alive"));
-    c.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    c.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(c.read_response().header("connection"), Some("close"));
     assert!(c.closed_within(Duration::from_secs(2)));
     server.shutdown();
@@ -1054,6 +1115,47 @@ fn gateway_panic_is_500_and_server_survives() {
 }
 
 #[test]
+fn busy_handlers_answer_503_at_once_and_others_still_flow() {
+    let (server, gw, counters) = start_with(
+        HttpConfig {
+            handler_threads: 1,
+            handler_queue_max: 1,
+            ..config()
+        },
+        OVER_TLS.get().then(|| Arc::new(test_pki().server_tls(&[b"http/1.1"]))),
+    );
+    gw.set_reply(Reply::Sleep(Duration::from_millis(600)));
+    let addr = server.local_addr();
+    // One request in the handler, one in the queue: the pool is full.
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(addr)).collect();
+    for c in &mut held {
+        c.send(post("{}"));
+        thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let mut third = Client::connect(addr);
+    third.send(post("{}"));
+    let resp = third.read_response();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.error_code(), "handlers_busy");
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(counters.requests_refused_busy.load(Ordering::Relaxed), 1);
+    // The two held requests are answered in turn, and the refused connection stays usable.
+    for c in &mut held {
+        assert_eq!(c.read_response().status, 201);
+    }
+    gw.set_reply(Reply::Echo);
+    third.send(post("{}"));
+    assert_eq!(third.read_response().status, 201);
+    server.shutdown();
+}
+
+#[test]
 fn shutdown_is_prompt_with_connections_open() {
     let (server, _gw) = start(HttpConfig {
         idle_timeout_ms: 30_000,
@@ -1061,10 +1163,10 @@ fn shutdown_is_prompt_with_connections_open() {
     });
     let addr = server.local_addr();
     let mut idle = Client::connect(addr);
-    idle.send(b"GET /healthz HTTP/1.1\r\n\r\n");
+    idle.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(idle.read_response().status, 200);
     let mut partial = Client::connect(addr);
-    partial.send(b"GET /healthz HTTP/1.1\r\nHost:");
+    partial.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Partial:");
     thread::sleep(Duration::from_millis(50));
 
     let start = Instant::now();
@@ -1083,12 +1185,17 @@ fn shutdown_is_prompt_with_connections_open() {
 #[test]
 fn zero_limits_refuse_to_start() {
     type Zero = fn(&mut HttpConfig);
-    let zeroed: [(&str, Zero); 5] = [
+    let zeroed: [(&str, Zero); 10] = [
         ("max_connections", |c| c.max_connections = 0),
+        ("connections_per_ip_max", |c| c.connections_per_ip_max = 0),
         ("max_header_bytes", |c| c.max_header_bytes = 0),
         ("max_body_bytes", |c| c.max_body_bytes = 0),
+        ("header_timeout_ms", |c| c.header_timeout_ms = 0),
+        ("body_timeout_ms", |c| c.body_timeout_ms = 0),
         ("idle_timeout_ms", |c| c.idle_timeout_ms = 0),
         ("max_requests_per_connection", |c| c.max_requests_per_connection = 0),
+        ("handler_threads", |c| c.handler_threads = 0),
+        ("handler_queue_max", |c| c.handler_queue_max = 0),
     ];
     for (name, zero) in zeroed {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");

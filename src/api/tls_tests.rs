@@ -48,10 +48,13 @@ over_tls!(
     idle_timeout_closes_socket,
     slowloris_head_times_out_with_408,
     malformed_request_is_400_and_closed,
+    http11_without_exactly_one_host_is_400,
+    body_deadline_cuts_a_slow_body_with_408,
     chunked_and_missing_length_are_411,
     expect_continue_gets_interim_response,
     max_requests_per_connection_closes,
     gateway_panic_is_500_and_server_survives,
+    busy_handlers_answer_503_at_once_and_others_still_flow,
     shutdown_is_prompt_with_connections_open,
 );
 

@@ -145,9 +145,10 @@ settings! {
     /// Pin shard threads to CPUs (round-robin).
     pin_cpus: bool, flag bool, via same,
         default true, unit "", range Range::Any;
-    /// Concurrent HTTP API connections; beyond it a new one is answered 503 and closed.
+    /// Concurrent HTTP API connections (each idle one costs a socket and a few
+    /// KB, no thread); beyond it a new one is answered 503 and closed.
     http_max_connections: usize, flag usize, via same,
-        default 256, unit "connections", range int(1, 65_536);
+        default 10_000, unit "connections", range int(1, 1_000_000);
     /// Largest HTTP request body (from Content-Length); beyond it: 413 and close.
     http_max_body_bytes: usize, flag usize, via same,
         default 256 * 1024, unit "bytes", range int(64, 64 << 20);
@@ -155,13 +156,33 @@ settings! {
     http_max_header_bytes: usize, flag usize, via same,
         default 16 * 1024, unit "bytes",
         range int(1024, limits::HTTP_MAX_HEADER_BYTES_CEILING as u64);
-    /// HTTP keep-alive idle close, and the time one whole request may take to
-    /// arrive once its first byte did (slowloris bound: 408 and close).
+    /// HTTP keep-alive idle close (also the time a new HTTPS connection has for
+    /// its TLS handshake).
     http_idle_timeout_ms: u64, flag u64, via same,
         default 30_000, unit "ms", range int(100, 3_600_000);
     /// Requests served on one HTTP connection; the last one's response carries `Connection: close`.
     http_requests_per_connection_max: u32, flag u32, via same,
         default 1_000_000, unit "requests", range int(1, u32::MAX as u64);
+    // HTTP front (issue 14): per-address cap, read deadlines, handler pool.
+    /// Concurrent HTTP API connections from one source address; beyond it a new
+    /// one is answered 429 and closed.
+    http_connections_per_ip_max: usize, flag usize, via same,
+        default 256, unit "connections", range int(1, 1_000_000);
+    /// An HTTP request head must arrive whole within this of its first byte
+    /// (slowloris bound: 408 and close).
+    http_header_timeout_s: u32, flag u32, via same,
+        default 10, unit "s", range int(1, 3600);
+    /// An HTTP request body must arrive whole within this of its head (408 and close).
+    http_body_timeout_s: u32, flag u32, via same,
+        default 30, unit "s", range int(1, 3600);
+    /// Threads running HTTP API requests (the event loop hands them complete
+    /// requests; a push blocks its thread until the message is durable).
+    http_handler_threads: usize, flag usize, via same,
+        default 32, unit "threads", range int(1, 1024);
+    /// Complete HTTP requests waiting for a handler thread; beyond it a request
+    /// is answered 503 at once.
+    http_handler_queue_max: usize, flag usize, via same,
+        default 1024, unit "requests", range int(1, 65_536);
     /// Where accepted messages are stored (created if missing).
     data_dir: PathBuf, flag PathBuf, via same,
         default PathBuf::from("./pulsegate-data"), unit "", range Range::Any;

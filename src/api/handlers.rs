@@ -1,0 +1,149 @@
+//! The handler pool: a fixed number of threads that run `routes::handle` for complete
+//! requests (the gateway's methods block: a group-commit fsync, a service reply), fed by a
+//! bounded queue; each answer goes back to the event loop over a channel, then a
+//! `mio::Waker` wakes the loop.
+//!
+//! Owns: the handler threads, the job queue and the answer channel, panic containment.
+//! Must never: touch a socket, block the event loop (submission is `try_send`), or hold more
+//! jobs than `queue_max` plus one per thread.
+
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+
+use super::request::RequestHead;
+use super::response::Response;
+use super::{Gateway, routes};
+
+/// One complete request for a handler thread.
+pub(super) struct Job {
+    /// The connection's slab index and its identity (a reused slot has another id).
+    pub token: usize,
+    pub conn_id: u64,
+    pub head: RequestHead,
+    pub body: Vec<u8>,
+}
+
+/// The answer to a `Job`.
+pub(super) struct Done {
+    pub token: usize,
+    pub conn_id: u64,
+    pub response: Response,
+}
+
+/// Every handler is busy and the queue is full (or the pool is closing).
+#[derive(Debug)]
+pub(super) struct Busy;
+
+/// The loop's side of the pool.
+pub(super) struct Pool {
+    /// None once closing: the threads end after their current job.
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+    /// Jobs submitted whose answer the loop has not taken yet.
+    in_flight: usize,
+    in_flight_max: usize,
+}
+
+impl Pool {
+    /// `threads` handler threads and a queue of `queue_max` jobs; `wake` is called after every
+    /// answer is sent.
+    pub(super) fn start(
+        threads: usize,
+        queue_max: usize,
+        gateway: Arc<dyn Gateway>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> io::Result<Pool> {
+        assert!(threads > 0 && queue_max > 0, "validated by the server");
+        let in_flight_max = queue_max.saturating_add(threads);
+        let (job_tx, job_rx) = bounded::<Job>(queue_max);
+        // Never full: at most `in_flight_max` answers are outstanding (see `try_submit`).
+        let (done_tx, done_rx) = bounded::<Done>(in_flight_max);
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let jobs = job_rx.clone();
+            let done = done_tx.clone();
+            let gateway = Arc::clone(&gateway);
+            let wake = Arc::clone(&wake);
+            let spawned = thread::Builder::new()
+                .name(format!("api-handler-{i}"))
+                .spawn(move || serve(&jobs, &done, &*gateway, &*wake));
+            match spawned {
+                Ok(h) => handles.push(h),
+                // Threads already started end when the senders drop with this error.
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Pool {
+            jobs: Some(job_tx),
+            done: done_rx,
+            threads: handles,
+            in_flight: 0,
+            in_flight_max,
+        })
+    }
+
+    /// Queues `job`, or refuses it when the queue is full (the caller answers 503).
+    pub(super) fn try_submit(&mut self, job: Job) -> Result<(), Busy> {
+        let Some(jobs) = &self.jobs else {
+            return Err(Busy);
+        };
+        if self.in_flight >= self.in_flight_max {
+            return Err(Busy);
+        }
+        match jobs.try_send(job) {
+            Ok(()) => {
+                self.in_flight += 1;
+                Ok(())
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+
+    /// The next answer, if one is waiting.
+    pub(super) fn try_done(&mut self) -> Option<Done> {
+        match self.done.try_recv() {
+            Ok(done) => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                Some(done)
+            }
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+        }
+    }
+
+    /// Closes the queue (threads end after their current job) and returns the threads, for
+    /// the caller to join within its deadline.
+    pub(super) fn close(mut self) -> Vec<JoinHandle<()>> {
+        self.jobs = None;
+        std::mem::take(&mut self.threads)
+    }
+}
+
+fn serve(jobs: &Receiver<Job>, done: &Sender<Done>, gateway: &dyn Gateway, wake: &dyn Fn()) {
+    while let Ok(job) = jobs.recv() {
+        let Job {
+            token,
+            conn_id,
+            head,
+            body,
+        } = job;
+        let response = panic::catch_unwind(AssertUnwindSafe(|| routes::handle(&head, &body, gateway)))
+            .unwrap_or_else(|_| Response::error(500, "internal_error", "request handler panicked").closing());
+        // The loop is gone only at shutdown: the answer has nobody to go to.
+        if done
+            .send(Done {
+                token,
+                conn_id,
+                response,
+            })
+            .is_err()
+        {
+            return;
+        }
+        wake();
+    }
+}
