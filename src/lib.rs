@@ -77,6 +77,7 @@ pub mod auth;
 pub mod config;
 pub mod coordinator;
 pub mod delivery;
+pub mod device_id;
 pub mod front;
 pub mod gateway;
 pub mod limits;
