@@ -16,11 +16,20 @@ pub const DEVICE_ID_BYTES_MAX: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceIdError {
     Empty,
-    TooLong { bytes: usize, max_bytes: usize },
+    TooLong {
+        bytes: usize,
+        max_bytes: usize,
+    },
     /// `+`, `#` (MQTT wildcards) or `/` (topic level separator) at byte `at`.
-    TopicCharacter { ch: char, at: usize },
+    TopicCharacter {
+        ch: char,
+        at: usize,
+    },
     /// A control character (C0 including NUL, DEL, C1) at byte `at`.
-    ControlCharacter { code: u32, at: usize },
+    ControlCharacter {
+        code: u32,
+        at: usize,
+    },
 }
 
 impl fmt::Display for DeviceIdError {
@@ -72,7 +81,14 @@ mod tests {
 
     #[test]
     fn plain_ids_pass() {
-        for id in ["d1", "device-42", "a.b_c:d", "Ünïcødé-日本", "x@example.com", &"a".repeat(256)] {
+        for id in [
+            "d1",
+            "device-42",
+            "a.b_c:d",
+            "Ünïcødé-日本",
+            "x@example.com",
+            &"a".repeat(256),
+        ] {
             assert_eq!(validate(id), Ok(()), "{id:?}");
         }
     }
@@ -95,7 +111,10 @@ mod tests {
             Err(DeviceIdError::ControlCharacter { code: 0x0D, at: 1 })
         );
         assert_eq!(validate("a\0"), Err(DeviceIdError::ControlCharacter { code: 0, at: 1 }));
-        assert_eq!(validate("a\x7f"), Err(DeviceIdError::ControlCharacter { code: 0x7F, at: 1 }));
+        assert_eq!(
+            validate("a\x7f"),
+            Err(DeviceIdError::ControlCharacter { code: 0x7F, at: 1 })
+        );
         assert_eq!(
             validate("a\u{85}"),
             Err(DeviceIdError::ControlCharacter { code: 0x85, at: 1 })

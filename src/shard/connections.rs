@@ -107,7 +107,14 @@ impl Connections {
 
     /// Re-accounts `key`'s partial packet after a receive (see
     /// `PartialPackets::update`); publishes the shard's total.
-    pub fn account_partial(&mut self, key: u32, now_ms: u64, timeout_ms: u64, new_packet: bool, counters: &ShardCounters) {
+    pub fn account_partial(
+        &mut self,
+        key: u32,
+        now_ms: u64,
+        timeout_ms: u64,
+        new_packet: bool,
+        counters: &ShardCounters,
+    ) {
         let Some(a) = self.slab.get_mut(key as usize).and_then(|c| c.active.as_deref_mut()) else {
             return;
         };

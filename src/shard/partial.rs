@@ -97,7 +97,8 @@ impl PartialPackets {
     pub fn take_expired(&mut self, now_ms: u64) -> Vec<u32> {
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
-        self.deadlines.advance(now_ms, limits::EXPIRED_PER_TURN_MAX, &mut expired);
+        self.deadlines
+            .advance(now_ms, limits::EXPIRED_PER_TURN_MAX, &mut expired);
         expired
     }
 
