@@ -38,7 +38,7 @@ def connect_packet(cid):
 
 TOTAL = 262_000
 topic = b"t"
-rem = TOTAL - 1 - 3 - 2  # header byte + 3-byte varint
+rem = TOTAL - 1 - 3  # the whole packet is TOTAL bytes: header byte + 3-byte varint + rem
 hdr = b"\x30" + varint(rem) + len(topic).to_bytes(2, "big") + topic
 publish_all_but_one = hdr + b"x" * (TOTAL - len(hdr) - 1)
 
