@@ -109,6 +109,14 @@ pub fn render(src: &MetricsSources) -> String {
     per_shard(
         &mut out,
         &src.peers,
+        "pulsegate_partial_packet_bytes",
+        "gauge",
+        "Bytes held in started, incomplete MQTT packets per shard (bounded by shard_partial_packet_bytes_max).",
+        |c| c.partial_packet_bytes.load(Relaxed),
+    );
+    per_shard(
+        &mut out,
+        &src.peers,
         "pulsegate_accepts_total",
         "counter",
         "Sockets accepted per shard.",

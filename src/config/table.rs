@@ -124,6 +124,17 @@ settings! {
     /// Largest MQTT packet accepted from a device.
     max_packet_bytes: u32, flag u32, via same,
         default 256 * 1024, unit "bytes", range int(64, limits::MAX_PACKET_BYTES_CEILING as u64);
+    // Partial packets (device side, issue 14).
+    /// Once the first byte of an MQTT packet arrived, the whole packet must
+    /// arrive within this, whatever the keep-alive; past it the connection is
+    /// closed (MQTT 5: DISCONNECT 0x97).
+    packet_complete_timeout_s: u32, flag u32, via same,
+        default 10, unit "s", range int(1, 3600);
+    /// Bytes one shard may hold in started, incomplete packets over all its
+    /// connections; over it the largest holders are closed (MQTT 5: 0x97, or
+    /// 0x95 when the one packet announced is larger than this budget).
+    shard_partial_packet_bytes_max: u64, flag u64, via same,
+        default 64 << 20, unit "bytes", range int(4096, 1 << 40);
     /// Server -> device QoS 1 window per connection (also capped by the device's Receive Maximum).
     max_inflight: u16, flag u16, via same,
         default 32, unit "pushes", range int(1, limits::INFLIGHT_MAX as u64);

@@ -75,6 +75,53 @@ pub(super) fn disconnect(conns: &mut Connections, ctx: &Ctx, key: u32, reason: u
     begin_close(conns, ctx, key, why);
 }
 
+/// The shard holds more than `shard_partial_packet_bytes_max` in partial
+/// packets: the largest holders are closed until it is under. MQTT 5 hears
+/// 0x95 when the one packet it announced alone exceeds the budget, else 0x97.
+pub(super) fn partial_budget_exceeded(conns: &mut Connections, ctx: &Ctx) {
+    let budget_bytes = ctx.env.cfg.shard_partial_packet_bytes_max;
+    // Each pass removes one holder, so the loop ends within `holders` passes.
+    let passes_max = conns.partial.holders();
+    for _ in 0..passes_max {
+        if conns.partial.total_bytes() <= budget_bytes {
+            break;
+        }
+        let Some((_, key)) = conns.partial.largest() else { break };
+        let announced_bytes = conns
+            .get(key)
+            .and_then(|c| c.active.as_ref())
+            .and_then(|a| mqtt::check_frame(&a.partial, u32::MAX).ok())
+            .map_or(0, |h| h.total_len() as u64);
+        let reason = if announced_bytes > budget_bytes {
+            mqtt::reason::PACKET_TOO_LARGE
+        } else {
+            mqtt::reason::QUOTA_EXCEEDED
+        };
+        disconnect(conns, ctx, key, reason, CloseReason::PartialPacketBudget);
+        // begin_close forgot it already; a holder already closing is forgotten here.
+        conns.forget_partial(key);
+    }
+    publish_partial_total(conns, ctx);
+}
+
+/// A packet did not complete within `packet_complete_timeout_s`.
+pub(super) fn partial_packet_timed_out(conns: &mut Connections, ctx: &Ctx, key: u32) {
+    disconnect(
+        conns,
+        ctx,
+        key,
+        mqtt::reason::QUOTA_EXCEEDED,
+        CloseReason::PartialPacketTimeout,
+    );
+    publish_partial_total(conns, ctx);
+}
+
+fn publish_partial_total(conns: &Connections, ctx: &Ctx) {
+    ctx.counters
+        .partial_packet_bytes
+        .store(conns.partial.total_bytes(), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The same client id connected again: the old connection (key, generation),
 /// if it is still that one, is told so and closed.
 pub(super) fn take_over(conns: &mut Connections, ctx: &Ctx, key: u32, generation: u32) {
@@ -149,6 +196,7 @@ pub(super) fn begin_close(conns: &mut Connections, ctx: &Ctx, key: u32, reason: 
     };
     let client_id = conn.client_id.clone();
     let expiry_s = conn.session_expiry_s.min(ctx.env.cfg.session_expiry_max_s);
+    conns.forget_partial(key);
     conns.wheel.insert(key, ctx.now_ms + limits::CLOSE_LINGER_MS);
     conns.push_closing(key);
     if !registered {

@@ -128,6 +128,10 @@ pub struct Active {
     pub inflight: Vec<Inflight>,
     /// QoS 1 pushes waiting for window room (≤ pending_pushes_per_device_max).
     pub queued: VecDeque<Push>,
+    /// Bytes of `partial` counted in the shard's partial-packet total (0: none).
+    pub partial_held_bytes: u64,
+    /// Shard clock (ms) when the packet in `partial` started.
+    pub partial_since_ms: u64,
 }
 
 impl Active {
@@ -166,6 +170,8 @@ impl Active {
             self.queued = VecDeque::new();
         }
         self.sent_bytes = 0;
+        self.partial_held_bytes = 0;
+        self.partial_since_ms = 0;
     }
 }
 

@@ -10,6 +10,7 @@ use slab::Slab;
 use super::active_pool::{ACTIVE_BUF_KEEP_BYTES_MAX, ACTIVE_POOL_PREALLOC, ActivePool};
 use super::conn::{Active, Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, IO_SEND_IN_FLIGHT, IO_TLS, Phase};
 use super::counters::{ShardCounters, bump};
+use super::partial::PartialPackets;
 use super::wheel::TimerWheel;
 use crate::limits;
 
@@ -19,6 +20,8 @@ const KEY_LIST_PREALLOC: usize = 1024;
 pub(super) struct Connections {
     pub slab: Slab<Conn>,
     pub wheel: TimerWheel,
+    /// Bytes held in partial packets, their holders and deadlines.
+    pub partial: PartialPackets,
     pub pool: ActivePool,
     /// Connections this shard holds, at most.
     capacity: u32,
@@ -33,6 +36,7 @@ impl Connections {
         Connections {
             slab: Slab::with_capacity(0),
             wheel: TimerWheel::new(capacity, now_ms),
+            partial: PartialPackets::new(capacity, now_ms),
             pool: ActivePool::new(ACTIVE_POOL_PREALLOC),
             capacity,
             next_generation: 1,
@@ -101,6 +105,32 @@ impl Connections {
         Some(conn.active_in(&mut self.pool))
     }
 
+    /// Re-accounts `key`'s partial packet after a receive (see
+    /// `PartialPackets::update`); publishes the shard's total.
+    pub fn account_partial(
+        &mut self,
+        key: u32,
+        now_ms: u64,
+        timeout_ms: u64,
+        new_packet: bool,
+        counters: &ShardCounters,
+    ) {
+        let Some(a) = self.slab.get_mut(key as usize).and_then(|c| c.active.as_deref_mut()) else {
+            return;
+        };
+        self.partial.update(key, a, now_ms, timeout_ms, new_packet);
+        counters
+            .partial_packet_bytes
+            .store(self.partial.total_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `key` holds no partial packet any more (closing or freed). The
+    /// published total follows at the next `account_partial` or close.
+    pub fn forget_partial(&mut self, key: u32) {
+        let a = self.slab.get_mut(key as usize).and_then(|c| c.active.as_deref_mut());
+        self.partial.forget(key, a);
+    }
+
     /// Gives `key`'s active part back to the pool if nothing is in flight.
     pub fn shrink_if_idle(&mut self, key: u32) {
         if let Some(a) = self.slab.get_mut(key as usize).and_then(|c| c.take_if_idle()) {
@@ -122,6 +152,7 @@ impl Connections {
             return None;
         }
         self.wheel.cancel(key);
+        self.forget_partial(key);
         let conn = self.slab.remove(key as usize);
         let open = counters.connections_open.load(std::sync::atomic::Ordering::Relaxed);
         counters

@@ -89,7 +89,11 @@ impl Core {
 
     /// How long the loop may sleep before the next timer is due.
     pub fn sleep_ms(&self) -> u64 {
-        match self.conns.wheel.next_expiry_ms() {
+        let next_ms = match (self.conns.wheel.next_expiry_ms(), self.conns.partial.next_expiry_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match next_ms {
             Some(t) => t.saturating_sub(self.ctx.now_ms).min(limits::LOOP_SLEEP_MS_MAX),
             None => limits::LOOP_SLEEP_MS_MAX,
         }
@@ -243,6 +247,26 @@ impl Core {
             }
         }
         self.conns.put_expired(expired);
+        self.expire_partial_packets(now_ms);
+    }
+
+    /// Closes the connections whose started packet did not complete within
+    /// `packet_complete_timeout_s` (whatever their keep-alive).
+    fn expire_partial_packets(&mut self, now_ms: u64) {
+        let expired = self.conns.partial.take_expired(now_ms);
+        let timeout_ms = self.ctx.env.cfg.packet_complete_timeout_s as u64 * 1000;
+        for &key in &expired {
+            let due = self.conns.get(key).is_some_and(|c| {
+                c.phase != Phase::Closing
+                    && c.active
+                        .as_ref()
+                        .is_some_and(|a| !a.partial.is_empty() && now_ms >= a.partial_since_ms + timeout_ms)
+            });
+            if due {
+                close::partial_packet_timed_out(&mut self.conns, &self.ctx, key);
+            }
+        }
+        self.conns.partial.put_expired(expired);
     }
 
     /// Handles one mailbox command.

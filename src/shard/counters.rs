@@ -26,10 +26,15 @@ pub enum CloseReason {
     Overload,
     /// TLS failed: a bad or oversize record, a failed handshake, an alert.
     TlsError,
+    /// A packet started and did not complete within packet_complete_timeout_s.
+    PartialPacketTimeout,
+    /// The shard held more than shard_partial_packet_bytes_max in partial
+    /// packets; this connection held the most.
+    PartialPacketBudget,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::ClientDisconnect,
         CloseReason::PeerClosed,
         CloseReason::IoError,
@@ -44,6 +49,8 @@ impl CloseReason {
         CloseReason::ServerBusy,
         CloseReason::Overload,
         CloseReason::TlsError,
+        CloseReason::PartialPacketTimeout,
+        CloseReason::PartialPacketBudget,
     ];
 
     pub fn label(self) -> &'static str {
@@ -62,6 +69,8 @@ impl CloseReason {
             CloseReason::ServerBusy => "server_busy",
             CloseReason::Overload => "overload",
             CloseReason::TlsError => "tls_error",
+            CloseReason::PartialPacketTimeout => "partial_packet_timeout",
+            CloseReason::PartialPacketBudget => "partial_packet_budget",
         }
     }
 }
@@ -171,6 +180,8 @@ pub struct ShardCounters {
     pub tls_handshake_failures: AtomicU64,
     /// Established TLS connections ended by a bad record or an alert.
     pub tls_errors: AtomicU64,
+    /// Bytes held in partial (started, incomplete) packets on this shard.
+    pub partial_packet_bytes: AtomicU64,
 }
 
 impl Default for ShardCounters {
@@ -210,6 +221,7 @@ impl Default for ShardCounters {
             tls_handshakes_resumed: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             tls_errors: AtomicU64::new(0),
+            partial_packet_bytes: AtomicU64::new(0),
         }
     }
 }

@@ -354,6 +354,10 @@ impl Moves {
         let has_output = conn.active.as_ref().is_some_and(|a| a.backlog_bytes() > 0);
         let deadline_ms = conn.last_activity_ms + keepalive_s as u64 * 1500;
         let key = conns.insert(conn, &ctx.counters);
+        // A packet it had started is held here now: counted, and timed afresh (a
+        // moved connection stays put for rebalance_hold_s, so this cannot repeat fast).
+        let packet_timeout_ms = ctx.env.cfg.packet_complete_timeout_s as u64 * 1000;
+        conns.account_partial(key, ctx.now_ms, packet_timeout_ms, false, &ctx.counters);
         let timer_ms = match disperse_at_ms {
             Some(at) => at,
             None if keepalive_s > 0 => deadline_ms,

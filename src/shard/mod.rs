@@ -28,6 +28,7 @@ pub mod event_loop;
 pub mod mailbox;
 pub mod migrate;
 mod packets;
+mod partial;
 pub mod peers;
 #[cfg(test)]
 mod sim_tests;

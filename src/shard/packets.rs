@@ -24,9 +24,6 @@ use crate::protocol::mqtt::{
     Subscribe, UnsubAck, Unsubscribe, reason,
 };
 
-/// Longest client id accepted, in bytes (MQTT allows 65,535; devices use < 64).
-pub const CLIENT_ID_BYTES_MAX: usize = crate::protocol::device_id::DEVICE_ID_BYTES_MAX;
-
 /// The protocol's largest packet (remaining length 268,435,455 + 5 header bytes).
 const MQTT_PACKET_BYTES_MAX: u32 = 268_435_460;
 
@@ -54,6 +51,8 @@ impl Packets<'_> {
         }
         conn.last_activity_ms = self.ctx.now_ms;
         let has_partial = conn.active.as_ref().is_some_and(|a| !a.partial.is_empty());
+        // Whether a whole frame completed: what is left then starts a new packet.
+        let mut completed = false;
         if has_partial {
             let mut partial = conn
                 .active
@@ -63,6 +62,7 @@ impl Packets<'_> {
             partial.extend_from_slice(data);
             let consumed = self.process(key, &partial);
             if let Some(consumed) = consumed {
+                completed = consumed > 0;
                 partial.drain(..consumed);
                 if self.conns.get(key).is_some_and(|c| c.phase != Phase::Closing)
                     && !partial.is_empty()
@@ -75,7 +75,14 @@ impl Packets<'_> {
             && consumed < data.len()
             && let Some(a) = self.conns.active(key)
         {
+            completed = consumed > 0;
             a.partial.extend_from_slice(&data[consumed..]);
+        }
+        let timeout_ms = self.ctx.env.cfg.packet_complete_timeout_s as u64 * 1000;
+        self.conns
+            .account_partial(key, self.ctx.now_ms, timeout_ms, completed, &self.ctx.counters);
+        if self.conns.partial.total_bytes() > self.ctx.env.cfg.shard_partial_packet_bytes_max {
+            close::partial_budget_exceeded(self.conns, self.ctx);
         }
         self.conns.shrink_if_idle(key);
     }
@@ -258,10 +265,9 @@ impl Packets<'_> {
             self.begin_close(key, CloseReason::ServerBusy);
             return Flow::Stop;
         }
-        // An empty id is assigned one below (a clean 3.1.1 session or any 5.0 one).
-        if c.client_id.len() > CLIENT_ID_BYTES_MAX
+        // An empty id is assigned one below (refused for a 3.1.1 persistent session).
+        if (!c.client_id.is_empty() && crate::protocol::device_id::validate(c.client_id).is_err())
             || (c.client_id.is_empty() && version == ProtocolVersion::V311 && !c.clean_start)
-            || (!c.client_id.is_empty() && crate::protocol::device_id::validate(c.client_id).is_err())
         {
             return self.refuse_connect(
                 key,
