@@ -28,8 +28,20 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
         ("/healthz", "GET") => {
             // 503 while degraded, so a load balancer sends pushes elsewhere.
             return match gateway.store_error() {
-                None => Response::json(200, &Health { status: "ok", store_error: None }),
-                Some(e) => Response::json(503, &Health { status: "degraded", store_error: Some(e) }),
+                None => Response::json(
+                    200,
+                    &Health {
+                        status: "ok",
+                        store_error: None,
+                    },
+                ),
+                Some(e) => Response::json(
+                    503,
+                    &Health {
+                        status: "degraded",
+                        store_error: Some(e),
+                    },
+                ),
             };
         }
         ("/metrics" | "/healthz", _) => return method_not_allowed("GET"),

@@ -423,7 +423,12 @@ impl Writer {
 fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>, cfg: GroupCommitConfig) {
     let linger = Duration::from_micros(cfg.batch_wait_us);
     let file_bytes = store.file_bytes().unwrap_or(0);
-    shared.counters.lock().unwrap_or_else(PoisonError::into_inner).stats.file_bytes = file_bytes;
+    shared
+        .counters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .stats
+        .file_bytes = file_bytes;
     let mut w = Writer {
         store,
         shared,

@@ -1,9 +1,9 @@
 //! The group committer against counting, gated and failing stores.
 
+use super::super::CompactPolicy;
 use super::super::MemStore;
 use super::*;
 use std::sync::Condvar;
-use super::super::CompactPolicy;
 use std::sync::atomic::AtomicU64;
 
 fn put(id: u64) -> StoreOp {
@@ -298,7 +298,11 @@ fn a_failure_refuses_everything_until_a_probe_passes_then_writes_are_taken_again
     // Probes fail (5, 10, 20, 20 ms ...) and nothing is committed meanwhile.
     std::thread::sleep(Duration::from_millis(100));
     assert!(gc.is_failed());
-    assert_eq!(gc.failure(), Some(StoreError::NoSpace("still full".into())), "the latest error");
+    assert_eq!(
+        gc.failure(),
+        Some(StoreError::NoSpace("still full".into())),
+        "the latest error"
+    );
     let probes = store.probes.lock().expect("probes").clone();
     assert!(probes.len() >= 2, "probed with backoff: {probes:?}");
     assert!(probes.len() <= 25, "backoff bounds the probes: {probes:?}");

@@ -47,7 +47,10 @@ fn map_err<E: Into<redb::Error>>(e: E) -> StoreError {
 }
 
 fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl RedbStore {
@@ -123,7 +126,9 @@ impl RedbStore {
     fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
         let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() || self.poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Io("store not open (a write failed; reopened by the next probe)".into()));
+            return Err(StoreError::Io(
+                "store not open (a write failed; reopened by the next probe)".into(),
+            ));
         }
         Ok(guard)
     }
@@ -176,7 +181,8 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     // Renaming keeps the inode, so the lock redb holds on it stays valid.
     std::fs::rename(&new, path).map_err(|e| StoreError::Io(format!("rename to {}: {e}", path.display())))?;
     if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().map_err(|e| StoreError::Io(format!("sync {}: {e}", dir.display())))?;
+        d.sync_all()
+            .map_err(|e| StoreError::Io(format!("sync {}: {e}", dir.display())))?;
     }
     Ok(db)
 }
@@ -475,12 +481,20 @@ mod tests {
         assert!(!RedbStore::may_hold_records(&dir.0));
         let s = RedbStore::open(&dir.0).expect("recreated");
         assert!(RedbStore::may_hold_records(&dir.0));
-        s.commit(&[StoreOp::Put { id: 1, value: payload(1) }]).expect("put");
+        s.commit(&[StoreOp::Put {
+            id: 1,
+            value: payload(1),
+        }])
+        .expect("put");
         // Poisoned (as after a failed write): refused until a probe reopens it.
         s.poisoned.store(true, Ordering::Release);
         assert!(s.commit(&[StoreOp::Delete { id: 1 }]).is_err());
         s.probe(64 << 10).expect("probe reopens and writes");
-        assert_eq!(s.load_all().expect("load"), vec![(1, payload(1))], "the probe left nothing");
+        assert_eq!(
+            s.load_all().expect("load"),
+            vec![(1, payload(1))],
+            "the probe left nothing"
+        );
         let unopened = RedbStore::unopened(&dir.0);
         assert!(unopened.len().is_err());
     }
