@@ -323,6 +323,11 @@ pub fn render(src: &MetricsSources) -> String {
                 &c.outbound_tls_failures,
             ),
             (
+                "pulsegate_outbound_refused_total",
+                "Webhook and callback POSTs the outbound URL policy refused at send time (an inward address); failed attempts.",
+                &c.outbound_refused,
+            ),
+            (
                 "pulsegate_store_errors_total",
                 "Failed store commits of state changes.",
                 &c.store_errors,

@@ -181,6 +181,9 @@ outbound_ca_file = "/etc/pg/ca.pem"
 accept_rate_per_s = 5000
 accept_per_ip_rate_per_s = 20
 accept_per_ip_burst = 40
+outbound_allow = ["127.0.0.0/8", "10.1.2.3:8443", "[fd00::1]:443"]
+sp_callbacks_per_s = 7.5
+sp_callbacks_burst = 12
 
 [device_auth]
 kind = "jwt"

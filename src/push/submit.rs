@@ -16,7 +16,7 @@ use crate::config::Config;
 pub const MULTICAST_DEVICES_MAX: usize = 1_000;
 /// Longest device id (the MQTT client id limit of the shards).
 pub const DEVICE_ID_BYTES_MAX: usize = 256;
-/// Longest collapse key and callback URL.
+/// Longest collapse key (a callback URL: `url_policy::URL_BYTES_MAX`).
 pub const FIELD_BYTES_MAX: usize = 2_048;
 /// Longest time-to-live a request may ask for.
 pub const TTL_S_MAX: u32 = 30 * 24 * 3600;
@@ -122,10 +122,11 @@ pub fn build(
     {
         return bad(format!("collapse_key must be 1..{FIELD_BYTES_MAX} bytes"));
     }
+    // Syntax here (pure); the caller resolves the host and checks its addresses.
     if let Some(url) = &b.callback_url
-        && (url.len() > FIELD_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")))
+        && let Err(why) = crate::outbound::url_policy::parse(url)
     {
-        return bad("callback_url must be an http:// or https:// URL".into());
+        return bad(format!("callback_url refused: {why}"));
     }
     let profile = match b.profile {
         Some(ProfileRef::Inline(p)) => p,
@@ -217,6 +218,8 @@ mod tests {
             r#"{"device":"d","payload":"x","profile":"nope"}"#,
             r#"{"device":"d","payload":"x","profile":{"priority":11}}"#,
             r#"{"device":"d","payload":"x","callback_url":"ftp://x"}"#,
+            r#"{"device":"d","payload":"x","callback_url":"http://u:p@example.com/"}"#,
+            r#"{"device":"d","payload":"x","callback_url":"http://example.com/\r\nX: y"}"#,
         ] {
             assert!(
                 matches!(build_one(body), Err(SubmitError::Bad(_))),
