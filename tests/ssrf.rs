@@ -127,7 +127,7 @@ fn inward_callback_urls_are_refused_at_submission_with_the_reason() {
         assert!(text.contains("callback_url refused") && text.contains(reason), "{url:?}: {text}");
     }
     // Nothing was accepted, so nothing will ever fire.
-    assert_eq!(gw.metric("pulsegate_messages_total{state=\"accepted\"}"), 0, "{}", gw.metrics());
+    assert_eq!(gw.metric("pulsegate_messages_total{outcome=\"accepted\"}"), 0, "{}", gw.metrics());
 }
 
 #[test]

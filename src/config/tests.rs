@@ -308,7 +308,11 @@ fn every_setting_has_a_flag_that_means_what_its_file_key_means() {
             toml::from_str::<toml::Table>(&format!("v = {value}")).expect("a TOML value")["v"].clone();
         let flag_value = match value {
             toml::Value::String(s) => s,
-            toml::Value::Array(items) => items.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
             other => other.to_string(),
         };
         args.push(format!("--{}", key.replace('_', "-")));
