@@ -11,9 +11,9 @@ use pulsegate::api::{HttpConfig, HttpServer};
 use pulsegate::config::{BackendChoice, Config, Flags};
 use pulsegate::front::{ApiFront, ServiceHandle};
 use pulsegate::gateway::Owners;
+use pulsegate::outbound::url_policy::{Refused, UrlPolicy};
 use pulsegate::push::mechanism;
 use pulsegate::push::message::Message;
-use pulsegate::outbound::url_policy::{Refused, UrlPolicy};
 use pulsegate::push::service::{CallbackBudget, PushService, ServiceConfig, ServiceCounters, ServiceParts};
 use pulsegate::shard::env::BackendInUse;
 use pulsegate::store::{GroupCommitConfig, GroupCommitter, RedbStore, Store};
@@ -298,7 +298,10 @@ fn check_webhooks(cfg: &pulsegate::config::Config, policy: &UrlPolicy) -> Result
         match policy.check(url) {
             Ok(_) => {}
             Err(why @ Refused::Unresolvable { .. }) => {
-                eprintln!("pulsegate: WARNING: mechanisms.{}.url: {why}; checked again at each send", m.name);
+                eprintln!(
+                    "pulsegate: WARNING: mechanisms.{}.url: {why}; checked again at each send",
+                    m.name
+                );
             }
             Err(why) => return Err(format!("mechanisms.{}.url: {why}", m.name)),
         }

@@ -124,10 +124,18 @@ fn inward_callback_urls_are_refused_at_submission_with_the_reason() {
         assert_eq!(status, 400, "{url:?} should be refused: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("error body is JSON");
         let text = v.to_string();
-        assert!(text.contains("callback_url refused") && text.contains(reason), "{url:?}: {text}");
+        assert!(
+            text.contains("callback_url refused") && text.contains(reason),
+            "{url:?}: {text}"
+        );
     }
     // Nothing was accepted, so nothing will ever fire.
-    assert_eq!(gw.metric("pulsegate_messages_total{outcome=\"accepted\"}"), 0, "{}", gw.metrics());
+    assert_eq!(
+        gw.metric("pulsegate_messages_total{outcome=\"accepted\"}"),
+        0,
+        "{}",
+        gw.metrics()
+    );
 }
 
 #[test]

@@ -154,7 +154,10 @@ impl Resolver for PolicyResolver {
         match self.policy.check_addrs(&addrs) {
             Ok(()) => Ok(addrs),
             // Carried through ureq as an io error; `map_error` takes it back out.
-            Err(refused) => Err(ureq::Error::Io(io::Error::new(io::ErrorKind::PermissionDenied, refused))),
+            Err(refused) => Err(ureq::Error::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                refused,
+            ))),
         }
     }
 }

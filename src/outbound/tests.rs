@@ -416,7 +416,8 @@ fn credentials_and_control_characters_are_refused_by_the_pool() {
     let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     let with_creds = server.url("/ok").replace("http://", "http://user:secret@");
     pool.post(request(1, with_creds, b"x", 2000)).unwrap();
-    pool.post(request(2, format!("{}\r\nX: y", server.url("/ok")), b"x", 2000)).unwrap();
+    pool.post(request(2, format!("{}\r\nX: y", server.url("/ok")), b"x", 2000))
+        .unwrap();
     for _ in 0..2 {
         let r = next(&results);
         assert!(matches!(r.outcome, PostOutcome::Refused(_)), "{r:?}");

@@ -40,7 +40,9 @@ impl AllowRule {
             return false;
         }
         match (self.net, canonical(addr.ip())) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix_bits),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix_bits)
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(u128::from(net), u128::from(ip), 128, self.prefix_bits),
             _ => false,
         }
@@ -99,15 +101,24 @@ impl fmt::Display for AllowRule {
 /// Why a URL was refused; the text is what the SP or operator reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refused {
-    TooLong { bytes: usize, max_bytes: usize },
+    TooLong {
+        bytes: usize,
+        max_bytes: usize,
+    },
     ControlCharacter,
     Invalid(String),
     Scheme(String),
     Credentials,
     NoHost,
-    Unresolvable { host: String, why: String },
+    Unresolvable {
+        host: String,
+        why: String,
+    },
     /// `class` names the range (`loopback`, `private`, ...).
-    Address { addr: SocketAddr, class: &'static str },
+    Address {
+        addr: SocketAddr,
+        class: &'static str,
+    },
     OwnListener(SocketAddr),
 }
 
@@ -186,7 +197,10 @@ pub struct UrlPolicy {
 
 impl UrlPolicy {
     pub fn new(allow: Vec<AllowRule>) -> UrlPolicy {
-        assert!(allow.len() <= ALLOW_RULES_MAX, "outbound_allow holds at most {ALLOW_RULES_MAX} rules");
+        assert!(
+            allow.len() <= ALLOW_RULES_MAX,
+            "outbound_allow holds at most {ALLOW_RULES_MAX} rules"
+        );
         UrlPolicy {
             allow,
             listeners: RwLock::new(Vec::new()),

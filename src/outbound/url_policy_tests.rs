@@ -64,8 +64,14 @@ fn inward_ranges_are_refused_with_their_class() {
             "{url}"
         );
     }
-    assert!(p.check("http://93.184.215.14:8080/cb").is_ok(), "a public address passes");
-    assert!(p.check("http://[2606:4700::1111]/cb").is_ok(), "a public IPv6 address passes");
+    assert!(
+        p.check("http://93.184.215.14:8080/cb").is_ok(),
+        "a public address passes"
+    );
+    assert!(
+        p.check("http://[2606:4700::1111]/cb").is_ok(),
+        "a public IPv6 address passes"
+    );
 }
 
 fn policy_addr(url: &str) -> SocketAddr {
@@ -79,7 +85,10 @@ fn syntax_refusals_name_the_reason() {
     let p = UrlPolicy::new(vec![]);
     assert_eq!(refused(&p, "http://user:pass@93.184.215.14/"), Refused::Credentials);
     assert_eq!(refused(&p, "http://user@93.184.215.14/"), Refused::Credentials);
-    assert_eq!(refused(&p, "http://93.184.215.14/a\r\nX-Injected: 1"), Refused::ControlCharacter);
+    assert_eq!(
+        refused(&p, "http://93.184.215.14/a\r\nX-Injected: 1"),
+        Refused::ControlCharacter
+    );
     assert_eq!(refused(&p, "http://93.184.215.14/\0"), Refused::ControlCharacter);
     assert_eq!(refused(&p, "ftp://93.184.215.14/"), Refused::Scheme("ftp".into()));
     assert_eq!(refused(&p, "file:///etc/passwd"), Refused::Scheme("file".into()));
@@ -97,7 +106,10 @@ fn allow_rules_open_exactly_what_they_name() {
     let p = UrlPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "10.9.9.9:8443".parse().unwrap()]);
     assert!(p.check("http://127.0.0.1:9/x").is_ok());
     assert!(p.check("http://127.1:9/x").is_ok(), "normalized before matching");
-    assert!(p.check("http://[::ffff:127.0.0.1]:9/x").is_ok(), "mapped form matches the IPv4 rule");
+    assert!(
+        p.check("http://[::ffff:127.0.0.1]:9/x").is_ok(),
+        "mapped form matches the IPv4 rule"
+    );
     assert!(p.check("https://10.9.9.9:8443/x").is_ok());
     assert!(p.check("https://10.9.9.9:8444/x").is_err(), "another port");
     assert!(p.check("http://10.9.9.8:8443/x").is_err(), "another address");

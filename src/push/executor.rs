@@ -53,13 +53,12 @@ pub struct PushService {
 
 impl PushService {
     pub fn new(parts: ServiceParts, recovered: Vec<Message>) -> PushService {
-        let (outbound, outbound_rx) =
-            OutboundPool::start(
-                parts.outbound_workers,
-                PUSH_OUTBOUND_QUEUE_MAX,
-                &parts.outbound_roots,
-                parts.url_policy.clone(),
-            );
+        let (outbound, outbound_rx) = OutboundPool::start(
+            parts.outbound_workers,
+            PUSH_OUTBOUND_QUEUE_MAX,
+            &parts.outbound_roots,
+            parts.url_policy.clone(),
+        );
         let mut s = PushService {
             machine: Machine::new(parts.config, parts.mechanisms, parts.counters.clone()),
             devices: parts.devices,
