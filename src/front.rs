@@ -18,6 +18,7 @@ use crate::api::{ApiError, Caller, Gateway};
 use crate::config::Config;
 use crate::coordinator::CoordinatorGauges;
 use crate::metrics::{self, MetricsSources};
+use crate::outbound::url_policy::UrlPolicy;
 use crate::push::PushIds;
 use crate::push::budget::{OverBudget, PayloadBudget};
 use crate::push::service::ServiceCounters;
@@ -55,6 +56,8 @@ pub struct ServiceHandle {
     pub counters: Arc<ServiceCounters>,
     /// The payload byte budgets (reserved here, released by the service).
     pub budget: Arc<PayloadBudget>,
+    /// Where callbacks may go: checked (DNS and every address) at submission.
+    pub url_policy: Arc<UrlPolicy>,
 }
 
 /// What the API front reads and asks, and nothing more.
@@ -289,6 +292,12 @@ impl Gateway for ApiFront {
                     SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
                 },
             )?;
+        // One URL for the whole request: refused here with the reason, never dropped later.
+        if let Some(url) = messages.first().and_then(|m| m.callback_url.as_deref())
+            && let Err(why) = service.url_policy.check(url)
+        {
+            return Err(ApiError::BadRequest(format!("callback_url refused: {why}")));
+        }
         // Held messages are evicted oldest-first to make room; in-flight ones are not.
         let in_flight = service.counters.pending.load(Ordering::Relaxed)
             - service

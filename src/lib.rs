@@ -50,7 +50,9 @@
 //! - `push`: the SP-facing service: a pure state machine (`push::machine`)
 //!   whose transitions return effects, and an executor that performs them
 //!   (shards through `push::Devices`, asynchronous group commits to `store`,
-//!   webhooks and callbacks through `outbound`).
+//!   webhooks and callbacks through `outbound`, whose `url_policy` refuses
+//!   inward addresses at submission and again in the pool's resolver at send
+//!   time; callbacks are paced per SP by a token bucket in `push::callbacks`).
 //! - `delivery`: the plain values that cross those boundaries (`Push`,
 //!   `Location`, `DeliveryEvent`).
 //! - `sdk`: the device side, used by the `pulsegate-device` example and loadgen.

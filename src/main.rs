@@ -11,10 +11,11 @@ use pulsegate::api::{HttpConfig, HttpServer};
 use pulsegate::config::{BackendChoice, Config, Flags};
 use pulsegate::front::{ApiFront, ServiceHandle};
 use pulsegate::gateway::Owners;
+use pulsegate::outbound::url_policy::{Refused, UrlPolicy};
 use pulsegate::push::budget::PayloadBudget;
 use pulsegate::push::mechanism;
 use pulsegate::push::recovery::{self, Recovered};
-use pulsegate::push::service::{PushService, ServiceConfig, ServiceCounters, ServiceParts, unix_ms};
+use pulsegate::push::service::{CallbackBudget, PushService, ServiceConfig, ServiceCounters, ServiceParts, unix_ms};
 use pulsegate::shard::env::BackendInUse;
 use pulsegate::store::{CompactPolicy, GroupCommitConfig, GroupCommitter, RedbStore, Store, StoreOp};
 use pulsegate::tls::{ServerTls, ServerTlsFiles};
@@ -121,6 +122,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let url_policy = service.url_policy.clone();
     let front = match ApiFront::new(owners.front_env(service)) {
         Ok(f) => f,
         Err(e) => {
@@ -183,6 +185,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let mut listeners = vec![shards.mqtt_addr, http.local_addr()];
+    listeners.extend(shards.mqtt_tls_addr);
+    url_policy.set_listeners(listeners);
+    if let Err(e) = check_webhooks(&cfg, &url_policy) {
+        eprintln!("pulsegate: {e}");
+        stop.store(true, Ordering::Relaxed);
+        std::process::exit(1);
+    }
     // One parseable line for scripts and tests: the addresses actually bound.
     println!(
         "pulsegate: ready backend={} shards={} capacity={} mqtt={} http={}{}",
@@ -295,6 +305,28 @@ fn write_ready_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Every webhook URL against the outbound policy: an inward address (not in
+/// `outbound_allow`) or one of our listeners stops the start; a name that does
+/// not resolve now is only a warning (each send checks it again).
+fn check_webhooks(cfg: &pulsegate::config::Config, policy: &UrlPolicy) -> Result<(), String> {
+    for m in &cfg.mechanisms {
+        let pulsegate::config::mechanism::Kind::Webhook { url } = &m.kind else {
+            continue;
+        };
+        match policy.check(url) {
+            Ok(_) => {}
+            Err(why @ Refused::Unresolvable { .. }) => {
+                eprintln!(
+                    "pulsegate: WARNING: mechanisms.{}.url: {why}; checked again at each send",
+                    m.name
+                );
+            }
+            Err(why) => return Err(format!("mechanisms.{}.url: {why}", m.name)),
+        }
+    }
+    Ok(())
+}
+
 /// Opens the store, recovers pending messages and starts the push service thread.
 fn start_push_service(
     owners: &Owners,
@@ -372,11 +404,14 @@ fn start_push_service(
         cfg.pending_payload_bytes_max,
         cfg.sp_pending_payload_bytes_max,
     ));
+    // Its listeners are set once bound (`check_webhooks`).
+    let url_policy = Arc::new(UrlPolicy::new(cfg.outbound_allow.clone()));
     let handle = ServiceHandle {
         requests: requests_tx,
         committer: committer.clone(),
         counters: counters.clone(),
         budget: budget.clone(),
+        url_policy: url_policy.clone(),
     };
     let deliveries = owners.take_delivery_events().ok_or("delivery events already taken")?;
     // Read once here, so a bad outbound_ca_file stops the start naming the file.
@@ -399,12 +434,17 @@ fn start_push_service(
             pending_messages_max: cfg.pending_messages_max,
             pending_per_device_max: cfg.pending_pushes_per_device_max,
             completed_retention_bytes_max: cfg.completed_retention_bytes_max,
+            callback_budget: CallbackBudget {
+                per_s: cfg.sp_callbacks_per_s,
+                burst: cfg.sp_callbacks_burst,
+            },
             ..ServiceConfig::default()
         },
         counters,
         budget,
         outbound_workers: cfg.outbound_workers,
         outbound_roots,
+        url_policy,
     };
     let stop = stop.clone();
     let thread = std::thread::Builder::new()

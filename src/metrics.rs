@@ -363,6 +363,11 @@ pub fn render(src: &MetricsSources) -> String {
                 &c.outbound_tls_failures,
             ),
             (
+                "pulsegate_outbound_refused_total",
+                "Webhook and callback POSTs the outbound URL policy refused at send time (an inward address); failed attempts.",
+                &c.outbound_refused,
+            ),
+            (
                 "pulsegate_store_deletes_dropped_total",
                 "Store deletes given up while the store kept failing (the record is deleted again at recovery).",
                 &c.store_deletes_dropped,

@@ -10,9 +10,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::macros::settings;
-use super::value::{Range, SettingValue, network, same, some};
+use super::value::{Range, SettingValue, allow_rules, network, same, some};
 use super::{BackendChoice, ConfigError, DeviceAuthKind, JwtAlgorithm, ReliefRule, SettingInfo};
 use crate::limits;
+use crate::outbound::url_policy::AllowRule;
 
 const fn int(min: u64, max: u64) -> Range {
     Range::Int { min, max }
@@ -300,6 +301,22 @@ settings! {
     /// rebalancing; mostly for demonstrating it); default all.
     listen_shards: usize, flag usize, via same,
         default usize::MAX => "all", unit "shards", range int(1, u64::MAX);
+    // ----- outbound URL policy (callbacks and webhooks) -----
+    /// Inward addresses webhooks and callbacks may reach anyway (relays on a
+    /// private network): CIDR blocks or addresses, optionally with a port
+    /// (`10.0.0.0/8`, `10.1.2.3:8443`, `[fd00::1]:443`); no hostnames (the
+    /// check is on resolved addresses). Loopback, private, link-local, CGNAT,
+    /// multicast and reserved addresses are refused unless named here; the
+    /// gateway's own listeners always are.
+    outbound_allow: Vec<AllowRule>, flag Vec<String>, via allow_rules,
+        default Vec::new(), unit "", range Range::Any, arg(value_delimiter = ',');
+    /// Callback POSTs one SP's messages may start per second (token bucket);
+    /// beyond it callbacks wait their turn (delayed, not dropped).
+    sp_callbacks_per_s: f64, flag f64, via same,
+        default 50.0, unit "callbacks/s", range above(0.0);
+    /// Burst of the per-SP callback bucket.
+    sp_callbacks_burst: u32, flag u32, via same,
+        default 100, unit "callbacks", range int(1, 1_000_000);
 }
 
 impl FileConfig {

@@ -197,6 +197,9 @@ outbound_ca_file = "/etc/pg/ca.pem"
 accept_rate_per_s = 5000
 accept_per_ip_rate_per_s = 20
 accept_per_ip_burst = 40
+outbound_allow = ["127.0.0.0/8", "10.1.2.3:8443", "[fd00::1]:443"]
+sp_callbacks_per_s = 7.5
+sp_callbacks_burst = 12
 
 [device_auth]
 kind = "jwt"
@@ -321,7 +324,11 @@ fn every_setting_has_a_flag_that_means_what_its_file_key_means() {
             toml::from_str::<toml::Table>(&format!("v = {value}")).expect("a TOML value")["v"].clone();
         let flag_value = match value {
             toml::Value::String(s) => s,
-            toml::Value::Array(items) => items.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
             other => other.to_string(),
         };
         args.push(format!("--{}", key.replace('_', "-")));

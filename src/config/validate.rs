@@ -122,13 +122,11 @@ impl Config {
             if !names.insert(m.name.as_str()) {
                 return invalid(format!("mechanisms.{}", m.name), "duplicate mechanism name".into());
             }
+            // Syntax here; the addresses are checked at start-up once the listeners are bound.
             if let Kind::Webhook { url } = &m.kind
-                && !(url.starts_with("http://") || url.starts_with("https://"))
+                && let Err(why) = crate::outbound::url_policy::parse(url)
             {
-                return invalid(
-                    format!("mechanisms.{}.url", m.name),
-                    "must be an http:// or https:// URL".into(),
-                );
+                return invalid(format!("mechanisms.{}.url", m.name), why.to_string());
             }
         }
         Ok(())

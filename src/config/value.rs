@@ -168,6 +168,16 @@ impl SettingValue for Vec<u32> {
     }
 }
 
+impl SettingValue for Vec<crate::outbound::url_policy::AllowRule> {
+    fn type_doc() -> String {
+        "CIDRs or address[:port]s (flag: comma-separated)".into()
+    }
+    fn to_toml(&self) -> Option<String> {
+        let items: Vec<String> = self.iter().map(|r| toml_string(&r.to_string())).collect();
+        Some(format!("[{}]", items.join(", ")))
+    }
+}
+
 /// A home network, (MCC, MNC): written `"MCC-MNC"` (`"460-01"`).
 impl SettingValue for (u16, u16) {
     fn type_doc() -> String {
@@ -232,4 +242,13 @@ pub(super) fn network(s: String) -> Result<Option<(u16, u16)>, String> {
     crate::protocol::mqtt::NetworkReport::parse_network(&s)
         .map(Some)
         .ok_or_else(|| format!("{s:?} is not MCC-MNC (e.g. 460-01)"))
+}
+
+/// `outbound_allow` entries, each parsed (at most `ALLOW_RULES_MAX`).
+pub(super) fn allow_rules(list: Vec<String>) -> Result<Vec<crate::outbound::url_policy::AllowRule>, String> {
+    use crate::outbound::url_policy::ALLOW_RULES_MAX;
+    if list.len() > ALLOW_RULES_MAX {
+        return Err(format!("{} rules, at most {ALLOW_RULES_MAX}", list.len()));
+    }
+    list.iter().map(|s| s.trim().parse()).collect()
 }

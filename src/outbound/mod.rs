@@ -9,10 +9,13 @@
 //! `timeout_ms`. `https://` URLs go over rustls, trusting exactly the roots the
 //! pool was started with (system roots plus `outbound_ca_file`, read once at
 //! start-up by the caller); a TLS failure is `PostOutcome::Tls`, never a hang.
+//! Every connection goes only to an address `url_policy` checked at send
+//! time (its resolver is the policy), whatever the URL passed at submission.
 
 mod pool;
 #[cfg(test)]
 mod tests;
+pub mod url_policy;
 
 pub use self::pool::{MAX_TIMEOUT_MS, OutboundPool, RESPONSE_DRAIN_MAX};
 
@@ -48,6 +51,9 @@ pub enum PostOutcome {
     /// The TLS handshake failed: the text is rustls' error (e.g. "invalid peer
     /// certificate: UnknownIssuer", a name mismatch, an alert from the server).
     Tls(String),
+    /// The URL policy refused the host or one of its addresses (checked again
+    /// at send time: DNS may have changed since submission).
+    Refused(String),
     /// Anything else: protocol errors, invalid headers, connection reset
     /// mid-request, or the request was still queued at shutdown.
     Other(String),

@@ -1,7 +1,10 @@
 //! The worker pool behind `OutboundPool`: a bounded request queue, N worker
 //! threads sharing one keep-alive `ureq::Agent` (rustls for https://, over the
 //! roots it is started with), and the mapping of ureq results/errors onto
-//! `PostOutcome`.
+//! `PostOutcome`. The agent's resolver is `PolicyResolver`: it resolves
+//! with ureq's own resolver and hands the connector only addresses the
+//! `UrlPolicy` passed, so a name re-pointed inward after submission (DNS
+//! rebinding) is refused at send time, never connected to.
 //!
 //! It must never block in `post`, never follow redirects, never retry, never
 //! read more than `RESPONSE_DRAIN_MAX` bytes of a response body, and never run
@@ -17,7 +20,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustls::pki_types::CertificateDer;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
+use super::url_policy::{self, Refused, UrlPolicy};
 use super::{PostOutcome, PostRequest, PostResult};
 
 /// Upper clamp on `PostRequest::timeout_ms`, so that `shutdown` stays bounded
@@ -48,17 +54,19 @@ impl OutboundPool {
     /// `workers` threads (at least 1); at most `queue_max` requests waiting
     /// (requests being sent do not count). `https://` servers are trusted when
     /// their chain ends in one of `roots` (`tls::client_root_certs`; an empty
-    /// list trusts nothing). Results go to the returned receiver.
+    /// list trusts nothing). Every URL and every address it resolves to must
+    /// pass `policy`. Results go to the returned receiver.
     pub fn start(
         workers: usize,
         queue_max: usize,
         roots: &[CertificateDer<'static>],
+        policy: Arc<UrlPolicy>,
     ) -> (OutboundPool, Receiver<PostResult>) {
         let workers = workers.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<PostRequest>(queue_max);
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<PostResult>();
         let stopping = Arc::new(AtomicBool::new(false));
-        let agent = build_agent(workers, roots);
+        let agent = build_agent(workers, roots, policy);
 
         let handles = (0..workers)
             .map(|i| {
@@ -128,14 +136,40 @@ impl Drop for OutboundPool {
     }
 }
 
-fn build_agent(workers: usize, roots: &[CertificateDer<'static>]) -> ureq::Agent {
+/// ureq's resolver behind the URL policy: the connector sees only checked addresses.
+#[derive(Debug)]
+struct PolicyResolver {
+    inner: DefaultResolver,
+    policy: Arc<UrlPolicy>,
+}
+
+impl Resolver for PolicyResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        match self.policy.check_addrs(&addrs) {
+            Ok(()) => Ok(addrs),
+            // Carried through ureq as an io error; `map_error` takes it back out.
+            Err(refused) => Err(ureq::Error::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                refused,
+            ))),
+        }
+    }
+}
+
+fn build_agent(workers: usize, roots: &[CertificateDer<'static>], policy: Arc<UrlPolicy>) -> ureq::Agent {
     let roots: Vec<Certificate<'static>> = roots.iter().map(|c| Certificate::from_der(c).to_owned()).collect();
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .unversioned_rustls_crypto_provider(crate::tls::provider())
         .root_certs(RootCerts::new_with_certs(&roots))
         .build();
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .tls_config(tls)
         // Any status is a result, not an error.
         .http_status_as_error(false)
@@ -146,8 +180,12 @@ fn build_agent(workers: usize, roots: &[CertificateDer<'static>]) -> ureq::Agent
         .user_agent("pulsegate-outbound")
         .max_idle_connections(workers.max(10))
         .max_idle_connections_per_host(workers)
-        .build()
-        .into()
+        .build();
+    let resolver = PolicyResolver {
+        inner: DefaultResolver::default(),
+        policy,
+    };
+    ureq::Agent::with_parts(config, DefaultConnector::default(), resolver)
 }
 
 fn worker_loop(agent: &ureq::Agent, rx: &Receiver<PostRequest>, results: &Sender<PostResult>, stopping: &AtomicBool) {
@@ -173,8 +211,12 @@ fn worker_loop(agent: &ureq::Agent, rx: &Receiver<PostRequest>, results: &Sender
 
 /// Performs one POST, synchronously, within `request.timeout_ms`.
 fn execute(agent: &ureq::Agent, request: &PostRequest) -> PostOutcome {
-    if let Err(why) = check_url(&request.url) {
-        return PostOutcome::BadUrl(why);
+    match url_policy::parse(&request.url) {
+        Ok(_) => {}
+        Err(why @ (Refused::Credentials | Refused::ControlCharacter | Refused::TooLong { .. })) => {
+            return PostOutcome::Refused(why.to_string());
+        }
+        Err(why) => return PostOutcome::BadUrl(why.to_string()),
     }
     let timeout = Duration::from_millis(request.timeout_ms.clamp(1, MAX_TIMEOUT_MS));
 
@@ -214,28 +256,12 @@ fn execute(agent: &ureq::Agent, request: &PostRequest) -> PostOutcome {
     }
 }
 
-/// `host:port` of a URL `check_url` accepted.
+/// `host:port` of a URL `url_policy::parse` accepted.
 fn authority(url: &str) -> String {
     url.parse::<ureq::http::Uri>()
         .ok()
         .and_then(|u| u.authority().map(|a| a.to_string()))
         .unwrap_or_default()
-}
-
-/// Accepts only absolute http:// and https:// URLs with a host.
-fn check_url(url: &str) -> Result<(), String> {
-    let scheme = url
-        .split_once("://")
-        .map(|(s, _)| s)
-        .ok_or_else(|| format!("not an absolute URL: {url:?}"))?;
-    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return Err(format!("unsupported scheme {scheme:?} (only http and https)"));
-    }
-    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-    match uri.host() {
-        Some(h) if !h.is_empty() => Ok(()),
-        _ => Err(format!("URL has no host: {url:?}")),
-    }
 }
 
 fn map_error(e: ureq::Error) -> PostOutcome {
@@ -245,6 +271,9 @@ fn map_error(e: ureq::Error) -> PostOutcome {
         E::Rustls(tls) => PostOutcome::Tls(tls.to_string()),
         E::Tls(what) => PostOutcome::Tls(what.to_string()),
         // rustls reports handshake failures through the transport as InvalidData.
+        E::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<Refused>()) => {
+            PostOutcome::Refused(io.get_ref().map_or_else(String::new, ToString::to_string))
+        }
         E::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
             PostOutcome::Tls(io.get_ref().map_or_else(String::new, ToString::to_string))
         }

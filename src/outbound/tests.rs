@@ -15,8 +15,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
+use super::url_policy::UrlPolicy;
 use super::{OutboundPool, PostOutcome, PostRequest, PostResult};
 use crate::tls::test_pki::TestPki;
+
+/// The policy these tests run under: loopback allowed (the test servers live there).
+fn loopback_policy() -> Arc<UrlPolicy> {
+    Arc::new(UrlPolicy::new(vec![
+        "127.0.0.0/8".parse().expect("a CIDR"),
+        "::1/128".parse().expect("a CIDR"),
+    ]))
+}
 
 /// Longest any test waits for one result.
 const RESULT_WAIT: Duration = Duration::from_secs(10);
@@ -269,7 +278,7 @@ fn is_success_is_2xx_only() {
 fn success_delivers_body_and_headers() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(2, 8, &[]);
+    let (pool, results) = OutboundPool::start(2, 8, &[], loopback_policy());
 
     let mut req = request(7, server.url("/ok"), br#"{"msg":"hi"}"#, 2000);
     req.headers = vec![
@@ -298,7 +307,7 @@ fn success_delivers_body_and_headers() {
 fn custom_content_type_header_wins() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4, &[]);
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     let mut req = request(1, server.url("/ok"), b"a=b", 2000);
     req.headers = vec![("Content-Type".to_string(), "text/plain".to_string())];
     pool.post(req).unwrap();
@@ -318,7 +327,7 @@ fn custom_content_type_header_wins() {
 fn server_error_is_status_not_success() {
     let server = TestServer::start();
     server.route("/fail", Behavior::Status(500));
-    let (pool, results) = OutboundPool::start(1, 4, &[]);
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     pool.post(request(2, server.url("/fail"), b"x", 2000)).unwrap();
     let r = next(&results);
     assert_eq!(r.tag, 2);
@@ -332,7 +341,7 @@ fn redirect_is_not_followed() {
     let server = TestServer::start();
     server.route("/moved", Behavior::Redirect);
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4, &[]);
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     pool.post(request(3, server.url("/moved"), b"x", 2000)).unwrap();
     assert_eq!(next(&results).outcome, PostOutcome::Status(302));
     let paths: Vec<_> = server.seen().into_iter().map(|s| s.path).collect();
@@ -344,7 +353,7 @@ fn redirect_is_not_followed() {
 fn hang_times_out_within_bound() {
     let server = TestServer::start();
     server.route("/hang", Behavior::Hang);
-    let (pool, results) = OutboundPool::start(1, 4, &[]);
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     let timeout = Duration::from_millis(300);
     let t0 = Instant::now();
     pool.post(request(4, server.url("/hang"), b"x", 300)).unwrap();
@@ -361,7 +370,7 @@ fn hang_times_out_within_bound() {
 fn connection_refused_is_connect_failed() {
     // Bind then drop to get a loopback port with nobody listening.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (pool, results) = OutboundPool::start(1, 4, &[]);
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     let url = format!("http://127.0.0.1:{port}/x");
     pool.post(request(5, url, b"x", 2000)).unwrap();
     let r = next(&results);
@@ -374,8 +383,52 @@ fn connection_refused_is_connect_failed() {
 }
 
 #[test]
+fn send_time_policy_refuses_inward_addresses_without_connecting() {
+    let server = TestServer::start();
+    server.route("/ok", Behavior::Status(200));
+    // No allow rule: the test server's loopback address is refused when resolved.
+    let (pool, results) = OutboundPool::start(1, 4, &[], Arc::new(UrlPolicy::new(vec![])));
+    let port = server.addr.port();
+    let urls = [
+        server.url("/ok"),
+        format!("http://localhost:{port}/ok"),
+        format!("http://2130706433:{port}/ok"),
+        format!("http://[::ffff:127.0.0.1]:{port}/ok"),
+    ];
+    for (i, u) in urls.iter().enumerate() {
+        pool.post(request(i as u64, u.clone(), b"x", 2000)).unwrap();
+    }
+    for _ in &urls {
+        let r = next(&results);
+        match &r.outcome {
+            PostOutcome::Refused(why) => assert!(why.contains("loopback"), "{why}"),
+            other => panic!("{:?} gave {other:?}", urls[r.tag as usize]),
+        }
+    }
+    assert_eq!(server.connections(), 0, "a refused POST never connects");
+    pool.shutdown();
+}
+
+#[test]
+fn credentials_and_control_characters_are_refused_by_the_pool() {
+    let server = TestServer::start();
+    server.route("/ok", Behavior::Status(200));
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
+    let with_creds = server.url("/ok").replace("http://", "http://user:secret@");
+    pool.post(request(1, with_creds, b"x", 2000)).unwrap();
+    pool.post(request(2, format!("{}\r\nX: y", server.url("/ok")), b"x", 2000))
+        .unwrap();
+    for _ in 0..2 {
+        let r = next(&results);
+        assert!(matches!(r.outcome, PostOutcome::Refused(_)), "{r:?}");
+    }
+    assert_eq!(server.connections(), 0);
+    pool.shutdown();
+}
+
+#[test]
 fn bad_urls_are_rejected() {
-    let (pool, results) = OutboundPool::start(1, 8, &[]);
+    let (pool, results) = OutboundPool::start(1, 8, &[], loopback_policy());
     let urls = [
         "ftp://127.0.0.1/x",
         "mqtt://127.0.0.1:1883/x",
@@ -404,7 +457,7 @@ fn large_response_body_is_bounded_and_pool_keeps_working() {
     let server = TestServer::start();
     server.route("/big", Behavior::BigBody(4 * 1024 * 1024));
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4, &[]);
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     pool.post(request(1, server.url("/big"), b"x", 3000)).unwrap();
     pool.post(request(2, server.url("/ok"), b"y", 3000)).unwrap();
     let a = next(&results);
@@ -418,7 +471,7 @@ fn large_response_body_is_bounded_and_pool_keeps_working() {
 fn keep_alive_connection_is_reused() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4, &[]);
+    let (pool, results) = OutboundPool::start(1, 4, &[], loopback_policy());
     for tag in 0..3 {
         pool.post(request(tag, server.url("/ok"), b"z", 2000)).unwrap();
         assert_eq!(next(&results).outcome, PostOutcome::Status(200));
@@ -433,7 +486,7 @@ fn every_accepted_request_gets_one_result() {
     let server = TestServer::start();
     server.route("/ok", Behavior::Status(200));
     server.route("/fail", Behavior::Status(503));
-    let (pool, results) = OutboundPool::start(4, 64, &[]);
+    let (pool, results) = OutboundPool::start(4, 64, &[], loopback_policy());
     for tag in 0..40u64 {
         let path = if tag % 2 == 0 { "/ok" } else { "/fail" };
         pool.post(request(tag, server.url(path), &tag.to_be_bytes(), 3000))
@@ -460,7 +513,7 @@ fn queue_is_bounded_and_post_never_blocks() {
     let server = TestServer::start();
     server.route("/hang", Behavior::Hang);
     server.route("/ok", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 2, &[]);
+    let (pool, results) = OutboundPool::start(1, 2, &[], loopback_policy());
 
     pool.post(request(1, server.url("/hang"), b"h", 1500)).unwrap();
     // The single worker is now stuck on /hang.
@@ -492,7 +545,7 @@ fn queue_is_bounded_and_post_never_blocks() {
 fn shutdown_is_bounded_while_a_request_hangs() {
     let server = TestServer::start();
     server.route("/hang", Behavior::Hang);
-    let (pool, results) = OutboundPool::start(1, 8, &[]);
+    let (pool, results) = OutboundPool::start(1, 8, &[], loopback_policy());
     pool.post(request(1, server.url("/hang"), b"h", 800)).unwrap();
     server.wait_seen("/hang");
     // Queued behind the hang: must not be sent after shutdown starts.
@@ -519,7 +572,7 @@ fn shutdown_is_bounded_while_a_request_hangs() {
 
 #[test]
 fn post_after_workers_gone_is_refused() {
-    let (mut pool, _results) = OutboundPool::start(1, 1, &[]);
+    let (mut pool, _results) = OutboundPool::start(1, 1, &[], loopback_policy());
     pool.signal_stop();
     let r = pool.post(request(9, "http://127.0.0.1:1/".to_string(), b"", 100));
     assert_eq!(r.expect_err("refused").tag, 9);
@@ -536,7 +589,7 @@ fn https_to_a_server_of_a_trusted_ca_delivers_and_keeps_alive() {
     let pki = TestPki::new(&dir, "outbound-test-ca", &["127.0.0.1"]);
     let server = TestServer::start_tls(pki.server_config(&[b"http/1.1"]));
     server.route("/cb", Behavior::Status(200));
-    let (pool, results) = OutboundPool::start(1, 4, std::slice::from_ref(&pki.ca));
+    let (pool, results) = OutboundPool::start(1, 4, std::slice::from_ref(&pki.ca), loopback_policy());
     for tag in 0..3 {
         pool.post(request(tag, server.url("/cb"), br#"{"state":"delivered"}"#, 3000))
             .unwrap();
@@ -572,7 +625,7 @@ fn https_tls_failures_are_tls_outcomes_naming_the_error() {
             thread::sleep(Duration::from_millis(500));
         }
     });
-    let (pool, results) = OutboundPool::start(1, 8, &[trusted.ca.clone(), wrong_name.ca.clone()]);
+    let (pool, results) = OutboundPool::start(1, 8, &[trusted.ca.clone(), wrong_name.ca.clone()], loopback_policy());
     pool.post(request(1, untrusted.url("/cb"), b"x", 3000)).unwrap();
     pool.post(request(2, misnamed.url("/cb"), b"x", 3000)).unwrap();
     pool.post(request(3, format!("https://{plain_addr}/cb"), b"x", 3000))

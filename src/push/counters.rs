@@ -38,6 +38,9 @@ pub struct ServiceCounters {
     /// Outbound POSTs (webhooks and callbacks) whose TLS handshake failed; each
     /// is a failed attempt, retried as any other failure.
     pub outbound_tls_failures: AtomicU64,
+    /// Outbound POSTs the URL policy refused at send time (an inward address,
+    /// often DNS changed since submission); each is a failed attempt.
+    pub outbound_refused: AtomicU64,
     /// Failed store commits (or refused submissions) of state changes; the
     /// changes themselves are kept and committed again.
     pub store_errors: AtomicU64,

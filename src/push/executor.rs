@@ -55,8 +55,12 @@ pub struct PushService {
 
 impl PushService {
     pub fn new(parts: ServiceParts, recovered: Vec<Message>) -> PushService {
-        let (outbound, outbound_rx) =
-            OutboundPool::start(parts.outbound_workers, PUSH_OUTBOUND_QUEUE_MAX, &parts.outbound_roots);
+        let (outbound, outbound_rx) = OutboundPool::start(
+            parts.outbound_workers,
+            PUSH_OUTBOUND_QUEUE_MAX,
+            &parts.outbound_roots,
+            parts.url_policy.clone(),
+        );
         let mut s = PushService {
             machine: Machine::new(parts.config, parts.mechanisms, parts.counters.clone()),
             devices: parts.devices,
@@ -150,8 +154,10 @@ impl PushService {
         }
         for _ in 0..PUSH_EVENTS_PER_TURN_MAX {
             let Ok(p) = self.outbound_rx.try_recv() else { break };
-            if let PostOutcome::Tls(why) = &p.outcome {
-                self.tls_failed(why, now);
+            match &p.outcome {
+                PostOutcome::Tls(why) => self.tls_failed(why, now),
+                PostOutcome::Refused(_) => bump(&self.counters.outbound_refused),
+                _ => {}
             }
             self.machine.on_post_result(p, now, &mut self.effects);
             self.perform(now);

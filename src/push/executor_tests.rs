@@ -100,6 +100,7 @@ fn a_submitted_message_reaches_its_device_and_its_puback_reaches_the_store() {
         budget: Arc::new(crate::push::budget::PayloadBudget::unlimited()),
         outbound_workers: 1,
         outbound_roots: Vec::new(),
+        url_policy: Arc::new(crate::outbound::url_policy::UrlPolicy::new(vec![])),
     };
     let mut s = PushService::new(parts, vec![]);
     requests_tx

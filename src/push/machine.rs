@@ -56,7 +56,11 @@ impl Machine {
     pub fn new(config: ServiceConfig, mechanisms: Vec<MechanismConfig>, counters: Arc<ServiceCounters>) -> Machine {
         Machine {
             offline: OfflineQueue::new(config.pending_per_device_max),
-            callbacks: Callbacks::new(config.callback_attempts_max, config.callbacks_pending_max),
+            callbacks: Callbacks::new(
+                config.callback_attempts_max,
+                config.callbacks_pending_max,
+                config.callback_budget,
+            ),
             finished: Finished::new(config.completed_retention_max, config.completed_retention_bytes_max),
             config,
             counters,
@@ -179,8 +183,8 @@ impl Machine {
                     m.set_state(State::Confirmed, now.unix_ms, "confirmed by the SP");
                     bump(&self.counters.confirmed);
                     fx.push(Effect::Persist { id });
-                    let (url, body) = (m.callback_url.clone(), m.status_json());
-                    self.queue_callback(url, body);
+                    let (sp, url, body) = (m.sp.clone(), m.callback_url.clone(), m.status_json());
+                    self.queue_callback(&sp, url, body);
                 }
                 State::Confirmed => {}
                 state => return Err(ServiceError::Conflict { state, op: Op::Confirm }),
@@ -425,7 +429,7 @@ impl Machine {
         bump(self.counters.terminal(state));
         self.release_payload(&mut t.msg, fx);
         fx.push(Effect::Persist { id });
-        self.queue_callback(t.msg.callback_url.clone(), t.msg.status_json());
+        self.queue_callback(&t.msg.sp, t.msg.callback_url.clone(), t.msg.status_json());
         self.retain_completed(t.msg, fx);
     }
 
@@ -614,9 +618,9 @@ impl Machine {
 
     // ----- callbacks -----
 
-    fn queue_callback(&mut self, url: Option<String>, status: serde_json::Value) {
+    fn queue_callback(&mut self, sp: &str, url: Option<String>, status: serde_json::Value) {
         let Some(url) = url else { return };
-        if !self.callbacks.queue(url, status.to_string().into_bytes()) {
+        if !self.callbacks.queue(sp, url, status.to_string().into_bytes()) {
             bump(&self.counters.callbacks_failed);
         }
     }

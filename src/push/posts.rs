@@ -107,6 +107,7 @@ pub fn failure_reason(outcome: &PostOutcome) -> String {
         PostOutcome::ConnectFailed(_) => "connect_failed".into(),
         PostOutcome::BadUrl(_) => "bad_url".into(),
         PostOutcome::Tls(_) => "tls_error".into(),
+        PostOutcome::Refused(_) => "refused_by_url_policy".into(),
         PostOutcome::Other(_) => "relay_error".into(),
     }
 }

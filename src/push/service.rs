@@ -12,9 +12,11 @@ use rustls::pki_types::CertificateDer;
 
 use super::DeliveryEvent;
 use super::budget::PayloadBudget;
+pub use super::callbacks::CallbackBudget;
 use super::devices::Devices;
 use super::mechanism::MechanismConfig;
 use super::message::{Message, State};
+use crate::outbound::url_policy::UrlPolicy;
 use crate::store::GroupCommitter;
 
 pub use super::counters::ServiceCounters;
@@ -36,6 +38,8 @@ pub struct ServiceConfig {
     pub callback_timeout_ms: u64,
     /// Callbacks waiting (queued or backing off) in total.
     pub callbacks_pending_max: usize,
+    /// Callback POSTs per second one SP may start (and its burst).
+    pub callback_budget: CallbackBudget,
 }
 
 impl Default for ServiceConfig {
@@ -48,6 +52,10 @@ impl Default for ServiceConfig {
             callback_attempts_max: 5,
             callback_timeout_ms: 5_000,
             callbacks_pending_max: 100_000,
+            callback_budget: CallbackBudget {
+                per_s: 50.0,
+                burst: 100,
+            },
         }
     }
 }
@@ -131,4 +139,6 @@ pub struct ServiceParts {
     pub outbound_workers: usize,
     /// What https:// webhooks and callbacks trust (`tls::client_root_certs`).
     pub outbound_roots: Vec<CertificateDer<'static>>,
+    /// Where webhooks and callbacks may go, checked again at send time.
+    pub url_policy: Arc<UrlPolicy>,
 }

@@ -18,7 +18,7 @@ use crate::protocol::device_id;
 /// Devices one multicast request may name.
 pub const MULTICAST_DEVICES_MAX: usize = 1_000;
 pub use crate::protocol::device_id::DEVICE_ID_BYTES_MAX;
-/// Longest collapse key and callback URL.
+/// Longest collapse key (a callback URL: `url_policy::URL_BYTES_MAX`).
 pub const FIELD_BYTES_MAX: usize = 2_048;
 /// Largest unicast payload carried inline in its record (base64, 4/3 of it)
 /// rather than in a payload row of its own (a second B-tree entry costs more
@@ -130,10 +130,11 @@ pub fn build(
     {
         return bad(format!("collapse_key must be 1..{FIELD_BYTES_MAX} bytes"));
     }
+    // Syntax here (pure); the caller resolves the host and checks its addresses.
     if let Some(url) = &b.callback_url
-        && (url.len() > FIELD_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")))
+        && let Err(why) = crate::outbound::url_policy::parse(url)
     {
-        return bad("callback_url must be an http:// or https:// URL".into());
+        return bad(format!("callback_url refused: {why}"));
     }
     let profile = match b.profile {
         Some(ProfileRef::Inline(p)) => p,
@@ -245,6 +246,8 @@ mod tests {
             r#"{"device":"d","payload":"x","profile":"nope"}"#,
             r#"{"device":"d","payload":"x","profile":{"priority":11}}"#,
             r#"{"device":"d","payload":"x","callback_url":"ftp://x"}"#,
+            r#"{"device":"d","payload":"x","callback_url":"http://u:p@example.com/"}"#,
+            r#"{"device":"d","payload":"x","callback_url":"http://example.com/\r\nX: y"}"#,
         ] {
             assert!(
                 matches!(build_one(body), Err(SubmitError::Bad(_))),

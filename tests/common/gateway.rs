@@ -38,6 +38,8 @@ pub struct Spawn {
     pub shards: usize,
     pub args: Vec<String>,
     pub data_dir: Option<PathBuf>,
+    /// `--outbound-allow` (default loopback, where tests' receivers live; empty: not given).
+    pub outbound_allow: Vec<String>,
 }
 
 impl Spawn {
@@ -47,7 +49,14 @@ impl Spawn {
             shards: 2,
             args: Vec::new(),
             data_dir: None,
+            outbound_allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
+    }
+
+    /// The outbound URL policy's allow rules (empty: the gateway's default, nothing allowed).
+    pub fn outbound_allow(mut self, rules: &[&str]) -> Spawn {
+        self.outbound_allow = rules.iter().map(|r| r.to_string()).collect();
+        self
     }
 
     pub fn shards(mut self, shards: usize) -> Spawn {
@@ -513,6 +522,11 @@ fn launch(spec: &Spawn, data_dir: &Path, ready_path: &Path) -> (Child, Ready, Ca
         .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .args(["--shards", &shards, "--backend", &spec.backend, "--pin-cpus", "false"])
         .args(&spec.args)
+        .args(if spec.outbound_allow.is_empty() {
+            vec![]
+        } else {
+            vec!["--outbound-allow".to_string(), spec.outbound_allow.join(",")]
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -162,7 +162,12 @@ class Gateway:
             self.config_path = self.scratch / "config.toml"
             self.config_path.write_text(toml_dumps(self.config))
             self.args += ["--config", str(self.config_path)]
-        self.args += list(extra_args)
+        extra_args = list(extra_args)
+        # The mock relays and callback receivers live on loopback, which the
+        # outbound URL policy refuses unless allowed (a test may set its own).
+        if "outbound_allow" not in self.config and "--outbound-allow" not in extra_args:
+            self.args += ["--outbound-allow", "127.0.0.0/8,::1/128"]
+        self.args += extra_args
         self.runs = 0
         self._killed = False
         self._launch()
