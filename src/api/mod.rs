@@ -6,6 +6,8 @@
 //! Must never: hold socket I/O, HTTP parsing or routing logic, or name anything outside this
 //! module but the layer below it (`crate::tls` for the server certificate).
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod request;
 mod response;
 mod routes;
