@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use pulsegate::protocol::mqtt::{
-    ConnAck, ConnAckProperties, Connect, ConnectProperties, Disconnect, NetworkReport, Packet, ProtocolVersion,
-    PubAck, Publish, PublishProperties, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, Disconnect, NetworkReport, Packet, ProtocolVersion, PubAck,
+    Publish, PublishProperties, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 
 const V311: ProtocolVersion = ProtocolVersion::V311;
@@ -167,17 +167,37 @@ fn mqtt_seeds() {
         for p in packets() {
             stream.extend(encode(&p, version));
         }
-        write("mqtt_frame", &format!("all_packets_{vname}"), &with_prefix(&[sel], &stream));
-        write("mqtt_frame", &format!("session_{vname}"), &with_prefix(&[sel], &server_session(version)));
+        write(
+            "mqtt_frame",
+            &format!("all_packets_{vname}"),
+            &with_prefix(&[sel], &stream),
+        );
+        write(
+            "mqtt_frame",
+            &format!("session_{vname}"),
+            &with_prefix(&[sel], &server_session(version)),
+        );
     }
     // The malformed cases of tests.rs, one seed each (version V311 unless noted).
     let malformed: &[(&str, u8, &[u8])] = &[
         ("bad_remaining_length", 0, &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
         ("bad_flags", 0, &[0xC2, 0x00]),
-        ("bad_protocol_name", 0, &[0x10, 0x07, 0x00, 0x04, b'M', b'Q', b'X', b'X', 0x04]),
+        (
+            "bad_protocol_name",
+            0,
+            &[0x10, 0x07, 0x00, 0x04, b'M', b'Q', b'X', b'X', 0x04],
+        ),
         ("bad_property", 1, &[0x30, 0x05, 0x00, 0x01, b't', 0x01, 0x12]),
-        ("duplicate_property", 1, &[0x30, 0x08, 0x00, 0x01, b't', 0x04, 0x01, 0x00, 0x01, 0x00]),
-        ("bad_subscription_options", 0, &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'x', 0x80]),
+        (
+            "duplicate_property",
+            1,
+            &[0x30, 0x08, 0x00, 0x01, b't', 0x04, 0x01, 0x00, 0x01, 0x00],
+        ),
+        (
+            "bad_subscription_options",
+            0,
+            &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'x', 0x80],
+        ),
     ];
     for (name, vbit, frame) in malformed {
         write("mqtt_frame", name, &with_prefix(&[vbit | 7 << 1], frame));
@@ -210,12 +230,18 @@ fn json_seeds() {
             "unicast",
             r#"{"device":"d1","payload":"hi","ttl_s":5,"collapse_key":"k","profile":"fast","callback_url":"https://sp.example/cb"}"#,
         ),
-        ("multicast_base64", r#"{"devices":["a","b","c"],"payload":"AAE=","payload_encoding":"base64","qos":0}"#),
+        (
+            "multicast_base64",
+            r#"{"devices":["a","b","c"],"payload":"AAE=","payload_encoding":"base64","qos":0}"#,
+        ),
         (
             "inline_profile",
             r#"{"device":"d","payload":"x","qos":1,"profile":{"goal":"critical","deliver_within_s":30,"priority":9,"max_cost":0.5,"retry":{"max_attempts":3,"backoff_base_ms":100,"backoff_max_ms":1000,"on_failure":"same_mechanism"},"queue_if_offline":false}}"#,
         ),
-        ("escapes", r#" {"device":"d\u00e9\n","payload":"\ud83d\ude00\"\\","ttl_s":2592000} "#),
+        (
+            "escapes",
+            r#" {"device":"d\u00e9\n","payload":"\ud83d\ude00\"\\","ttl_s":2592000} "#,
+        ),
         ("not_object", "[]"),
     ];
     for (name, body) in bodies {
@@ -225,9 +251,21 @@ fn json_seeds() {
 
 fn sdk_seeds() {
     // Byte 0: version bit 0, probing heartbeat bit 1; byte 1: read-size seed.
-    write("sdk_session", "v5_session", &with_prefix(&[0x01, 0x2A], &server_session(V5)));
-    write("sdk_session", "v311_session", &with_prefix(&[0x00, 0x07], &server_session(V311)));
-    write("sdk_session", "v5_probing", &with_prefix(&[0x03, 0x11], &server_session(V5)));
+    write(
+        "sdk_session",
+        "v5_session",
+        &with_prefix(&[0x01, 0x2A], &server_session(V5)),
+    );
+    write(
+        "sdk_session",
+        "v311_session",
+        &with_prefix(&[0x00, 0x07], &server_session(V311)),
+    );
+    write(
+        "sdk_session",
+        "v5_probing",
+        &with_prefix(&[0x03, 0x11], &server_session(V5)),
+    );
     let refused = encode(
         &Packet::ConnAck(ConnAck {
             session_present: false,
@@ -241,7 +279,11 @@ fn sdk_seeds() {
     );
     write("sdk_session", "v5_refused", &with_prefix(&[0x01, 0x01], &refused));
     let state = r#"{"heartbeat_s":120,"optimal":true,"server":"127.0.0.1:1883","location":"12","mcc_mnc":"460-01"}"#;
-    write("sdk_session", "stored_state", &with_prefix(&[0x01, 0x00], state.as_bytes()));
+    write(
+        "sdk_session",
+        "stored_state",
+        &with_prefix(&[0x01, 0x00], state.as_bytes()),
+    );
 }
 
 fn loadgen_seeds() {
@@ -256,12 +298,24 @@ fn loadgen_seeds() {
             version,
         );
         subacks.extend(server_session(version));
-        write("loadgen_mqtt", &format!("session_{vname}"), &with_prefix(&[sel], &subacks));
+        write(
+            "loadgen_mqtt",
+            &format!("session_{vname}"),
+            &with_prefix(&[sel], &subacks),
+        );
     }
     // The loadgen's own test vectors (loadgen/src/mqtt.rs); byte 0: v5 bit 0, limit bits 1-2.
     let vectors: &[(&str, u8, &[u8])] = &[
-        ("connack_user_property", 7, &[0x20, 13, 0, 0x89, 10, 0x26, 0, 1, b'k', 0, 1, b'v', 0x13, 0, 120]),
-        ("publish_qos1_v4", 6, &[0x32, 9, 0, 3, b'a', b'/', b'b', 0, 5, b'h', b'i']),
+        (
+            "connack_user_property",
+            7,
+            &[0x20, 13, 0, 0x89, 10, 0x26, 0, 1, b'k', 0, 1, b'v', 0x13, 0, 120],
+        ),
+        (
+            "publish_qos1_v4",
+            6,
+            &[0x32, 9, 0, 3, b'a', b'/', b'b', 0, 5, b'h', b'i'],
+        ),
         ("props_overrun", 7, &[0x20, 4, 0, 0, 5, 0x13]),
         ("too_large", 2, &[0x30, 0x80, 0x80, 0x01]),
     ];

@@ -49,7 +49,11 @@ fuzz_target!(|body: &[u8]| {
     assert!(submission.multicast || messages.len() == 1);
     let max_payload_bytes = cfg.max_packet_bytes as usize - 16 - DEVICE_ID_BYTES_MAX;
     for (i, m) in messages.iter().enumerate() {
-        assert!((1..=DEVICE_ID_BYTES_MAX).contains(&m.device.len()), "device {:?}", m.device);
+        assert!(
+            (1..=DEVICE_ID_BYTES_MAX).contains(&m.device.len()),
+            "device {:?}",
+            m.device
+        );
         assert!(m.qos <= 1);
         assert!(m.payload.len() <= max_payload_bytes);
         assert!(m.expires_ms > m.created_ms && m.expires_ms - m.created_ms <= u64::from(TTL_S_MAX) * 1000);
@@ -60,7 +64,12 @@ fuzz_target!(|body: &[u8]| {
         // What the front stores and recovery reads back.
         let stored = serde_json::to_vec(m).expect("a message serializes");
         let back: Message = serde_json::from_slice(&stored).expect("a stored message reloads");
-        assert_eq!(&back, m, "store round trip; stored {}", String::from_utf8_lossy(&stored));
+        assert_eq!(
+            &back,
+            m,
+            "store round trip; stored {}",
+            String::from_utf8_lossy(&stored)
+        );
         let _ = m.status_json();
     }
     // The same JSON written differently means the same request.
@@ -71,6 +80,10 @@ fuzz_target!(|body: &[u8]| {
     assert_eq!(again.multicast, submission.multicast);
     assert_eq!(again.messages.len(), messages.len());
     for (a, m) in again.messages.iter().zip(messages) {
-        assert_eq!(Message { id: m.id, ..a.clone() }, *m, "rewritten body made another message");
+        assert_eq!(
+            Message { id: m.id, ..a.clone() },
+            *m,
+            "rewritten body made another message"
+        );
     }
 });

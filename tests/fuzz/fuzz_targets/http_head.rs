@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
             ..
         } => {
             let n = *head_bytes;
-            assert!(n <= buf.len() && n <= max_header_bytes, "{n} of {} (limit {max_header_bytes})", buf.len());
+            assert!(
+                n <= buf.len() && n <= max_header_bytes,
+                "{n} of {} (limit {max_header_bytes})",
+                buf.len()
+            );
             assert!(buf[..n].ends_with(b"\n"), "a head ends with its blank line");
             assert!(!path.contains('?'), "query string kept in {path:?}");
             assert!(*minor_version <= 1);
@@ -47,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
         HeadOutcome::Incomplete => {
             assert!(buf.len() < max_header_bytes, "incomplete past the limit");
             for cut in [0, buf.len() / 2, buf.len().saturating_sub(1)] {
-                assert_eq!(parse_head(&buf[..cut], max_header_bytes), HeadOutcome::Incomplete, "cut at {cut}");
+                assert_eq!(
+                    parse_head(&buf[..cut], max_header_bytes),
+                    HeadOutcome::Incomplete,
+                    "cut at {cut}"
+                );
             }
         }
         HeadOutcome::TooLarge | HeadOutcome::Malformed => {}

@@ -111,7 +111,9 @@ fn same_fields(frame: &[u8], packet: gw::Packet<'_>, v5: bool) {
     let Ok(Some((mine, _))) = lg::decode(frame, v5, usize::MAX) else {
         panic!("loadgen cannot decode {packet:?} from {frame:?}");
     };
-    let header_len = gw::check_frame(frame, u32::MAX).map(|h| usize::from(h.header_len)).unwrap_or(2);
+    let header_len = gw::check_frame(frame, u32::MAX)
+        .map(|h| usize::from(h.header_len))
+        .unwrap_or(2);
     match (packet, mine) {
         (
             gw::Packet::ConnAck(a),

@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, mut rest)) = data.split_first() else {
         return;
     };
-    let version = if sel & 1 == 0 { ProtocolVersion::V311 } else { ProtocolVersion::V5 };
+    let version = if sel & 1 == 0 {
+        ProtocolVersion::V311
+    } else {
+        ProtocolVersion::V5
+    };
     let max_bytes = LIMITS_BYTES[usize::from(sel >> 1) & 7];
     for _ in 0..FRAMES_PER_INPUT_MAX {
         match frame_len(rest, max_bytes) {
@@ -49,11 +53,17 @@ fn frame_len(buf: &[u8], max_bytes: u32) -> Option<usize> {
             assert!((2..=5).contains(&h.header_len), "{h:?}");
             assert!(usize::from(h.header_len) <= buf.len());
             assert!(h.remaining_len <= MAX_VARINT);
-            assert_eq!(read_varint(&buf[1..]), Ok((h.remaining_len, usize::from(h.header_len) - 1)));
+            assert_eq!(
+                read_varint(&buf[1..]),
+                Ok((h.remaining_len, usize::from(h.header_len) - 1))
+            );
             assert!(h.total_len() as u64 <= u64::from(max_bytes));
             (h.total_len() <= buf.len()).then_some(h.total_len())
         }
-        Err(DecodeError::TooLarge { size_bytes, max_bytes: m }) => {
+        Err(DecodeError::TooLarge {
+            size_bytes,
+            max_bytes: m,
+        }) => {
             assert_eq!(m, max_bytes);
             assert!(size_bytes > u64::from(max_bytes));
             let h = unlimited.expect("only the limit refused this header");
@@ -64,7 +74,10 @@ fn frame_len(buf: &[u8], max_bytes: u32) -> Option<usize> {
             // Only an empty buffer or an unfinished remaining-length varint.
             assert!(buf.len() < 5, "incomplete header of {} bytes", buf.len());
             assert!(buf.is_empty() || buf[1..].iter().all(|b| b & 0x80 != 0));
-            assert_eq!(decode_packet(buf, ProtocolVersion::V5).map(|_| ()), Err(result.unwrap_err()));
+            assert_eq!(
+                decode_packet(buf, ProtocolVersion::V5).map(|_| ()),
+                Err(result.unwrap_err())
+            );
             None
         }
         Err(e) => {
@@ -102,7 +115,10 @@ fn check_frame_bytes(frame: &[u8], version: ProtocolVersion) {
     }
     // One byte short: always incomplete, never a packet.
     assert!(
-        matches!(decode_packet(&frame[..frame.len() - 1], version), Err(DecodeError::Incomplete { .. })),
+        matches!(
+            decode_packet(&frame[..frame.len() - 1], version),
+            Err(DecodeError::Incomplete { .. })
+        ),
         "a truncated frame decoded: {frame:?}"
     );
     // One byte more: always trailing bytes.

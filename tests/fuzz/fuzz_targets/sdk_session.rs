@@ -83,14 +83,21 @@ fn run(flags: u8, stream: &[u8], seed: Option<u8>, tick_ms: u64) -> Run {
 
 /// Everything a device sends decodes, and is a packet a device may send.
 fn assert_well_formed(sent: &[u8], flags: u8) {
-    let version = if flags & 1 == 0 { ProtocolVersion::V311 } else { ProtocolVersion::V5 };
+    let version = if flags & 1 == 0 {
+        ProtocolVersion::V311
+    } else {
+        ProtocolVersion::V5
+    };
     let mut rest = sent;
     while !rest.is_empty() {
         let h = check_frame(rest, u32::MAX).unwrap_or_else(|e| panic!("device sent a bad header: {e:?} {rest:?}"));
         let (frame, tail) = rest.split_at(h.total_len());
         let packet = decode_packet(frame, version).unwrap_or_else(|e| panic!("device sent {frame:?}: {e:?}"));
         assert!(
-            matches!(packet, Packet::Connect(_) | Packet::PubAck(_) | Packet::PingReq | Packet::Disconnect(_)),
+            matches!(
+                packet,
+                Packet::Connect(_) | Packet::PubAck(_) | Packet::PingReq | Packet::Disconnect(_)
+            ),
             "a device never sends {packet:?}"
         );
         rest = tail;
