@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing: Debian's mosquitto
 # clients (and broker, for the loadgen's peer tests), curl, openssl (test certificates),
-# and paho-mqtt/pytest/PyJWT.
+# paho-mqtt/pytest/PyJWT, and cargo-fuzz (tests/fuzz/run.sh --asan; ~45 s to build here).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 missing=()
@@ -20,4 +20,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! python3 -c 'import paho.mqtt, pytest, jwt, cryptography' >/dev/null 2>&1; then
   python3 -m pip install -q -r "$here/python/requirements.txt"
+fi
+# Pinned: tests/fuzz/README.md documents its flags. --locked: its own Cargo.lock.
+if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz 0.13.2"; then
+  cargo install cargo-fuzz --version 0.13.2 --locked
 fi

@@ -17,5 +17,7 @@ echo "smoke: cargo run --release starts the gateway"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --release --workspace
+# Every fuzz target for 8 s (tests/fuzz/README.md): built once, fails on any crash.
+bash tests/fuzz/run.sh 8
 python3 -m pytest -q tuning/test_apply.py
 PULSEGATE_BIN="$PWD/target/release/pulsegate" python3 -m pytest -q tests/python

@@ -7,7 +7,6 @@
 mod cli;
 mod device;
 mod html;
-mod mqtt;
 mod net;
 mod overload;
 mod parent;
@@ -23,6 +22,8 @@ mod token;
 mod worker;
 
 use clap::Parser;
+// The client codec lives in the library half (src/lib.rs) so the fuzz targets reach it.
+use pulsegate_loadgen::mqtt;
 
 fn main() {
     let cli = cli::Cli::parse();

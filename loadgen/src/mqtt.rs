@@ -167,10 +167,19 @@ fn be16(buf: &[u8], at: usize) -> Result<u16, DecodeError> {
     }
 }
 
+/// A variable byte integer inside a packet body: (value, bytes_used). A bad or cut one is a
+/// malformed packet (only the fixed header's is `BadRemainingLength`).
+fn body_varint(buf: &[u8]) -> Result<(usize, usize), DecodeError> {
+    match get_varint(buf) {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) | Err(_) => Err(DecodeError::Malformed),
+    }
+}
+
 /// Skips MQTT 5 properties at `body[at..]`; returns (properties slice, index after them).
 fn props(body: &[u8], at: usize) -> Result<(&[u8], usize), DecodeError> {
     let rest = body.get(at..).ok_or(DecodeError::Malformed)?;
-    let (len, used) = get_varint(rest)?.ok_or(DecodeError::Malformed)?;
+    let (len, used) = body_varint(rest)?;
     let start = at + used;
     let end = start.checked_add(len).ok_or(DecodeError::Malformed)?;
     let slice = body.get(start..end).ok_or(DecodeError::Malformed)?;
@@ -189,10 +198,7 @@ fn find_server_keepalive(mut p: &[u8]) -> Result<Option<u16>, DecodeError> {
             // four-byte integers
             0x02 | 0x11 | 0x18 | 0x27 => 4,
             // variable byte integer
-            0x0B => match get_varint(&p[1..])? {
-                Some((_, used)) => used,
-                None => return Err(DecodeError::Malformed),
-            },
+            0x0B => body_varint(&p[1..])?.1,
             // strings / binary data
             0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => 2 + be16(p, 1)? as usize,
             // user property: two strings
@@ -444,6 +450,19 @@ mod tests {
         for cut in 0..full.len() {
             assert_eq!(decode(&full[..cut], false, 1024), Ok(None), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn bad_varint_inside_a_body_is_malformed() {
+        // Found by tests/fuzz (loadgen_mqtt): a CONNACK whose property length has five
+        // continuation bytes was reported as a bad remaining length.
+        let connack = [0x20, 7, 0, 0, 0xB1, 0xB1, 0xB1, 0xB1, 0x01];
+        assert_eq!(decode(&connack, true, 64), Err(DecodeError::Malformed));
+        let publish = [0x30, 8, 0, 1, b't', 0xFF, 0xFF, 0xFF, 0xFF, 0x01];
+        assert_eq!(decode(&publish, true, 64), Err(DecodeError::Malformed));
+        // A Subscription Identifier property (0x0B) whose varint never ends.
+        let connack = [0x20, 5, 0, 0, 2, 0x0B, 0x80];
+        assert_eq!(decode(&connack, true, 64), Err(DecodeError::Malformed));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 mod conn;
 mod event_loop;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod request;
 mod response;
