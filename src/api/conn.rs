@@ -118,15 +118,39 @@ impl Conn {
         } else {
             Phase::Idle
         };
+        Conn::with(
+            sock,
+            transport,
+            ip,
+            Kind::Counted,
+            id,
+            token,
+            phase,
+            now + ms(config.idle_timeout_ms),
+        )
+    }
+
+    /// A connection in `phase` until `phase_deadline`, with empty buffers.
+    #[allow(clippy::too_many_arguments, reason = "every field a caller decides; the rest start empty")]
+    fn with(
+        sock: TcpStream,
+        transport: Transport,
+        ip: IpAddr,
+        kind: Kind,
+        id: u64,
+        token: usize,
+        phase: Phase,
+        phase_deadline: Instant,
+    ) -> Conn {
         Conn {
             sock,
             transport,
             ip,
-            kind: Kind::Counted,
+            kind,
             id,
             token,
             phase,
-            phase_deadline: now + ms(config.idle_timeout_ms),
+            phase_deadline,
             write_deadline: None,
             buf: Vec::new(),
             out: Vec::new(),
@@ -150,24 +174,16 @@ impl Conn {
         now: Instant,
     ) -> Conn {
         let deadline = now + REFUSAL_BUDGET;
-        let mut conn = Conn {
+        let mut conn = Conn::with(
             sock,
             transport,
             ip,
-            kind: Kind::Refused,
+            Kind::Refused,
             id,
             token,
-            phase: Phase::Handshake,
-            phase_deadline: deadline,
-            write_deadline: None,
-            buf: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            served: 0,
-            peer_closed: false,
-            refusal: None,
-            timer: None,
-        };
+            Phase::Handshake,
+            deadline,
+        );
         if conn.transport.handshaking() {
             conn.refusal = Some(answer);
         } else {
