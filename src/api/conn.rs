@@ -131,7 +131,10 @@ impl Conn {
     }
 
     /// A connection in `phase` until `phase_deadline`, with empty buffers.
-    #[allow(clippy::too_many_arguments, reason = "every field a caller decides; the rest start empty")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "every field a caller decides; the rest start empty"
+    )]
     fn with(
         sock: TcpStream,
         transport: Transport,
