@@ -233,6 +233,13 @@ pub fn render(src: &MetricsSources) -> String {
     total(
         &mut out,
         &src.peers,
+        "pulsegate_static_send_retries_total",
+        "PINGRESPs the zero-copy static send could not send whole (socket buffer full), sent again as ordinary output.",
+        |c| c.static_send_retries.load(Relaxed),
+    );
+    total(
+        &mut out,
+        &src.peers,
         "pulsegate_received_bytes_total",
         "Bytes received from devices.",
         |c| c.bytes_received.load(Relaxed),

@@ -9,7 +9,7 @@
 //! a socket itself: the backend does, once `close_ready` says so.
 
 use super::active_pool::ACTIVE_BUF_KEEP_BYTES_MAX;
-use super::conn::{FLAG_PERSISTENT, FLAG_REGISTERED, Phase};
+use super::conn::{FLAG_PERSISTENT, FLAG_REGISTERED, IO_PINGRESP_OWED, Phase};
 use super::connections::Connections;
 use super::counters::{CloseReason, ProtocolErrorKind, bump};
 use super::ctx::Ctx;
@@ -143,6 +143,8 @@ pub(super) fn peer_closed(conns: &mut Connections, ctx: &Ctx, key: u32, reason: 
     if conn.phase == Phase::Closing {
         return;
     }
+    // Nothing more goes out: an owed PINGRESP with the rest.
+    conn.io_flags &= !IO_PINGRESP_OWED;
     if let Some(a) = conn.active.as_mut() {
         if !a.partial.is_empty() {
             ctx.counters.protocol_error(ProtocolErrorKind::TruncatedAtClose);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::active_pool::ActivePool;
 use crate::delivery::Push;
+use crate::protocol::mqtt::PINGRESP;
 use crate::protocol::mqtt::ProtocolVersion;
 
 /// Where a connection is in its life.
@@ -54,6 +55,11 @@ pub const IO_TLS: u8 = 1 << 4;
 pub const IO_MOVING: u8 = 1 << 5;
 /// The multishot recv's cancellation was submitted (moving).
 pub const IO_CANCEL_SUBMITTED: u8 = 1 << 6;
+/// A PINGRESP is owed and nothing else is: the loop sends it from a static
+/// buffer (`Io::send_static`), touching no `Active`. Whoever takes the active
+/// part first turns it into ordinary output (`active_in`), so it is never
+/// overtaken by bytes queued after it.
+pub const IO_PINGRESP_OWED: u8 = 1 << 7;
 
 /// The slab entry: every connection has one, idle or not.
 pub struct Conn {
@@ -209,9 +215,24 @@ impl Conn {
         self.flags & FLAG_V5 != 0
     }
 
-    /// The active part, taken from `pool` if the connection had none.
+    /// The active part, taken from `pool` if the connection had none; an
+    /// owed static PINGRESP becomes its first output.
     pub fn active_in(&mut self, pool: &mut ActivePool) -> &mut Active {
-        self.active.get_or_insert_with(|| pool.take())
+        let owed = self.io_flags & IO_PINGRESP_OWED != 0;
+        self.io_flags &= !IO_PINGRESP_OWED;
+        let a = self.active.get_or_insert_with(|| pool.take());
+        if owed {
+            a.out.extend_from_slice(&PINGRESP);
+        }
+        a
+    }
+
+    /// Whether a PINGREQ can be answered from the static buffer: plaintext,
+    /// connected, not moving, no send in flight and nothing else waiting.
+    pub fn can_owe_static_pingresp(&self) -> bool {
+        self.phase == Phase::Connected
+            && self.io_flags & (IO_TLS | IO_SEND_IN_FLIGHT | IO_MOVING | IO_PINGRESP_OWED | IO_CLOSE_SUBMITTED) == 0
+            && self.active.as_ref().is_none_or(|a| a.backlog_bytes() == 0)
     }
 
     /// Takes the active part out if nothing is in flight (the caller gives it

@@ -8,11 +8,13 @@
 use slab::Slab;
 
 use super::active_pool::{ACTIVE_BUF_KEEP_BYTES_MAX, ACTIVE_POOL_PREALLOC, ActivePool};
-use super::conn::{Active, Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, IO_SEND_IN_FLIGHT, IO_TLS, Phase};
+use super::conn::{Active, Conn, FLAG_DIRTY, FLAG_FORCE_CLOSE, IO_PINGRESP_OWED, IO_SEND_IN_FLIGHT, IO_TLS, Phase};
 use super::counters::{ShardCounters, bump};
 use super::partial::PartialPackets;
 use super::wheel::TimerWheel;
 use crate::limits;
+use crate::protocol::mqtt::PINGRESP;
+use crate::protocol::mqtt::{Packet, ProtocolVersion};
 
 /// Keys queued for the backend (dirty, closing) before the lists grow.
 const KEY_LIST_PREALLOC: usize = 1024;
@@ -138,6 +140,69 @@ impl Connections {
         }
     }
 
+    /// A PINGREQ came: owe its PINGRESP (sent from a static buffer, see
+    /// `IO_PINGRESP_OWED`) when nothing else is waiting, else queue it.
+    pub fn owe_pingresp(&mut self, key: u32, version: ProtocolVersion) {
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return;
+        };
+        if conn.can_owe_static_pingresp() {
+            conn.io_flags |= IO_PINGRESP_OWED;
+            self.mark_dirty(key);
+        } else {
+            self.queue_packet(key, |out| {
+                Packet::PingResp.encode(version, out);
+            });
+        }
+    }
+
+    /// Takes the owed PINGRESP to send from its static buffer: marks a send in
+    /// flight (cleared by `static_send_issued`). None if none is owed.
+    pub fn take_owed_pingresp(&mut self, key: u32) -> Option<&'static [u8]> {
+        let conn = self.slab.get_mut(key as usize)?;
+        if conn.io_flags & IO_PINGRESP_OWED == 0 || conn.io_flags & IO_SEND_IN_FLIGHT != 0 {
+            return None;
+        }
+        conn.io_flags &= !IO_PINGRESP_OWED;
+        conn.io_flags |= IO_SEND_IN_FLIGHT;
+        Some(&PINGRESP)
+    }
+
+    /// The owed PINGRESP becomes ordinary output (a backend without static
+    /// sends, or a connection about to move).
+    pub fn owed_pingresp_to_output(&mut self, key: u32) {
+        if let Some(conn) = self.slab.get_mut(key as usize)
+            && conn.io_flags & IO_PINGRESP_OWED != 0
+        {
+            conn.active_in(&mut self.pool);
+        }
+    }
+
+    /// The static send has been issued (`Io::static_sends_issued`): other
+    /// sends may follow. Marks the connection dirty if output waits.
+    pub fn static_send_issued(&mut self, key: u32) {
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return;
+        };
+        conn.io_flags &= !IO_SEND_IN_FLIGHT;
+        if conn.active.as_ref().is_some_and(|a| a.backlog_bytes() > 0) {
+            self.mark_dirty(key);
+        }
+    }
+
+    /// The static send took only `taken_bytes`: the rest goes out first, before
+    /// anything queued since (no other send started meanwhile: the static one
+    /// counted as in flight until issued).
+    pub fn static_send_short(&mut self, key: u32, taken_bytes: usize) {
+        let Some(conn) = self.slab.get_mut(key as usize) else {
+            return;
+        };
+        let rest = &PINGRESP[taken_bytes.min(PINGRESP.len())..];
+        let a = conn.active_in(&mut self.pool);
+        a.out.splice(0..0, rest.iter().copied());
+        self.mark_dirty(key);
+    }
+
     /// Appends an encoded packet to the connection's output and marks it dirty.
     pub fn queue_packet(&mut self, key: u32, encode: impl FnOnce(&mut Vec<u8>)) {
         let Some(a) = self.active(key) else { return };
@@ -209,7 +274,8 @@ impl Connections {
         if conn.flags & FLAG_FORCE_CLOSE != 0 {
             return true;
         }
-        conn.io_flags & IO_SEND_IN_FLIGHT == 0 && conn.active.as_ref().is_none_or(|a| a.backlog_bytes() == 0)
+        conn.io_flags & (IO_SEND_IN_FLIGHT | IO_PINGRESP_OWED) == 0
+            && conn.active.as_ref().is_none_or(|a| a.backlog_bytes() == 0)
     }
 
     /// The next bytes to hand the kernel for `key`, or None if nothing is

@@ -198,6 +198,38 @@ impl Core {
         self.conns.next_send(key)
     }
 
+    /// The owed PINGRESP, to send from its static buffer (marks a send in
+    /// flight until `static_send_issued`). None if none is owed.
+    pub fn take_owed_pingresp(&mut self, key: u32) -> Option<&'static [u8]> {
+        self.conns.take_owed_pingresp(key)
+    }
+
+    /// The owed PINGRESP becomes ordinary output (no static sends here).
+    pub fn owed_pingresp_to_output(&mut self, key: u32) {
+        self.conns.owed_pingresp_to_output(key);
+    }
+
+    /// The static send of `key` has been issued: other sends may follow.
+    pub fn static_send_issued(&mut self, key: u32) {
+        bump(
+            &self.ctx.counters.bytes_sent,
+            crate::protocol::mqtt::PINGRESP.len() as u64,
+        );
+        self.conns.static_send_issued(key);
+    }
+
+    /// The static send of `key` failed: -EAGAIN (the socket's buffer is full)
+    /// or short (`result` bytes taken) queue the rest as ordinary output; any
+    /// other error closes the connection. (`bytes_sent` counted it whole.)
+    pub fn static_send_failed(&mut self, key: u32, result: i32) {
+        if result >= 0 || result == -libc::EAGAIN {
+            bump(&self.ctx.counters.static_send_retries, 1);
+            self.conns.static_send_short(key, result.max(0) as usize);
+        } else {
+            self.peer_closed(key, CloseReason::IoError);
+        }
+    }
+
     /// The kernel took `n_bytes` of the send. Returns whether more is waiting.
     pub fn send_done(&mut self, key: u32, n_bytes: usize) -> bool {
         bump(&self.ctx.counters.bytes_sent, n_bytes as u64);

@@ -206,30 +206,69 @@ fn flush(core: &mut Core, key: u32) -> Vec<u8> {
 }
 
 #[test]
-fn a_ping_on_an_idle_connection_does_not_allocate_once_warm() {
+fn a_ping_on_an_idle_connection_is_answered_from_the_static_buffer() {
+    use crate::shard::conn::{IO_PINGRESP_OWED, IO_SEND_IN_FLIGHT};
     let (_env, [mut a, _b], _) = two_shards();
     let (key, _) = connect(&mut a, "dev-ping");
     assert!(!flush(&mut a, key).is_empty(), "the CONNACK");
     assert!(a.conn_mut(key).expect("open").active.is_none(), "idle: no active part");
-    let mut buffers = Vec::new();
-    let mut warm = (0, 0);
-    for cycle in 0..100 {
+    let pool_before = a.active_pool_hits_misses();
+    let mut dirty = Vec::with_capacity(16);
+    for _ in 0..100 {
         a.receive(key, &[0xC0, 0x00]);
         let conn = a.conn_mut(key).expect("open");
-        let active = conn.active.as_ref().expect("busy while the PINGRESP waits");
-        let box_at: *const crate::shard::conn::Active = &**active;
-        let at = (box_at as usize, active.out.as_ptr() as usize);
-        assert_eq!(flush(&mut a, key), [0xD0, 0x00], "PINGRESP");
-        assert!(a.conn_mut(key).expect("open").active.is_none(), "idle again");
-        if cycle < 2 {
-            // Warm-up: the box's two buffers (output, sending) take turns.
-            buffers.push(at);
-            warm = a.active_pool_hits_misses();
-        } else {
-            assert!(buffers.contains(&at), "cycle {cycle}: the same box and buffers");
-        }
+        assert!(conn.active.is_none(), "a PINGREQ borrows no active part");
+        assert_ne!(conn.io_flags & IO_PINGRESP_OWED, 0, "the PINGRESP is owed");
+        a.take_dirty(&mut dirty);
+        assert_eq!(dirty, [key]);
+        assert_eq!(a.next_send(key), None, "no ordinary output");
+        assert_eq!(a.take_owed_pingresp(key), Some(&[0xD0, 0x00][..]));
+        assert_ne!(a.conn_mut(key).expect("open").io_flags & IO_SEND_IN_FLIGHT, 0);
+        a.static_send_issued(key);
+        let conn = a.conn_mut(key).expect("open");
+        assert_eq!(conn.io_flags & (IO_SEND_IN_FLIGHT | IO_PINGRESP_OWED), 0);
+        assert!(conn.active.is_none());
     }
-    let (hits, misses) = a.active_pool_hits_misses();
-    assert_eq!(misses, warm.1, "no box allocated once warm");
-    assert_eq!(hits, warm.0 + 98, "each ping borrowed a recycled box");
+    assert_eq!(a.active_pool_hits_misses(), pool_before, "the pool was never asked");
+}
+
+#[test]
+fn an_owed_pingresp_is_never_overtaken_by_later_output() {
+    let (_env, [mut a, _b], _) = two_shards();
+    let (key, _) = connect(&mut a, "dev-order");
+    flush(&mut a, key);
+    // PINGREQ then SUBSCRIBE in one segment: the SUBACK is queued after the
+    // owed PINGRESP, which becomes ordinary output ahead of it.
+    let mut bytes = vec![0xC0, 0x00];
+    mqtt::Packet::Subscribe(mqtt::Subscribe {
+        packet_id: 7,
+        filters: vec![(
+            "push/dev-order",
+            mqtt::SubscriptionOptions {
+                qos: 1,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+            },
+        )],
+    })
+    .encode(mqtt::ProtocolVersion::V5, &mut bytes);
+    a.receive(key, &bytes);
+    assert_eq!(a.take_owed_pingresp(key), None, "no longer owed: it is output now");
+    let sent = flush(&mut a, key);
+    assert_eq!(&sent[..2], &[0xD0, 0x00], "PINGRESP first");
+    assert_eq!(sent[2] >> 4, 9, "then the SUBACK");
+    // A static send that went short: its rest goes before anything queued since.
+    a.receive(key, &[0xC0, 0x00]);
+    let mut dirty = Vec::new();
+    a.take_dirty(&mut dirty);
+    assert!(a.take_owed_pingresp(key).is_some());
+    a.receive(key, &[0xC0, 0x00]);
+    a.static_send_failed(key, 1);
+    a.static_send_issued(key);
+    assert_eq!(
+        flush(&mut a, key),
+        [0x00, 0xD0, 0x00],
+        "the rest, then the next PINGRESP"
+    );
 }

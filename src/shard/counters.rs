@@ -152,6 +152,9 @@ pub struct ShardCounters {
     pub sessions_taken_over: AtomicU64,
     pub sessions_resumed: AtomicU64,
     pub recv_buffer_exhausted: AtomicU64,
+    /// PINGRESPs the static send could not send whole (socket buffer full),
+    /// sent again as ordinary output.
+    pub static_send_retries: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub loop_turns: AtomicU64,
@@ -202,6 +205,7 @@ impl Default for ShardCounters {
             sessions_taken_over: AtomicU64::new(0),
             sessions_resumed: AtomicU64::new(0),
             recv_buffer_exhausted: AtomicU64::new(0),
+            static_send_retries: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             loop_turns: AtomicU64::new(0),

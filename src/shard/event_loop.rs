@@ -11,17 +11,20 @@
 //! no send in flight), never touch a send buffer while its send is in flight,
 //! and never recurse from a completion handler into another handler.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::accept_gate::AcceptGate;
-use super::conn::{IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_MOVING, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, Phase};
+use super::conn::{
+    IO_CLOSE_DONE, IO_CLOSE_SUBMITTED, IO_MOVING, IO_PINGRESP_OWED, IO_RECV_ARMED, IO_SEND_IN_FLIGHT, Phase,
+};
 use super::core::Core;
 use super::counters::{CloseReason, bump};
 use super::mailbox::MailboxReceiver;
 use super::migrate::{MoveOut, MoveStep};
 use crate::limits;
 use crate::sys::io::{Completion, Io, Listener};
-use crate::sys::user_data::{Op, pack, unpack};
+use crate::sys::user_data::{GENERATION_MASK, Op, pack, unpack};
 
 /// Key used for operations that belong to no connection.
 const NO_KEY: u32 = u32::MAX;
@@ -49,6 +52,10 @@ pub struct EventLoop<I: Io> {
     stop_deadline_ms: Option<u64>,
     completions: Vec<Completion>,
     keys: Vec<u32>,
+    /// (key, 24-bit generation) of static sends not yet settled, in order.
+    static_pending: VecDeque<(u32, u32)>,
+    /// Static sends settled so far (`Io::static_sends_settled` counts alike).
+    static_settled: u64,
 }
 
 impl<I: Io> EventLoop<I> {
@@ -64,6 +71,8 @@ impl<I: Io> EventLoop<I> {
             stop_deadline_ms: None,
             completions: Vec::with_capacity(limits::COMPLETIONS_PER_TURN_MAX),
             keys: Vec::with_capacity(KEYS_PER_FLUSH_PREALLOCATED),
+            static_pending: VecDeque::with_capacity(KEYS_PER_FLUSH_PREALLOCATED),
+            static_settled: 0,
         }
     }
 
@@ -100,6 +109,17 @@ impl<I: Io> EventLoop<I> {
             return;
         }
         let (io, generation) = (conn.io, conn.generation);
+        if conn.io_flags & IO_PINGRESP_OWED != 0 {
+            if !self.io.sends_static() {
+                self.core.owed_pingresp_to_output(key);
+            } else if let Some(bytes) = self.core.take_owed_pingresp(key) {
+                // Nothing else waits (the owed flag says so): a keep-alive
+                // answered without touching the connection's buffers.
+                self.io.send_static(pack(Op::PingResp, key, generation), io, bytes);
+                self.static_pending.push_back((key, generation & GENERATION_MASK));
+                return;
+            }
+        }
         let Some(bytes) = self.core.next_send(key) else { return };
         // SAFETY: `bytes` is the connection's `Active::sending`, which `Core`
         // never touches while IO_SEND_IN_FLIGHT is set (`next_send` just set
@@ -159,6 +179,15 @@ impl<I: Io> EventLoop<I> {
                     }
                 }
                 Op::MsgRing => self.on_msg_ring(key, gen24, c.result),
+                Op::PingResp => {
+                    if self.core.conn(key, gen24).is_some() {
+                        self.core.static_send_failed(key, c.result);
+                        if self.core.close_ready(key) {
+                            self.start_close(key);
+                        }
+                        self.try_release(key);
+                    }
+                }
                 Op::Shutdown | Op::Cancel => {}
             }
         }
@@ -353,6 +382,26 @@ impl<I: Io> EventLoop<I> {
         }
     }
 
+    /// Static sends the backend has settled (issued, their failure, if any,
+    /// handled): their connections may send again, and close if they waited.
+    fn settle_static_sends(&mut self) {
+        let settled = self.io.static_sends_settled();
+        while self.static_settled < settled {
+            self.static_settled += 1;
+            let Some((key, gen24)) = self.static_pending.pop_front() else {
+                break;
+            };
+            if self.core.conn(key, gen24).is_none() {
+                continue;
+            }
+            self.core.static_send_issued(key);
+            if self.core.close_ready(key) {
+                self.start_close(key);
+            }
+            self.try_release(key);
+        }
+    }
+
     /// Sends what handlers queued and closes what is ready to close.
     fn flush(&mut self) {
         self.advance_moves();
@@ -406,6 +455,7 @@ impl<I: Io> EventLoop<I> {
         self.io.drain(&mut self.completions, limits::COMPLETIONS_PER_TURN_MAX);
         self.tick();
         self.handle_completions();
+        self.settle_static_sends();
         self.core.run_timers();
         self.flush();
         bump(&self.core.counters().loop_turns, 1);

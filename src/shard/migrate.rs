@@ -181,6 +181,8 @@ impl Moves {
         if c.io_flags & IO_SEND_IN_FLIGHT != 0 {
             return MoveStep::Wait;
         }
+        // An owed static PINGRESP travels as ordinary output.
+        conns.owed_pingresp_to_output(m.key);
         MoveStep::Ready
     }
 

@@ -154,9 +154,7 @@ impl Packets<'_> {
             Packet::PingReq => {
                 let second = (self.ctx.now_ms / 1000) as u32;
                 self.ctx.counters.keepalive(second);
-                self.queue_packet(key, |out| {
-                    Packet::PingResp.encode(version, out);
-                });
+                self.conns.owe_pingresp(key, version);
                 Flow::Continue
             }
             Packet::PubAck(ack) => {

@@ -116,6 +116,32 @@ pub trait Io {
     /// `user_data` has been drained: the kernel reads them after this returns.
     unsafe fn send(&mut self, user_data: u64, io: u32, bytes: &[u8]);
 
+    /// Whether `send_static` is supported: done once submitted (never parked
+    /// waiting for socket room) and posting a completion only when it did not
+    /// take every byte. Without it the loop sends such bytes as ordinary output.
+    fn sends_static(&self) -> bool {
+        false
+    }
+
+    /// How many `send_static` calls, counted from the first in call order,
+    /// have settled: issued, and the completion they posted (if they did not
+    /// go whole) handed out by `drain`. Until its send settles, the loop starts
+    /// no other send on that connection, so a short one's rest goes out first.
+    fn static_sends_settled(&mut self) -> u64 {
+        0
+    }
+
+    /// Sends bytes that live as long as the program (a PINGRESP), with no
+    /// completion when all of them were taken; otherwise one completion for
+    /// `user_data` with the bytes taken (>= 0, fewer than `bytes.len()`) or a
+    /// negated errno (-EAGAIN: nothing taken, the socket's buffer is full).
+    /// Only called when `sends_static` is true and no other send is in
+    /// flight on `io`; the loop starts none until it settled.
+    fn send_static(&mut self, user_data: u64, io: u32, bytes: &'static [u8]) {
+        // SAFETY: `bytes` is 'static: it outlives any operation.
+        unsafe { self.send(user_data, io, bytes) }
+    }
+
     /// Shuts `io` down (ending its recv) then closes it: one completion for
     /// `shutdown_user_data` (ignored by the loop), one for `close_user_data`.
     fn close(&mut self, shutdown_user_data: u64, close_user_data: u64, io: u32);

@@ -224,6 +224,8 @@ enum Sub {
     Wake(u64),
     Recv(u64, u32),
     Send(u64, u32, Vec<u8>),
+    /// `send_static`: a completion only when not every byte went.
+    SendStatic(u64, u32, &'static [u8]),
     Close(u64, u64, u32),
     CloseOrphan(u64, u32),
     Cancel(u64, u64),
@@ -241,6 +243,10 @@ pub struct SimIo {
     /// Latest ready time per operation, so one operation's completions stay in order.
     last_ready_ms: HashMap<u64, u64>,
     accept: Option<u64>,
+    /// `send_static`s processed so far; the failed ones whose completion is
+    /// not drained yet (user_data -> their number, counted from 1).
+    static_issued: u64,
+    static_unsettled: HashMap<u64, u64>,
     /// Peer addresses of accepted descriptors, until the loop takes them.
     peers: HashMap<u32, IpAddr>,
     wake: Option<u64>,
@@ -260,6 +266,8 @@ impl SimIo {
             seq: 0,
             last_ready_ms: HashMap::new(),
             accept: None,
+            static_issued: 0,
+            static_unsettled: HashMap::new(),
             peers: HashMap::new(),
             wake: None,
             recvs: Vec::new(),
@@ -342,6 +350,35 @@ impl SimIo {
                     n as i32
                 };
                 self.complete(net, ud, result, 0);
+            }
+            Sub::SendStatic(ud, io, bytes) => {
+                let Some(sock) = net.tables[shard].get(io) else {
+                    net.bad_descriptor_uses += 1;
+                    return self.complete(net, ud, -libc::EBADF, 0);
+                };
+                let short = bytes.len() > 1 && net.fault(|f| f.short_send_permille);
+                let n = if short {
+                    net.rng.below(bytes.len() as u64) as usize
+                } else {
+                    bytes.len()
+                };
+                let s = &mut net.sockets[sock];
+                let result = if s.reset {
+                    -libc::ECONNRESET
+                } else if s.server_shut {
+                    -libc::EPIPE
+                } else if n == 0 {
+                    // The kernel's MSG_DONTWAIT answer to a full socket buffer.
+                    -libc::EAGAIN
+                } else {
+                    s.to_device.extend_from_slice(&bytes[..n]);
+                    n as i32
+                };
+                self.static_issued += 1;
+                if result != bytes.len() as i32 {
+                    self.static_unsettled.insert(ud, self.static_issued);
+                    self.complete(net, ud, result, 0);
+                }
             }
             Sub::Close(shutdown_ud, close_ud, io) => {
                 let Some(sock) = net.tables[shard].remove(io) else {
@@ -516,6 +553,22 @@ impl Io for SimIo {
         self.push(Sub::Send(user_data, io, bytes.to_vec()));
     }
 
+    fn sends_static(&self) -> bool {
+        true
+    }
+
+    fn static_sends_settled(&mut self) -> u64 {
+        // Issued in SQ order; settled up to the first whose failure is not drained.
+        match self.static_unsettled.values().min() {
+            Some(&first) => first - 1,
+            None => self.static_issued,
+        }
+    }
+
+    fn send_static(&mut self, user_data: u64, io: u32, bytes: &'static [u8]) {
+        self.push(Sub::SendStatic(user_data, io, bytes));
+    }
+
     fn close(&mut self, shutdown_user_data: u64, close_user_data: u64, io: u32) {
         self.push(Sub::Close(shutdown_user_data, close_user_data, io));
     }
@@ -557,6 +610,7 @@ impl Io for SimIo {
             && at <= now_ms
         {
             self.pending.pop();
+            self.static_unsettled.remove(&user_data);
             into.push(Completion {
                 user_data,
                 result,

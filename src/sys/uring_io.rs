@@ -203,6 +203,13 @@ pub struct UringIo {
     stashed: Vec<Completion>,
     /// `io_uring_enter` failures that are neither EINTR nor EBUSY/EAGAIN.
     submit_errors: u64,
+    /// CQEs taken off the ring so far (drained or stashed).
+    cqes_consumed: u64,
+    /// `send_static` calls so far, and how many of them have settled.
+    static_sent: u64,
+    static_settled: u64,
+    /// (static sends issued, CQEs to consume): when those sends settle.
+    static_mark: Option<(u64, u64)>,
 }
 
 impl UringIo {
@@ -235,6 +242,10 @@ impl UringIo {
             epoch,
             stashed: Vec::new(),
             submit_errors: 0,
+            cqes_consumed: 0,
+            static_sent: 0,
+            static_settled: 0,
+            static_mark: None,
         })
     }
 
@@ -310,6 +321,7 @@ impl UringIo {
     fn stash_completions(&mut self) {
         let mut cq = self.ring.completion();
         cq.sync();
+        self.cqes_consumed += cq.len() as u64;
         let accepts = &mut self.accepts;
         self.stashed.extend(cq.filter_map(|cqe| {
             translate(
@@ -321,6 +333,25 @@ impl UringIo {
                 },
             )
         }));
+    }
+
+    /// After an `io_uring_enter`: if the kernel took every SQE, each static
+    /// send so far has been issued and any completion it posted sits in the
+    /// CQ, so they settle once the loop has drained up to its current tail.
+    /// Not while the CQ overflows (posted completions may not be in it yet),
+    /// nor while an earlier mark waits (it is reached first).
+    fn mark_static_sends(&mut self) {
+        if self.static_mark.is_some() || self.static_sent == self.static_settled {
+            return;
+        }
+        let sq = self.ring.submission();
+        if !sq.is_empty() || sq.cq_overflow() {
+            return;
+        }
+        drop(sq);
+        let mut cq = self.ring.completion();
+        cq.sync();
+        self.static_mark = Some((self.static_sent, self.cqes_consumed + cq.len() as u64));
     }
 
     /// Submits an accept for every wanted slot (after a drain, or when the
@@ -413,6 +444,41 @@ impl Io for UringIo {
         unsafe { self.push(entry.user_data(user_data)) };
     }
 
+    fn sends_static(&self) -> bool {
+        true
+    }
+
+    fn static_sends_settled(&mut self) -> u64 {
+        if let Some((sends, cq_mark)) = self.static_mark
+            && self.cqes_consumed >= cq_mark
+        {
+            self.static_settled = sends;
+            self.static_mark = None;
+        }
+        self.static_settled
+    }
+
+    /// Issued inline by the next `io_uring_enter` (never parked on a poll:
+    /// MSG_DONTWAIT makes a full socket answer -EAGAIN at once), so it is
+    /// done before `wait` returns and cannot overlap a later send. MSG_WAITALL
+    /// makes a short send a failure, whose completion reports the bytes
+    /// taken; IOSQE_CQE_SKIP_SUCCESS drops the completion of a whole one, so
+    /// an answered keep-alive costs no completion and no loop turn.
+    fn send_static(&mut self, user_data: u64, io: u32, bytes: &'static [u8]) {
+        let (ptr, len) = (bytes.as_ptr(), bytes.len() as u32);
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | libc::MSG_WAITALL;
+        let entry = if self.fixed_files {
+            opcode::Send::new(types::Fixed(io), ptr, len).flags(flags).build()
+        } else {
+            opcode::Send::new(types::Fd(io as i32), ptr, len).flags(flags).build()
+        };
+        let entry = entry.flags(squeue::Flags::SKIP_SUCCESS).user_data(user_data);
+        // SAFETY: `bytes` is 'static; the descriptor belongs to a live slot,
+        // and its Close is queued after this send (SQ order), never before.
+        unsafe { self.push(entry) };
+        self.static_sent += 1;
+    }
+
     /// Shutdown (hard-linked, so Close runs even if it fails) then Close.
     fn close(&mut self, shutdown_user_data: u64, close_user_data: u64, io: u32) {
         let (shutdown, close) = if self.fixed_files {
@@ -499,6 +565,7 @@ impl Io for UringIo {
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in cq.by_ref().take(max) {
+            self.cqes_consumed += 1;
             let c = Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),
@@ -527,7 +594,9 @@ impl Io for UringIo {
     fn wait(&mut self, timeout_ms: u64) {
         let ts = types::Timespec::from(Duration::from_millis(timeout_ms));
         let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
+        let entered = self.ring.submitter().submit_with_args(1, &args);
+        self.mark_static_sends();
+        match entered {
             Ok(_) => {}
             Err(e) => match e.raw_os_error() {
                 // The timeout expired: timers are due.

@@ -16,9 +16,12 @@ pub enum Op {
     Cancel = 7,
     /// IORING_OP_MSG_RING passing a connection's direct descriptor to another shard's ring.
     MsgRing = 8,
+    /// A PINGRESP sent from a static buffer (`Io::send_static`): completes
+    /// only when it did not go out whole.
+    PingResp = 9,
 }
 
-const GENERATION_MASK: u32 = 0x00FF_FFFF;
+pub const GENERATION_MASK: u32 = 0x00FF_FFFF;
 
 /// Packs (op, key, generation) into a user_data word.
 pub fn pack(op: Op, key: u32, generation: u32) -> u64 {
@@ -36,6 +39,7 @@ pub fn unpack(user_data: u64) -> Option<(Op, u32, u32)> {
         6 => Op::Shutdown,
         7 => Op::Cancel,
         8 => Op::MsgRing,
+        9 => Op::PingResp,
         _ => return None,
     };
     Some((op, user_data as u32, ((user_data >> 32) as u32) & GENERATION_MASK))
@@ -60,6 +64,8 @@ mod tests {
             Op::Wake,
             Op::Shutdown,
             Op::Cancel,
+            Op::MsgRing,
+            Op::PingResp,
         ] {
             let u = pack(op, 0xDEAD_BEEF, 0x1234_5678);
             let (o, k, g) = unpack(u).expect("valid op");

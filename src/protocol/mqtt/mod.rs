@@ -24,6 +24,7 @@ pub use connack::{ConnAck, ConnAckProperties};
 pub use connect::{AREA_PROPERTY, Connect, ConnectProperties, NETWORK_PROPERTY, NetworkReport, Will};
 pub use disconnect::Disconnect;
 pub use fixed_header::{FrameHeader, MAX_VARINT, VarintError, check_frame, read_varint, varint_len, write_varint};
+pub use ping::{PINGREQ, PINGRESP};
 pub use puback::PubAck;
 pub use publish::{Publish, PublishProperties};
 pub use subscribe::{MAX_FILTERS_PER_PACKET, SubAck, Subscribe, SubscriptionOptions, is_valid_topic_filter};
