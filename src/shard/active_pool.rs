@@ -17,7 +17,8 @@ pub const ACTIVE_POOL_PREALLOC: usize = 64;
 /// inflight, queued) x this x `ACTIVE_POOL_MAX` = 20 MiB; typically the
 /// PINGRESP-sized output buffers only).
 pub const ACTIVE_BUF_KEEP_BYTES_MAX: usize = 4096;
-/// Output capacity given to each preallocated box (fits a CONNACK, PINGRESP, PUBACK).
+/// Output and partial-packet capacity given to each preallocated box (fits a
+/// CONNACK, PINGRESP, PUBACK, or the start of a small packet split across receives).
 pub const ACTIVE_BUF_PREALLOC_BYTES: usize = 256;
 
 const _: () = assert!(ACTIVE_POOL_PREALLOC <= ACTIVE_POOL_MAX);
@@ -44,6 +45,8 @@ impl ActivePool {
             let mut a = Box::<Active>::default();
             a.out.reserve(ACTIVE_BUF_PREALLOC_BYTES);
             a.sending.reserve(ACTIVE_BUF_PREALLOC_BYTES);
+            // A PINGREQ split across two provided buffers lands here.
+            a.partial.reserve(ACTIVE_BUF_PREALLOC_BYTES);
             free.push(a);
         }
         ActivePool {

@@ -21,6 +21,7 @@ pub mod counters;
 mod ctx;
 mod deliver;
 pub mod env;
+mod holders;
 // `Io::send` is unsafe (the ring reads the buffer after the call returns);
 // its one use carries its SAFETY note in that file.
 #[allow(unsafe_code)]

@@ -64,10 +64,15 @@ impl Packets<'_> {
             if let Some(consumed) = consumed {
                 completed = consumed > 0;
                 partial.drain(..consumed);
-                if self.conns.get(key).is_some_and(|c| c.phase != Phase::Closing)
-                    && !partial.is_empty()
-                    && let Some(a) = self.conns.active(key)
-                {
+                let open = self.conns.get(key).is_some_and(|c| c.phase != Phase::Closing);
+                if open && !partial.is_empty() {
+                    if let Some(a) = self.conns.active(key) {
+                        a.partial = partial;
+                    }
+                } else if let Some(a) = self.conns.get_mut(key).and_then(|c| c.active.as_deref_mut()) {
+                    // Emptied, the buffer goes back with its capacity, so the
+                    // next split packet on this box does not allocate.
+                    partial.clear();
                     a.partial = partial;
                 }
             }

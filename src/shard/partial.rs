@@ -6,12 +6,11 @@
 //! Owns the bookkeeping behind `packet_complete_timeout_s` and
 //! `shard_partial_packet_bytes_max`. Must never decide how a connection is
 //! closed (`close` does) and never scan every connection: the largest holder
-//! comes from an ordered set of the holders, touched only when a holder's
-//! bytes change.
-
-use std::collections::BTreeSet;
+//! comes from an indexed heap of the holders (`Holders`, allocation-free once
+//! warm), touched only when a holder's bytes change.
 
 use super::conn::Active;
+use super::holders::Holders;
 use super::wheel::TimerWheel;
 use crate::limits;
 
@@ -19,7 +18,7 @@ pub(super) struct PartialPackets {
     /// Bytes held in partial packets (their buffers' capacity) over the shard.
     total_bytes: u64,
     /// (bytes held, key) of every connection holding a partial packet.
-    holders: BTreeSet<(u64, u32)>,
+    holders: Holders,
     /// When each holder's packet must be complete.
     deadlines: TimerWheel,
     /// Reused list of expired keys.
@@ -30,7 +29,7 @@ impl PartialPackets {
     pub fn new(capacity: u32, now_ms: u64) -> PartialPackets {
         PartialPackets {
             total_bytes: 0,
-            holders: BTreeSet::new(),
+            holders: Holders::new(capacity),
             deadlines: TimerWheel::new(capacity, now_ms),
             expired: Vec::with_capacity(limits::EXPIRED_PER_TURN_MAX),
         }
@@ -46,7 +45,7 @@ impl PartialPackets {
 
     /// The connection holding the most bytes, with how many.
     pub fn largest(&self) -> Option<(u64, u32)> {
-        self.holders.last().copied()
+        self.holders.largest()
     }
 
     /// Re-accounts `key` after its partial buffer changed. `new_packet`: a
@@ -64,15 +63,15 @@ impl PartialPackets {
             return;
         }
         if held_old > 0 {
-            self.holders.remove(&(held_old, key));
             self.total_bytes -= held_old;
         }
         a.partial_held_bytes = held_new;
         if held_new == 0 {
+            self.holders.remove(key);
             self.deadlines.cancel(key);
             return;
         }
-        self.holders.insert((held_new, key));
+        self.holders.set(key, held_new);
         self.total_bytes += held_new;
         if held_old == 0 || new_packet {
             a.partial_since_ms = now_ms;
@@ -85,7 +84,7 @@ impl PartialPackets {
         if let Some(a) = a
             && a.partial_held_bytes > 0
         {
-            self.holders.remove(&(a.partial_held_bytes, key));
+            self.holders.remove(key);
             self.total_bytes -= a.partial_held_bytes;
             a.partial_held_bytes = 0;
         }
