@@ -38,6 +38,18 @@ Prints a table (metric | pulsegate | peers | ratio, >1 = pulsegate better) and w
 raw loadgen report, the bridge stats, server log tails and the table as one JSON file:
 `<target>/bench-results/side-by-side-<unix time>.json` ($BENCH_RESULTS_DIR overrides the dir).
 
+--runs keepalive (alone): keep-alive CPU against the floor. The same loadgen `hold` (defaults
+8,000 devices, --keepalive-s 2, --duration-s 40, no SUBSCRIBE) against, each on a fresh
+process and port: the floor (`keepalive_floor --listen`, a minimal io_uring MQTT responder,
+built with `cargo build --release --bench keepalive_floor --message-format=json`, or
+--no-build --floor-bin PATH), pulsegate --shards 1, pulsegate with its default shards, with
+--pulsegate-before-bin PATH the same two with an older binary, and Mosquitto. --repeat K
+(default 2) runs the whole set K times interleaved. Table: server | CPU s per 1M keep-alives
+(server_cpu_s_steady / keepalives x 1e6, min-max over repeats) | user | system | ratio to
+floor | ratio to Mosquitto | keep-alives/s | ping RTT p99. Above 19,000 connections the floor
+(one fixed-file table) and pulsegate --shards 1 are skipped with a note; Mosquitto runs as
+several processes. JSON: <target>/bench-results/side-by-side-keepalive-<unix time>.json.
+
 Every child runs in its own session and is killed at the end, on Ctrl-C, SIGTERM or any
 exception; every run has a deadline. Python 3 standard library only.
 """
@@ -249,8 +261,11 @@ def make_pki(workdir):
     return paths
 
 
-def start_server(name, args, bins, workdir, connections, shards=None):
-    """Starts one server on free loopback port(s) and waits until it accepts TCP."""
+def start_server(name, args, bins, workdir, connections, shards=None, binary=None, shards_flag=True):
+    """Starts one server on free loopback port(s) and waits until it is ready: pulsegate's
+    --ready-file, the floor's `keepalive_floor: ready` line, else until it accepts TCP.
+    pulsegate only: `binary` replaces bins["pulsegate"] (an older build); shards_flag=False
+    passes no --shards (the gateway's own default)."""
     mqtt_port = free_port()
     tls_port = free_port() if args.tls else None
     http_port = None
@@ -258,7 +273,11 @@ def start_server(name, args, bins, workdir, connections, shards=None):
     info = {}
     preexec = None
     ready_path = None
-    if name == "pulsegate":
+    ready_line = None
+    if name == "floor":
+        cmd = [str(bins["floor"]), "--listen", f"127.0.0.1:{mqtt_port}"] + args.floor_arg
+        ready_line = "keepalive_floor: ready "
+    elif name == "pulsegate":
         http_port = free_port()
         shards = shards or args.shards or max(1, math.ceil(connections / SHARD_CONNECTIONS))
         # A fresh message store per run: a shared one would carry pending pushes (and their
@@ -268,10 +287,10 @@ def start_server(name, args, bins, workdir, connections, shards=None):
         # capacity and the bound addresses.
         ready_path = workdir / f"pulsegate-ready-{mqtt_port}.json"
         cmd = [
-            str(bins["pulsegate"]),
+            str(binary or bins["pulsegate"]),
             "--mqtt-listen", f"127.0.0.1:{mqtt_port}",
             "--http-listen", f"127.0.0.1:{http_port}",
-            "--shards", str(shards),
+            *(["--shards", str(shards)] if shards_flag else []),
             "--data-dir", str(data_dir),
             "--ready-file", str(ready_path),
         ]
@@ -282,7 +301,7 @@ def start_server(name, args, bins, workdir, connections, shards=None):
                 "--tls-key-file", str(args.pki["key"]),
             ]
         cmd += args.pulsegate_arg
-        info["shards"] = shards
+        info["shards"] = shards if shards_flag else "default"
     elif name == "mosquitto":
         conf = workdir / f"mosquitto-{mqtt_port}.conf"
         conf.write_text(
@@ -363,7 +382,12 @@ next_connection_delay_ms = 0
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode} before listening:\n{tail(log_path)}")
-        if ready_path.exists() if ready_path else all(can_connect(p) for p in ports):
+        if ready_line:
+            line = next((ln for ln in tail(log_path, 50).splitlines() if ln.startswith(ready_line)), None)
+            if line:
+                info["ready"] = line
+                break
+        elif ready_path.exists() if ready_path else all(can_connect(p) for p in ports):
             break
         if time.monotonic() > deadline:
             _kill_child(proc, "server")
@@ -726,7 +750,7 @@ def start_bridge(args, workdir, server, max_s):
     return proc, http_port, stats, log_path
 
 
-def hold_instances(args, bins, workdir, name, n, instances):
+def hold_instances(args, bins, workdir, name, n, instances, tag=""):
     """The hold run over several server processes at once: one loadgen per instance
     with an equal share of the devices (distinct client ids), started together."""
     shares = [n // instances + (1 if i < n % instances else 0) for i in range(instances)]
@@ -736,7 +760,7 @@ def hold_instances(args, bins, workdir, name, n, instances):
             servers.append(start_server(name, args, bins, workdir, share))
         for i, (srv, share) in enumerate(zip(servers, shares)):
             started.append(start_loadgen(args, bins, workdir, "hold", srv, share, args.duration_s,
-                                         tag=f"-{i}", client_id_prefix=f"lg{i}-"))
+                                         tag=f"{tag}-{i}", client_id_prefix=f"lg{i}-"))
         runs = [finish_loadgen(st) for st in started]
     finally:
         run["servers"] = [stop_server(srv) for srv in servers]
@@ -793,8 +817,10 @@ def combine_reports(reports):
 
     out = {k: total(k) for k in ["established", "connections_requested", "connect_attempts", "failed_total",
                                  "reconnects", "pings_sent", "keepalives", "control_messages", "server_cpu_s",
-                                 "server_cpu_s_steady", "server_rss_bytes", "server_rss_bytes_before",
-                                 "loadgen_rss_bytes"]}
+                                 "server_cpu_s_steady", "server_cpu_user_s", "server_cpu_system_s",
+                                 "server_cpu_user_s_steady", "server_cpu_system_s_steady", "server_rss_bytes",
+                                 "server_rss_bytes_before", "loadgen_rss_bytes"]}
+    out["duration_s"] = worst("duration_s")
     out["scenario"] = reps[0].get("scenario")
     out["instances"] = len(reports)
     out["instances_reported"] = len(reps)
@@ -1039,6 +1065,327 @@ def check_run(problems, who, run, expect_n, keepalive_s):
 
 
 # --------------------------------------------------------------------------------------
+# --runs keepalive: keep-alive CPU against the floor
+# --------------------------------------------------------------------------------------
+
+FLOOR_CONNECTIONS = 19_000  # one fixed-file table (20,000 slots, capped at RLIMIT_NOFILE) less margin
+
+
+def build_floor(target):
+    """cargo build --release --bench keepalive_floor --message-format=json: the executable
+    path from the compiler-artifact line of the keepalive_floor bench target."""
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    cmd = ["cargo", "build", "--release", "--bench", "keepalive_floor", "--message-format=json"]
+    log(f"building: {' '.join(cmd)}")
+    out = subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=1800, stdout=subprocess.PIPE, text=True).stdout
+    exe = None
+    for line in out.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "keepalive_floor" \
+                and msg.get("executable"):
+            exe = msg["executable"]
+    if not exe:
+        sys.exit("side_by_side: cargo reported no keepalive_floor executable")
+    return Path(exe)
+
+
+def floor_counters(log_tail):
+    """The floor's exit line (`keepalive_floor: stopping; k=v ...`) as a dict of ints."""
+    for line in reversed(log_tail.splitlines()):
+        if line.startswith("keepalive_floor: stopping;"):
+            return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    return None
+
+
+def ka_run_metrics(rep):
+    """One hold report's keep-alive figures: CPU per 1M keep-alives (total, user, system)
+    = server_cpu_*_steady / keepalives x 1e6, keep-alives/s = keepalives / hold duration."""
+    if not rep:
+        return {}
+    ka = rep.get("keepalives") or 0
+
+    def per_m(key):
+        v = rep.get(key)
+        return v / ka * 1e6 if (v is not None and ka > 0) else None
+
+    dur = rep.get("duration_s")
+    return {
+        "established": rep.get("established"),
+        "keepalives": ka,
+        "pings_sent": rep.get("pings_sent"),
+        "control_messages": rep.get("control_messages"),
+        "steady_s": rep.get("steady_s"),
+        "server_cpu_s_steady": rep.get("server_cpu_s_steady"),
+        "server_cpu_user_s_steady": rep.get("server_cpu_user_s_steady"),
+        "server_cpu_system_s_steady": rep.get("server_cpu_system_s_steady"),
+        "cpu_s_per_million": per_m("server_cpu_s_steady"),
+        "user_s_per_million": per_m("server_cpu_user_s_steady"),
+        "system_s_per_million": per_m("server_cpu_system_s_steady"),
+        "keepalives_per_s": ka / dur if (dur and ka) else None,
+        "ping_rtt_p99_ms": g(rep, "ping_rtt_ms", "p99"),
+    }
+
+
+def _spread(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"min": min(vals), "max": max(vals), "mean": sum(vals) / len(vals), "n": len(vals)}
+
+
+def ka_summary(runs):
+    """Per server over its repeats: CPU columns as min / max / mean, keep-alives/s mean,
+    ping p99 the worst repeat's."""
+    ms = [r["metrics"] for r in runs if r.get("metrics")]
+    out = {k: _spread([m.get(k) for m in ms]) for k in
+           ["cpu_s_per_million", "user_s_per_million", "system_s_per_million", "keepalives_per_s",
+            "ping_rtt_p99_ms", "keepalives", "control_messages"]}
+    return out
+
+
+def _mm(sp, digits=2):
+    if not sp:
+        return "n/a"
+    if sp["n"] == 1 or round(sp["min"], digits) == round(sp["max"], digits):
+        return f"{sp['min']:.{digits}f}"
+    return f"{sp['min']:.{digits}f}-{sp['max']:.{digits}f}"
+
+
+def ka_table(variants, summaries):
+    """Rows: server | CPU s per 1M keep-alives (min-max) | user | system | ratio to floor |
+    ratio to Mosquitto | keep-alives/s | ping RTT p99. Ratios are of the means (> 1 = more CPU
+    than the floor / than Mosquitto)."""
+    mean = lambda key: (summaries.get(key, {}).get("cpu_s_per_million") or {}).get("mean")  # noqa: E731
+    floor, mosq = mean("floor"), mean("mosquitto")
+    headers = ["server", "CPU s per 1M keep-alives", "user", "system", "ratio to floor", "ratio to Mosquitto",
+               "keep-alives/s", "ping RTT p99 ms"]
+    rows = []
+    for v in variants:
+        sm = summaries.get(v["key"])
+        if sm is None:
+            rows.append({"key": v["key"], "cells": [v["label"], "skipped"] + ["-"] * 6})
+            continue
+        m = (sm.get("cpu_s_per_million") or {}).get("mean")
+        rf = m / floor if (m and floor) else None
+        rm = m / mosq if (m and mosq) else None
+        kps = (sm.get("keepalives_per_s") or {}).get("mean")
+        p99 = (sm.get("ping_rtt_p99_ms") or {}).get("max")
+        rows.append({
+            "key": v["key"],
+            "cpu_s_per_million_mean": m,
+            "ratio_to_floor": rf,
+            "ratio_to_mosquitto": rm,
+            "cells": [v["label"], _mm(sm.get("cpu_s_per_million")), _mm(sm.get("user_s_per_million")),
+                      _mm(sm.get("system_s_per_million")), f"{rf:.2f}x" if rf else "n/a",
+                      f"{rm:.2f}x" if rm else "n/a", f"{kps:,.0f}" if kps else "n/a",
+                      f"{p99:.2f}" if p99 is not None else "n/a"],
+        })
+    widths = [max(len(h), *(len(r["cells"][i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [" | ".join(h.ljust(widths[i]) for i, h in enumerate(headers)), "-|-".join("-" * w for w in widths)]
+    for r in rows:
+        lines.append(" | ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r["cells"])))
+    return rows, "\n".join(lines)
+
+
+def uptime_text():
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"loadavg {os.getloadavg()}"
+
+
+def keepalive_main(args):
+    """--runs keepalive: the same loadgen hold against each server, each on a fresh process
+    and port, the whole set `--repeat` times interleaved; one table of keep-alive CPU."""
+    unix = int(time.time())
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_nofile()
+    if args.tls:
+        sys.exit("side_by_side: --runs keepalive is plain TCP (the floor has no TLS)")
+    if args.repeat < 1:
+        sys.exit("side_by_side: --repeat must be at least 1")
+    target = Path(args.target_dir or os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    if not target.is_absolute():
+        target = REPO / target
+    results_dir = Path(os.environ.get("BENCH_RESULTS_DIR") or target / "bench-results")
+    out_path = Path(args.output) if args.output else results_dir / f"side-by-side-keepalive-{unix}.json"
+    n = args.connections
+    load_before = uptime_text()
+    log(f"uptime before: {load_before}")
+
+    # Absolute: servers run with cwd = the temp dir.
+    floor_bin = Path(args.floor_bin).resolve() if args.floor_bin else None
+    if not args.no_build:
+        env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+        log(f"building: cargo build --release --workspace (CARGO_TARGET_DIR={target})")
+        subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=REPO, env=env, check=True, timeout=1800)
+        if not floor_bin:
+            floor_bin = build_floor(target)
+    elif not floor_bin:
+        sys.exit("side_by_side: --no-build needs --floor-bin PATH (the keepalive_floor executable)")
+    bins = {"pulsegate": target / "release" / "pulsegate", "loadgen": target / "release" / "pulsegate-loadgen",
+            "floor": floor_bin}
+    before = Path(args.pulsegate_before_bin).resolve() if args.pulsegate_before_bin else None
+    for b in list(bins.values()) + ([before] if before else []):
+        if not b.exists():
+            sys.exit(f"side_by_side: {b} not found (build first or drop --no-build)")
+    args.pki = None
+
+    problems = []
+    notes = []
+    cores = os.cpu_count() or 1
+    variants = [
+        {"key": "floor", "label": "floor (keepalive_floor)", "server": "floor"},
+        {"key": "pg1", "label": "pulsegate, 1 shard", "server": "pulsegate", "shards": 1},
+        {"key": "pgdef", "label": "pulsegate, default shards", "server": "pulsegate", "shards": None},
+    ]
+    if before:
+        variants += [
+            {"key": "pg1_before", "label": "pulsegate before, 1 shard", "server": "pulsegate", "shards": 1,
+             "binary": before},
+            {"key": "pgdef_before", "label": "pulsegate before, default shards", "server": "pulsegate",
+             "shards": None, "binary": before},
+        ]
+    if Path(args.mosquitto).exists():
+        variants.append({"key": "mosquitto", "label": "Mosquitto", "server": "mosquitto"})
+    else:
+        notes.append(f"Mosquitto not found at {args.mosquitto}: skipped (apt-get install -y mosquitto)")
+    mosq_instances = args.mosquitto_instances or max(1, math.ceil(n / MOSQUITTO_CONNECTIONS))
+    runnable = []
+    for v in variants:
+        if v["key"] == "floor" and n > FLOOR_CONNECTIONS:
+            notes.append(f"floor skipped: {n:,} connections > {FLOOR_CONNECTIONS:,} (one fixed-file table; the floor "
+                         "is one ring and is not run as several processes)")
+        elif v.get("shards") == 1 and n > SHARD_CONNECTIONS:
+            notes.append(f"{v['label']} skipped: {n:,} connections > one shard's {SHARD_CONNECTIONS:,}")
+        elif v["server"] == "pulsegate" and v.get("shards") is None and n > cores * SHARD_CONNECTIONS:
+            notes.append(f"{v['label']} skipped: {n:,} connections > {cores} default shards x {SHARD_CONNECTIONS:,}")
+        else:
+            runnable.append(v)
+    if any(v["key"] == "mosquitto" for v in runnable) and mosq_instances > 1:
+        notes.append(f"Mosquitto runs as {mosq_instances} processes ({n:,} connections > {MOSQUITTO_CONNECTIONS:,} "
+                     "per process, its fd limit); CPU and keep-alives are summed over them")
+    est_s = len(runnable) * args.repeat * (args.duration_s + 15 + n / 5000 + args.cooldown_s)
+    log(f"keepalive: {', '.join(v['label'] for v in runnable)}; x{args.repeat} interleaved; {n:,} connections, "
+        f"keep-alive {args.keepalive_s} s, hold {args.duration_s:g} s, subscribe {args.subscribe}; "
+        f"roughly {est_s / 60:.0f} min")
+
+    workdir = Path(tempfile.mkdtemp(prefix="pulsegate-sbs-ka-"))
+    runs = {v["key"]: [] for v in runnable}
+    try:
+        for rep in range(args.repeat):
+            for v in runnable:
+                tag = f"-{v['key']}-r{rep}"
+                log(f"\n== [{rep + 1}/{args.repeat}] {v['label']}: hold {n:,} connections for {args.duration_s:g} s")
+                run = {"repeat": rep}
+                if v["server"] == "mosquitto" and mosq_instances > 1:
+                    run.update(hold_instances(args, bins, workdir, "mosquitto", n, mosq_instances, tag=tag))
+                    servers_info = run["servers"]
+                else:
+                    srv = start_server(v["server"], args, bins, workdir, n, shards=v.get("shards"),
+                                       binary=v.get("binary"), shards_flag=v.get("shards") is not None)
+                    try:
+                        run.update(finish_loadgen(start_loadgen(args, bins, workdir, "hold", srv, n,
+                                                                args.duration_s, tag=tag)))
+                    finally:
+                        run["server"] = stop_server(srv)
+                    servers_info = [run["server"]]
+                for i, sv in enumerate(servers_info):
+                    if sv["exited_during_run"]:
+                        problems.append(f"{v['label']} #{rep + 1}: server{f' {i}' if len(servers_info) > 1 else ''} "
+                                        f"exited during the run (code {sv['exit_code_during_run']})")
+                check_run(problems, f"{v['label']} #{rep + 1}", run, n, args.keepalive_s)
+                run["metrics"] = ka_run_metrics(run.get("report"))
+                if v["server"] == "floor":
+                    run["floor_counters"] = floor_counters(run["server"].get("log_tail", ""))
+                if v["server"] == "pulsegate":
+                    ready = run["server"].get("ready") or {}
+                    run["shards_running"] = ready.get("shards")
+                m = run["metrics"]
+                if m.get("cpu_s_per_million") is not None:
+                    log(f"  -> {m['cpu_s_per_million']:.3f} CPU s per 1M keep-alives (user "
+                        f"{m['user_s_per_million'] or 0:.3f}, system {m['system_s_per_million'] or 0:.3f}); "
+                        f"{m['keepalives']:,} keep-alives, {m.get('control_messages') or 0:,} $pulse messages")
+                runs[v["key"]].append(run)
+                time.sleep(args.cooldown_s)
+    except KeyboardInterrupt:
+        problems.append("interrupted (Ctrl-C); partial results")
+        log("\ninterrupted; stopping every child process")
+    finally:
+        cleanup()
+
+    summaries = {k: ka_summary(rs) for k, rs in runs.items() if rs}
+    rows, text = ka_table(variants, summaries)
+    load_after = uptime_text()
+    print(f"\nkeep-alive CPU at {n:,} connections, keep-alive {args.keepalive_s} s, hold {args.duration_s:g} s, "
+          f"{args.repeat} repeat(s) interleaved (CPU: min-max over repeats of server_cpu_s_steady / keepalives "
+          "x 1e6; ratios of the means, > 1 = more CPU per keep-alive; ping p99: worst repeat)")
+    print(text)
+    # What the counts say: the same client should give every server the same keep-alives.
+    for v in runnable:
+        for r in runs.get(v["key"], []):
+            m = r.get("metrics") or {}
+            extra = ""
+            fc = r.get("floor_counters")
+            if fc:
+                extra = f"; floor counted {fc.get('pingreqs', 0):,} PINGREQs, split_dropped {fc.get('split_dropped', 0)}"
+            if r.get("shards_running") is not None:
+                extra += f"; shards {r['shards_running']}"
+            notes.append(f"{v['label']} #{r['repeat'] + 1}: {m.get('keepalives') or 0:,} keep-alives answered of "
+                         f"{m.get('pings_sent') or 0:,} PINGREQs sent, {m.get('control_messages') or 0:,} $pulse "
+                         f"messages, established {m.get('established') or 0:,}, steady {m.get('steady_s') or 0:.1f} s"
+                         + extra)
+    print(f"\nuptime before: {load_before}\nuptime after:  {load_after}")
+    if notes:
+        print("\nnotes:")
+        for x in notes:
+            print(f"  - {x}")
+    if problems:
+        print("\nproblems / warnings:")
+        for x in problems:
+            print(f"  - {x}")
+    report = {
+        "bench": "side-by-side-keepalive",
+        "unix_time_s": unix,
+        "commit": read_commit(),
+        "host": {"cpus": cores, "kernel": os.uname().release, "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+                 "uptime_before": load_before, "uptime_after": load_after},
+        "config": {k: v for k, v in vars(args).items()},
+        "binaries": {k: str(v) for k, v in bins.items()} | ({"pulsegate_before": str(before)} if before else {}),
+        "metric_definitions": {
+            "cpu_s_per_million": "loadgen server_cpu_s_steady / keepalives * 1e6 (server utime+stime from all "
+                                 "connected to the end of the hold, per million answered PINGREQs)",
+            "user_s_per_million": "server_cpu_user_s_steady / keepalives * 1e6 (utime)",
+            "system_s_per_million": "server_cpu_system_s_steady / keepalives * 1e6 (stime)",
+            "keepalives_per_s": "keepalives / duration_s (the whole hold, ramp included)",
+            "ping_rtt_p99_ms": "loadgen ping_rtt_ms.p99; the table shows the worst repeat",
+            "ratio_to_floor": "mean cpu_s_per_million / the floor's mean",
+            "ratio_to_mosquitto": "mean cpu_s_per_million / Mosquitto's mean",
+        },
+        "variants": [{k: (str(x) if isinstance(x, Path) else x) for k, x in v.items()} for v in variants],
+        "table": [{k: x for k, x in r.items() if k != "cells"} | {"cells": r["cells"]} for r in rows],
+        "table_text": text,
+        "summaries": summaries,
+        "runs": runs,
+        "notes": notes,
+        "problems": problems,
+        "workdir": str(workdir) if args.keep_logs else None,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nresults: {out_path}")
+    if not args.keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"logs: {workdir}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
 
@@ -1048,10 +1395,13 @@ def parse_args(argv):
         description="pulsegate vs Mosquitto (and rumqttd) side by side, driven by pulsegate-loadgen.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--connections", type=int, default=18_000,
-                    help="devices per server (above 19,000 Mosquitto runs as several processes)")
-    ap.add_argument("--duration-s", type=float, default=60.0, help="length of each hold run (ramp included)")
-    ap.add_argument("--keepalive-s", type=int, default=10, help="MQTT keep-alive of the devices")
+    ap.add_argument("--connections", type=int, default=None,
+                    help="devices per server (default 18,000; --runs keepalive: 8,000); above 19,000 Mosquitto "
+                         "runs as several processes")
+    ap.add_argument("--duration-s", type=float, default=None,
+                    help="length of each hold run, ramp included (default 60; --runs keepalive: 40)")
+    ap.add_argument("--keepalive-s", type=int, default=None,
+                    help="MQTT keep-alive of the devices (default 10; --runs keepalive: 2)")
     ap.add_argument("--mqtt-version", type=int, choices=[4, 5], default=4)
     ap.add_argument("--ramp-per-s", type=float, default=20_000.0, help="loadgen connect attempts per second")
     ap.add_argument("--push-rate", type=float, default=200.0, help="pushes per second in the push run")
@@ -1060,8 +1410,23 @@ def parse_args(argv):
     ap.add_argument("--pulsegate-connections", type=int, default=0, help="also a pulsegate-only hold at this many devices (0 = skip)")
     ap.add_argument("--shards", type=int, default=0, help="pulsegate shards (default ceil(N / 19000) per run)")
     ap.add_argument("--servers", default="auto", help="comma list of pulsegate,mosquitto,rumqttd (auto: those present)")
-    ap.add_argument("--runs", default="hold,push", help="which runs per server: hold, push or both")
-    ap.add_argument("--no-subscribe", dest="subscribe", action="store_false", help="devices do not SUBSCRIBE (implies no broker push)")
+    ap.add_argument("--runs", default="hold,push",
+                    help="which runs per server: hold, push or both; or keepalive alone (the floor, pulsegate with "
+                         "1 and default shards, Mosquitto: keep-alive CPU against the floor)")
+    ap.add_argument("--no-subscribe", dest="subscribe", action="store_false", default=None,
+                    help="devices do not SUBSCRIBE (implies no broker push); the default but for --runs keepalive")
+    ap.add_argument("--subscribe", dest="subscribe", action="store_true", default=None,
+                    help="devices SUBSCRIBE to push/{id} (the default but for --runs keepalive)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="--runs keepalive: run the whole set of servers this many times, interleaved")
+    ap.add_argument("--floor-bin", default=None,
+                    help="--runs keepalive: the keepalive_floor executable (needed with --no-build)")
+    ap.add_argument("--floor-arg", action="append", default=[],
+                    help="--runs keepalive: extra keepalive_floor argument (repeatable), e.g. --floor-arg=--cqe-skip "
+                         "--floor-arg=false")
+    ap.add_argument("--pulsegate-before-bin", default=None,
+                    help="--runs keepalive: an older pulsegate binary, run as two more rows (1 shard, default "
+                         "shards) with the same client in the same command")
     ap.add_argument("--bridge-stamp", choices=["publish", "request"], default="publish",
                     help="broker push latency from the bridge's PUBLISH (publish) or from the loadgen's HTTP request (request)")
     ap.add_argument("--mosquitto", default=MOSQUITTO_DEFAULT)
@@ -1077,11 +1442,19 @@ def parse_args(argv):
     ap.add_argument("--loadgen-arg", action="append", default=[], help="extra loadgen argument (repeatable)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with server/loadgen logs")
     ap.add_argument("--output", default=None, help="JSON path (default <target>/bench-results/side-by-side-<unix>.json)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    keepalive = "keepalive" in {r.strip() for r in args.runs.split(",")}
+    for key, dflt, ka_dflt in [("connections", 18_000, 8_000), ("duration_s", 60.0, 40.0), ("keepalive_s", 10, 2),
+                               ("subscribe", True, False)]:
+        if getattr(args, key) is None:
+            setattr(args, key, ka_dflt if keepalive else dflt)
+    return args
 
 
 def main(argv):
     args = parse_args(argv)
+    if {r.strip() for r in args.runs.split(",") if r.strip()} == {"keepalive"}:
+        return keepalive_main(args)
     unix = int(time.time())
     atexit.register(cleanup)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -1119,7 +1492,7 @@ def main(argv):
 
     runs = {r.strip() for r in args.runs.split(",") if r.strip()}
     if not runs <= {"hold", "push"}:
-        sys.exit("side_by_side: --runs takes hold, push or hold,push")
+        sys.exit("side_by_side: --runs takes hold, push or hold,push, or keepalive alone")
     runs_per = len(runs)
     est_s = len(servers) * runs_per * (max(args.duration_s, push_duration_s) + 15 + n / 5000 + args.cooldown_s)
     if args.pulsegate_connections:

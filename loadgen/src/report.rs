@@ -251,9 +251,19 @@ pub struct Report {
     pub server_rss_per_conn_bytes: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_s: Option<f64>,
+    /// `server_cpu_s` split: utime (user mode) and stime (kernel) from /proc/PID/stat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_user_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_system_s: Option<f64>,
     /// Server CPU between `established` being reached and the end of the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_s_steady: Option<f64>,
+    /// `server_cpu_s_steady` split into utime and stime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_user_s_steady: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_system_s_steady: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steady_s: Option<f64>,
     /// What the keep-alive counts are: "pingreq_sent" (PINGREQs the devices sent, stamped
@@ -469,13 +479,21 @@ impl Report {
             if let Some(per) = self.server_rss_per_conn_bytes {
                 line(format!("server rss/conn    {per:.0} bytes"));
             }
+            let split = |user: Option<f64>, system: Option<f64>| match (user, system) {
+                (Some(u), Some(s)) => format!("  [user {u:.2} s, system {s:.2} s]"),
+                _ => String::new(),
+            };
             if let Some(cpu) = self.server_cpu_s {
-                line(format!("server cpu         {cpu:.2} s over the run"));
+                line(format!(
+                    "server cpu         {cpu:.2} s over the run{}",
+                    split(self.server_cpu_user_s, self.server_cpu_system_s)
+                ));
             }
             if let (Some(cpu), Some(st)) = (self.server_cpu_s_steady, self.steady_s) {
                 line(format!(
-                    "server cpu steady  {cpu:.2} s over {st:.1} s after all connected ({:.1}% of a core)",
-                    if st > 0.0 { 100.0 * cpu / st } else { 0.0 }
+                    "server cpu steady  {cpu:.2} s over {st:.1} s after all connected ({:.1}% of a core){}",
+                    if st > 0.0 { 100.0 * cpu / st } else { 0.0 },
+                    split(self.server_cpu_user_s_steady, self.server_cpu_system_s_steady)
                 ));
             }
         }
@@ -629,6 +647,41 @@ mod tests {
         });
         let back: WorkerMsg = serde_json::from_str(&serde_json::to_string(&sec).unwrap()).unwrap();
         assert!(matches!(back, WorkerMsg::Second(s) if s.slot == 4 && s.pingreqs == 9));
+    }
+
+    #[test]
+    fn server_cpu_split_is_reported_next_to_the_totals() {
+        let r = Report {
+            scenario: "hold".into(),
+            server_pid: Some(1),
+            server_cpu_s: Some(3.0),
+            server_cpu_user_s: Some(1.0),
+            server_cpu_system_s: Some(2.0),
+            server_cpu_s_steady: Some(1.5),
+            server_cpu_user_s_steady: Some(0.5),
+            server_cpu_system_s_steady: Some(1.0),
+            steady_s: Some(10.0),
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["server_cpu_s"], 3.0);
+        assert_eq!(v["server_cpu_user_s"], 1.0);
+        assert_eq!(v["server_cpu_system_s"], 2.0);
+        assert_eq!(v["server_cpu_s_steady"], 1.5);
+        assert_eq!(v["server_cpu_user_s_steady"], 0.5);
+        assert_eq!(v["server_cpu_system_s_steady"], 1.0);
+        let text = r.human();
+        assert!(
+            text.contains("server cpu         3.00 s over the run  [user 1.00 s, system 2.00 s]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(15.0% of a core)  [user 0.50 s, system 1.00 s]"),
+            "{text}"
+        );
+        // Without --server-pid none of them appear.
+        let v: serde_json::Value = serde_json::to_value(Report::default()).unwrap();
+        assert!(v.get("server_cpu_user_s").is_none() && v.get("server_cpu_system_s_steady").is_none());
     }
 
     #[test]

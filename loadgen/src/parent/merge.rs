@@ -94,10 +94,16 @@ pub fn common(run: Run, results: &[WorkerResult], push_report: Option<PushReport
         }
     }
     if let (Some(a), Some(b)) = (server.cpu_end, server.cpu_start) {
-        r.server_cpu_s = Some(a - b);
+        let d = a.since(&b);
+        r.server_cpu_s = Some(d.total_s());
+        r.server_cpu_user_s = Some(d.user_s);
+        r.server_cpu_system_s = Some(d.system_s);
     }
     if let (Some(a), Some(b)) = (server.cpu_hold_end, server.cpu_at_established) {
-        r.server_cpu_s_steady = Some(a - b);
+        let d = a.since(&b);
+        r.server_cpu_s_steady = Some(d.total_s());
+        r.server_cpu_user_s_steady = Some(d.user_s);
+        r.server_cpu_system_s_steady = Some(d.system_s);
         r.steady_s = Some((hold.hold_end_s - established_after_s).max(0.0));
     }
     r.latency_curves.push(report::curve_ms("ping RTT", &rtt));

@@ -108,17 +108,17 @@ struct ServerSamples {
     rss_before: Option<u64>,
     rss_peak: Option<u64>,
     rss_end: Option<u64>,
-    cpu_start: Option<f64>,
+    cpu_start: Option<procstat::CpuTimes>,
     /// When the peak of concurrent connections was last raised.
-    cpu_at_established: Option<f64>,
-    cpu_hold_end: Option<f64>,
-    cpu_end: Option<f64>,
+    cpu_at_established: Option<procstat::CpuTimes>,
+    cpu_hold_end: Option<procstat::CpuTimes>,
+    cpu_end: Option<procstat::CpuTimes>,
 }
 
 impl ServerSamples {
     fn start(pid: Option<u32>) -> ServerSamples {
         let rss_before = pid.and_then(procstat::rss_bytes);
-        let cpu_start = pid.and_then(procstat::cpu_s);
+        let cpu_start = pid.and_then(procstat::cpu_times);
         if let (Some(p), None) = (pid, rss_before) {
             eprintln!("pulsegate-loadgen: warning: cannot read /proc/{p}/status; server stats will be missing");
         }
@@ -132,8 +132,8 @@ impl ServerSamples {
         }
     }
 
-    fn cpu_s(&self) -> Option<f64> {
-        self.pid.and_then(procstat::cpu_s)
+    fn cpu_s(&self) -> Option<procstat::CpuTimes> {
+        self.pid.and_then(procstat::cpu_times)
     }
 }
 
