@@ -154,6 +154,13 @@ settings! {
     /// Provided receive buffers per shard (io_uring backend).
     recv_bufs_per_shard: u16, flag u16, via same,
         default 256, unit "buffers", range Range::PowerOfTwo { min: 16, max: 32_768 };
+    /// io_uring: once a shard has a completion, it waits up to this long for
+    /// more before handling them (min_wait of io_uring_enter, Linux 6.12+;
+    /// 0 = off): fewer loop turns and kernel crossings per keep-alive under
+    /// load, at most this much added latency. An idle shard still sleeps
+    /// until its next timer.
+    loop_batch_wait_us: u32, flag u32, via same,
+        default 1000, unit "us", range int(0, 100_000);
     /// Pin shard threads to CPUs (round-robin).
     pin_cpus: bool, flag bool, via same,
         default true, unit "", range Range::Any;

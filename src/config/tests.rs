@@ -147,6 +147,7 @@ stored_sessions_max = 77
 session_expiry_max_s = 600
 recv_buf_bytes = 4096
 recv_bufs_per_shard = 64
+loop_batch_wait_us = 250
 pin_cpus = false
 http_max_connections = 17
 http_max_body_bytes = 9999

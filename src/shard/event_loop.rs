@@ -157,6 +157,15 @@ impl<I: Io> EventLoop<I> {
 
     fn handle_completions(&mut self) {
         let completions = std::mem::take(&mut self.completions);
+        // Failed static sends first, then every static send the backend has
+        // settled is released, so a device answering its PINGRESP within
+        // this batch gets its next one from the static buffer too.
+        for c in &completions {
+            if let Some((Op::PingResp, key, gen24)) = unpack(c.user_data) {
+                self.on_static_send_failed(key, gen24, c.result);
+            }
+        }
+        self.settle_static_sends();
         for c in &completions {
             let Some((op, key, gen24)) = unpack(c.user_data) else {
                 continue;
@@ -179,20 +188,23 @@ impl<I: Io> EventLoop<I> {
                     }
                 }
                 Op::MsgRing => self.on_msg_ring(key, gen24, c.result),
-                Op::PingResp => {
-                    if self.core.conn(key, gen24).is_some() {
-                        self.core.static_send_failed(key, c.result);
-                        if self.core.close_ready(key) {
-                            self.start_close(key);
-                        }
-                        self.try_release(key);
-                    }
-                }
+                // Handled above, before the others.
+                Op::PingResp => {}
                 Op::Shutdown | Op::Cancel => {}
             }
         }
         self.completions = completions;
         self.io.publish_buffers();
+    }
+
+    fn on_static_send_failed(&mut self, key: u32, gen24: u32, result: i32) {
+        if self.core.conn(key, gen24).is_some() {
+            self.core.static_send_failed(key, result);
+            if self.core.close_ready(key) {
+                self.start_close(key);
+            }
+            self.try_release(key);
+        }
     }
 
     fn on_accept(&mut self, c: &Completion, l: Listener) {
@@ -423,7 +435,8 @@ impl<I: Io> EventLoop<I> {
     /// Returns false once the shard has stopped (Shutdown, and every device
     /// gone or the grace ran out).
     pub fn turn(&mut self, stop: bool) -> bool {
-        self.tick();
+        // The clock was read after the last wait (one read per turn): what
+        // ran since (handlers, timers, flush) takes microseconds.
         if stop && !self.core.is_shutting_down() {
             self.core.shutdown();
         }
@@ -455,7 +468,6 @@ impl<I: Io> EventLoop<I> {
         self.io.drain(&mut self.completions, limits::COMPLETIONS_PER_TURN_MAX);
         self.tick();
         self.handle_completions();
-        self.settle_static_sends();
         self.core.run_timers();
         self.flush();
         bump(&self.core.counters().loop_turns, 1);

@@ -183,6 +183,7 @@ pub fn start(
         let ready = ready_tx.clone();
         let pin = cfg.pin_cpus;
         let (recv_bufs, recv_buf_bytes) = (cfg.recv_bufs_per_shard, cfg.recv_buf_bytes);
+        let batch_wait_us = cfg.loop_batch_wait_us;
         let thread = std::thread::Builder::new()
             .name(format!("shard-{i}"))
             .spawn(move || {
@@ -212,7 +213,7 @@ pub fn start(
                                     ring_fd_of,
                                     env.epoch,
                                 )
-                                .map(|io| io.with_tls_listener(tls_listener))
+                                .map(|io| io.with_tls_listener(tls_listener).with_batch_wait_us(batch_wait_us))
                                 .map_err(|e| format!("provided buffer ring: {e}"))
                             });
                         match io {

@@ -130,12 +130,25 @@ impl Packets<'_> {
         self.conns.queue_packet(key, encode);
     }
 
+    /// The whole of a keep-alive: the per-second counter and the owed PINGRESP
+    /// (`receive` already stored the last activity).
+    fn on_pingreq(&mut self, key: u32, version: ProtocolVersion) {
+        let second = (self.ctx.now_ms / 1000) as u32;
+        self.ctx.counters.keepalive(second);
+        self.conns.owe_pingresp(key, version);
+    }
+
     fn handle_frame(&mut self, key: u32, frame: &[u8]) -> Flow {
         let Some(conn) = self.conns.get(key) else {
             return Flow::Stop;
         };
         let phase = conn.phase;
         let version = conn.version();
+        if frame == mqtt::PINGREQ && phase == Phase::Connected {
+            // The keep-alive, without the general decoder.
+            self.on_pingreq(key, version);
+            return Flow::Continue;
+        }
         let packet = match mqtt::decode_packet(frame, version) {
             Ok(p) => p,
             Err(e) => {
@@ -157,9 +170,7 @@ impl Packets<'_> {
         }
         match packet {
             Packet::PingReq => {
-                let second = (self.ctx.now_ms / 1000) as u32;
-                self.ctx.counters.keepalive(second);
-                self.conns.owe_pingresp(key, version);
+                self.on_pingreq(key, version);
                 Flow::Continue
             }
             Packet::PubAck(ack) => {

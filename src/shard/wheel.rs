@@ -170,6 +170,11 @@ impl TimerWheel {
     /// slots visited) plus cascading, which touches each timer at most `LEVELS` times in its life.
     pub fn advance(&mut self, now_ms: u64, max_expired: usize, expired: &mut Vec<u32>) -> usize {
         let now_ms = now_ms.max(self.elapsed_ms);
+        if self.armed_timers == 0 {
+            // Nothing can fire: skip the slot search (an idle wheel costs nothing per turn).
+            self.set_elapsed(now_ms);
+            return 0;
+        }
         let mut appended = 0;
         loop {
             let Some((slot, start_ms)) = self.next_event().filter(|&(_, start)| start <= now_ms) else {

@@ -42,6 +42,9 @@ const OWN_ACCEPT_TAG_MASK: u64 = 0xFF << 56;
 /// Single-shot accepts kept in flight per listener, each with its own
 /// peer-address slot (the slot index sits in the low byte of its user_data).
 const ACCEPT_SLOTS: usize = 16;
+/// A batching wait (`with_batch_wait_us`) returns early once this many
+/// completions are there: a quarter of what one turn handles.
+const BATCH_WANT_COMPLETIONS: usize = crate::limits::COMPLETIONS_PER_TURN_MAX / 4;
 /// Accepted descriptors whose peer address waits for the loop to take it, at
 /// most (the loop takes each in the turn it drains the accept; beyond this
 /// the waiting ones are stale and dropped).
@@ -49,7 +52,7 @@ const ACCEPTED_PEERS_WAITING_MAX: usize = 8_192;
 /// Room for one turn's accepts, allocated at start.
 const ACCEPTED_PEERS_PREALLOCATED: usize = 1_024;
 
-const _: () = assert!(ACCEPT_SLOTS > 0 && ACCEPT_SLOTS <= 256);
+const _: () = assert!(ACCEPT_SLOTS > 0 && ACCEPT_SLOTS <= 32);
 const _: () = assert!(ACCEPTED_PEERS_PREALLOCATED <= ACCEPTED_PEERS_WAITING_MAX);
 
 /// The loop's multishot accept on one listener, served by `ACCEPT_SLOTS`
@@ -73,8 +76,9 @@ struct AcceptSlots {
     addr_lens: Box<[libc::socklen_t; ACCEPT_SLOTS]>,
     /// Submitted and not completed.
     armed: [bool; ACCEPT_SLOTS],
-    /// Completed while the loop still wants connections: to submit again.
-    wanted: [bool; ACCEPT_SLOTS],
+    /// Bit i: slot i completed while the loop still wants connections, to
+    /// submit again (a mask, so "none wanted" costs one test per drain).
+    wanted: u32,
     /// Peers of accepted descriptors until the loop takes them
     /// (`ACCEPTED_PEERS_WAITING_MAX` at most).
     peers: HashMap<u32, IpAddr>,
@@ -90,7 +94,7 @@ impl AcceptSlots {
             addrs: Box::new(unsafe { std::mem::zeroed() }),
             addr_lens: Box::new([0; ACCEPT_SLOTS]),
             armed: [false; ACCEPT_SLOTS],
-            wanted: [false; ACCEPT_SLOTS],
+            wanted: 0,
             peers: HashMap::with_capacity(ACCEPTED_PEERS_PREALLOCATED),
         }
     }
@@ -99,7 +103,9 @@ impl AcceptSlots {
     fn arm(&mut self, user_data: u64) {
         self.user_data = Some(user_data);
         for i in 0..ACCEPT_SLOTS {
-            self.wanted[i] |= !self.armed[i];
+            if !self.armed[i] {
+                self.wanted |= 1 << i;
+            }
         }
     }
 
@@ -110,8 +116,11 @@ impl AcceptSlots {
     /// Takes the next wanted slot: the accept to submit for it (the slot
     /// counts as armed from here).
     fn next_entry(&mut self, fixed_files: bool) -> Option<squeue::Entry> {
-        let i = (0..ACCEPT_SLOTS).find(|&i| self.wanted[i])?;
-        self.wanted[i] = false;
+        if self.wanted == 0 {
+            return None;
+        }
+        let i = self.wanted.trailing_zeros() as usize;
+        self.wanted &= !(1 << i);
         self.armed[i] = true;
         self.addr_lens[i] = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         let addr = std::ptr::from_mut(&mut self.addrs[i]).cast::<libc::sockaddr>();
@@ -151,9 +160,13 @@ impl AcceptSlots {
                     self.peers.remove(&io);
                 }
             }
-            self.wanted[i] = self.user_data.is_some();
+            if self.user_data.is_some() {
+                self.wanted |= 1 << i;
+            } else {
+                self.wanted &= !(1 << i);
+            }
         }
-        let live = self.armed.iter().chain(&self.wanted).any(|&a| a);
+        let live = self.wanted != 0 || self.armed.iter().any(|&a| a);
         Some(Completion {
             user_data: self.user_data?,
             result: c.result,
@@ -210,6 +223,8 @@ pub struct UringIo {
     static_settled: u64,
     /// (static sends issued, CQEs to consume): when those sends settle.
     static_mark: Option<(u64, u64)>,
+    /// See `with_batch_wait_us`.
+    batch_wait_us: u32,
 }
 
 impl UringIo {
@@ -246,7 +261,19 @@ impl UringIo {
             static_sent: 0,
             static_settled: 0,
             static_mark: None,
+            batch_wait_us: 0,
         })
+    }
+
+    /// Batches completions: a wait that has one keeps waiting up to
+    /// `batch_wait_us` for more (0, or a kernel without min_wait: off).
+    pub fn with_batch_wait_us(mut self, batch_wait_us: u32) -> UringIo {
+        self.batch_wait_us = if self.ring.params().is_feature_min_timeout() {
+            batch_wait_us
+        } else {
+            0
+        };
+        self
     }
 
     /// Adds the MQTT-over-TLS listener (accepts on it are `Listener::MqttTls`).
@@ -594,7 +621,14 @@ impl Io for UringIo {
     fn wait(&mut self, timeout_ms: u64) {
         let ts = types::Timespec::from(Duration::from_millis(timeout_ms));
         let args = types::SubmitArgs::new().timespec(&ts);
-        let entered = self.ring.submitter().submit_with_args(1, &args);
+        // With min_wait the kernel returns after batch_wait_us once any
+        // completion is there (or when `want` arrived, or at the timeout).
+        let (want, args) = match self.batch_wait_us {
+            0 => (1, args),
+            us if timeout_ms * 1000 > us as u64 => (BATCH_WANT_COMPLETIONS, args.min_wait_usec(us)),
+            _ => (1, args),
+        };
+        let entered = self.ring.submitter().submit_with_args(want, &args);
         self.mark_static_sends();
         match entered {
             Ok(_) => {}
