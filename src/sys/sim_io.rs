@@ -317,6 +317,33 @@ impl SimIo {
         }
     }
 
+    /// A send reaching the device's socket: the bytes taken (a short send,
+    /// by fault, takes `short_min` or more), a negated errno, or None for a
+    /// descriptor this table does not hold (counted as a bad use).
+    fn device_send(&mut self, net: &mut SimNet, io: u32, bytes: &[u8], short_min: usize) -> Option<i32> {
+        let Some(sock) = net.tables[self.shard as usize].get(io) else {
+            net.bad_descriptor_uses += 1;
+            return None;
+        };
+        let short = bytes.len() > 1 && net.fault(|f| f.short_send_permille);
+        let n = if short {
+            short_min + net.rng.below((bytes.len() - short_min) as u64) as usize
+        } else {
+            bytes.len()
+        };
+        let s = &mut net.sockets[sock];
+        Some(if s.reset {
+            -libc::ECONNRESET
+        } else if s.server_shut {
+            -libc::EPIPE
+        } else if n == 0 {
+            -libc::EAGAIN
+        } else {
+            s.to_device.extend_from_slice(&bytes[..n]);
+            n as i32
+        })
+    }
+
     fn process(&mut self, net: &mut SimNet, sub: Sub) {
         let shard = self.shard as usize;
         match sub {
@@ -330,51 +357,15 @@ impl SimIo {
                 }
             },
             Sub::Send(ud, io, bytes) => {
-                let Some(sock) = net.tables[shard].get(io) else {
-                    net.bad_descriptor_uses += 1;
-                    return self.complete(net, ud, -libc::EBADF, 0);
-                };
-                let short = bytes.len() > 1 && net.fault(|f| f.short_send_permille);
-                let n = if short {
-                    1 + net.rng.below(bytes.len() as u64 - 1) as usize
-                } else {
-                    bytes.len()
-                };
-                let s = &mut net.sockets[sock];
-                let result = if s.reset {
-                    -libc::ECONNRESET
-                } else if s.server_shut {
-                    -libc::EPIPE
-                } else {
-                    s.to_device.extend_from_slice(&bytes[..n]);
-                    n as i32
-                };
+                // A short send takes at least one byte.
+                let result = self.device_send(net, io, &bytes, 1).unwrap_or(-libc::EBADF);
                 self.complete(net, ud, result, 0);
             }
             Sub::SendStatic(ud, io, bytes) => {
-                let Some(sock) = net.tables[shard].get(io) else {
-                    net.bad_descriptor_uses += 1;
-                    return self.complete(net, ud, -libc::EBADF, 0);
-                };
-                let short = bytes.len() > 1 && net.fault(|f| f.short_send_permille);
-                let n = if short {
-                    net.rng.below(bytes.len() as u64) as usize
-                } else {
-                    bytes.len()
-                };
-                let s = &mut net.sockets[sock];
-                let result = if s.reset {
-                    -libc::ECONNRESET
-                } else if s.server_shut {
-                    -libc::EPIPE
-                } else if n == 0 {
-                    // The kernel's MSG_DONTWAIT answer to a full socket buffer.
-                    -libc::EAGAIN
-                } else {
-                    s.to_device.extend_from_slice(&bytes[..n]);
-                    n as i32
-                };
+                // A short one may take nothing: MSG_DONTWAIT's -EAGAIN.
+                // Every one counts, whatever became of it (the loop counts its calls).
                 self.static_issued += 1;
+                let result = self.device_send(net, io, bytes, 0).unwrap_or(-libc::EBADF);
                 if result != bytes.len() as i32 {
                     self.static_unsettled.insert(ud, self.static_issued);
                     self.complete(net, ud, result, 0);
