@@ -47,6 +47,9 @@ use crate::sys;
 use env::{BackendInUse, ShardEnv};
 use peers::ShardHandle;
 
+// A batching wait returns before more completions wait than one turn drains.
+const _: () = assert!(sys::uring_io::BATCH_WANT_COMPLETIONS <= limits::COMPLETIONS_PER_TURN_MAX);
+
 /// Fixed-file slots kept free beyond a shard's connection capacity.
 const FIXED_FILES_SPARE: u32 = 64;
 /// The kernel's limit on one ring's fixed-file table.

@@ -43,8 +43,9 @@ const OWN_ACCEPT_TAG_MASK: u64 = 0xFF << 56;
 /// peer-address slot (the slot index sits in the low byte of its user_data).
 const ACCEPT_SLOTS: usize = 16;
 /// A batching wait (`with_batch_wait_us`) returns early once this many
-/// completions are there: a quarter of what one turn handles.
-const BATCH_WANT_COMPLETIONS: usize = crate::limits::COMPLETIONS_PER_TURN_MAX / 4;
+/// completions are there (a quarter of what one turn handles: the shard
+/// asserts it against `limits::COMPLETIONS_PER_TURN_MAX`).
+pub const BATCH_WANT_COMPLETIONS: usize = 1024;
 /// Accepted descriptors whose peer address waits for the loop to take it, at
 /// most (the loop takes each in the turn it drains the accept; beyond this
 /// the waiting ones are stale and dropped).
