@@ -178,7 +178,7 @@ impl Connections {
         }
     }
 
-    /// The static send has been issued (`Io::static_sends_issued`): other
+    /// The static send has settled (`Io::static_sends_settled`): other
     /// sends may follow. Marks the connection dirty if output waits.
     pub fn static_send_issued(&mut self, key: u32) {
         let Some(conn) = self.slab.get_mut(key as usize) else {
@@ -192,7 +192,7 @@ impl Connections {
 
     /// The static send took only `taken_bytes`: the rest goes out first, before
     /// anything queued since (no other send started meanwhile: the static one
-    /// counted as in flight until issued).
+    /// counted as in flight until settled).
     pub fn static_send_short(&mut self, key: u32, taken_bytes: usize) {
         let Some(conn) = self.slab.get_mut(key as usize) else {
             return;
