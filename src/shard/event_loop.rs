@@ -56,6 +56,12 @@ pub struct EventLoop<I: Io> {
     static_pending: VecDeque<(u32, u32)>,
     /// Static sends settled so far (`Io::static_sends_settled` counts alike).
     static_settled: u64,
+    /// Since the last wait: PINGRESPs sent from the static buffer, and whether
+    /// anything else happened (another send, a close, an accept, a mailbox
+    /// wake-up, a send completion). Only keep-alives alone let the next wait
+    /// batch (`Io::wait`).
+    turn_static_sends: u32,
+    turn_other_work: bool,
 }
 
 impl<I: Io> EventLoop<I> {
@@ -73,6 +79,8 @@ impl<I: Io> EventLoop<I> {
             keys: Vec::with_capacity(KEYS_PER_FLUSH_PREALLOCATED),
             static_pending: VecDeque::with_capacity(KEYS_PER_FLUSH_PREALLOCATED),
             static_settled: 0,
+            turn_static_sends: 0,
+            turn_other_work: false,
         }
     }
 
@@ -117,10 +125,12 @@ impl<I: Io> EventLoop<I> {
                 // answered without touching the connection's buffers.
                 self.io.send_static(pack(Op::PingResp, key, generation), io, bytes);
                 self.static_pending.push_back((key, generation & GENERATION_MASK));
+                self.turn_static_sends += 1;
                 return;
             }
         }
         let Some(bytes) = self.core.next_send(key) else { return };
+        self.turn_other_work = true;
         // SAFETY: `bytes` is the connection's `Active::sending`, which `Core`
         // never touches while IO_SEND_IN_FLIGHT is set (`next_send` just set
         // it; only `send_done` / `send_stopped`, called from this send's
@@ -135,6 +145,7 @@ impl<I: Io> EventLoop<I> {
             return;
         }
         conn.io_flags |= IO_CLOSE_SUBMITTED;
+        self.turn_other_work = true;
         let (io, generation) = (conn.io, conn.generation);
         self.io.close(
             pack(Op::Shutdown, key, generation),
@@ -170,6 +181,9 @@ impl<I: Io> EventLoop<I> {
             let Some((op, key, gen24)) = unpack(c.user_data) else {
                 continue;
             };
+            if !matches!(op, Op::Recv | Op::PingResp | Op::Shutdown) {
+                self.turn_other_work = true;
+            }
             match op {
                 Op::Accept => {
                     if let Some(l) = Listener::from_key(key) {
@@ -463,7 +477,10 @@ impl<I: Io> EventLoop<I> {
         } else {
             self.core.sleep_ms()
         };
-        self.io.wait(timeout_ms);
+        let keepalives_only = self.turn_static_sends > 0 && !self.turn_other_work;
+        self.turn_static_sends = 0;
+        self.turn_other_work = false;
+        self.io.wait(timeout_ms, keepalives_only);
         self.completions.clear();
         self.io.drain(&mut self.completions, limits::COMPLETIONS_PER_TURN_MAX);
         self.tick();

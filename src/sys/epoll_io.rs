@@ -398,7 +398,7 @@ impl Io for EpollIo {
         }
     }
 
-    fn wait(&mut self, timeout_ms: u64) {
+    fn wait(&mut self, timeout_ms: u64, _keepalives_only: bool) {
         let timeout_ms = if self.ready.is_empty() && self.read_again.is_empty() {
             timeout_ms
         } else {

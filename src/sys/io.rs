@@ -185,6 +185,9 @@ pub trait Io {
     fn publish_buffers(&mut self);
 
     /// Hands queued submissions to the device and waits until a completion
-    /// is ready or `timeout_ms` passed.
-    fn wait(&mut self, timeout_ms: u64);
+    /// is ready or `timeout_ms` passed. `keepalives_only`: the last turn did
+    /// nothing but answer keep-alives, so a backend that can batch (io_uring's
+    /// min_wait) may hold a first completion back for up to its batch window
+    /// to take more with it; others ignore it.
+    fn wait(&mut self, timeout_ms: u64, keepalives_only: bool);
 }

@@ -625,7 +625,7 @@ impl Io for SimIo {
         self.free_buffers.append(&mut self.returned);
     }
 
-    fn wait(&mut self, _timeout_ms: u64) {
+    fn wait(&mut self, _timeout_ms: u64, _keepalives_only: bool) {
         // The driver moves the virtual clock; a wait is one kernel step.
         let busy = {
             let mut net = self.net.borrow_mut();

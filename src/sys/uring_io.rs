@@ -266,8 +266,11 @@ impl UringIo {
         })
     }
 
-    /// Batches completions: a wait that has one keeps waiting up to
-    /// `batch_wait_us` for more (0, or a kernel without min_wait: off).
+    /// Batches completions after a turn that only answered keep-alives: a
+    /// wait that has one keeps waiting up to `batch_wait_us` for more (0, or a
+    /// kernel without min_wait: off). Any other work in a turn (a CONNECT, a
+    /// push, an accept, a close) makes the next wait return at its first
+    /// completion, so request/response traffic never waits for a batch.
     pub fn with_batch_wait_us(mut self, batch_wait_us: u32) -> UringIo {
         self.batch_wait_us = if self.ring.params().is_feature_min_timeout() {
             batch_wait_us
@@ -618,16 +621,21 @@ impl Io for UringIo {
         self.bufs.publish();
     }
 
-    /// Submits and waits for at least one completion or `timeout_ms`.
-    fn wait(&mut self, timeout_ms: u64) {
+    /// Submits and waits for at least one completion or `timeout_ms`; after a
+    /// keep-alive-only turn, batched (`with_batch_wait_us`).
+    fn wait(&mut self, timeout_ms: u64, keepalives_only: bool) {
         let ts = types::Timespec::from(Duration::from_millis(timeout_ms));
         let args = types::SubmitArgs::new().timespec(&ts);
         // With min_wait the kernel returns after batch_wait_us once any
         // completion is there (or when `want` arrived, or at the timeout).
         let (want, args) = match self.batch_wait_us {
+            _ if !keepalives_only => (1, args),
             0 => (1, args),
-            us if timeout_ms * 1000 > us as u64 => (BATCH_WANT_COMPLETIONS, args.min_wait_usec(us)),
-            _ => (1, args),
+            // A timer due sooner ends the window early: it must run then anyway.
+            us => {
+                let us = (us as u64).min(timeout_ms.saturating_mul(1000)) as u32;
+                (BATCH_WANT_COMPLETIONS, args.min_wait_usec(us))
+            }
         };
         let entered = self.ring.submitter().submit_with_args(want, &args);
         self.mark_static_sends();
