@@ -53,5 +53,5 @@ r=json.load(open(sys.argv[1]))
 print(f"loadgen: sent {r.get('pushes_sent')} accepted {r.get('pushes_accepted')} delivered {r.get('pushes_delivered')} http_errors {r.get('http_errors')}")
 PY
 echo "window: ${PUSH_S}s at ${RATE}/s = $PUSHES pushes; Ir $IR; Ir/push $((IR / PUSHES))"
-callgrind_annotate --inclusive=no "$OUT" 2>/dev/null | sed -n '/Ir/,$p' | head -40
+callgrind_annotate --inclusive=yes --threshold=100 "$OUT" 2>/dev/null | sed -n "/file:function/,\$p" | head -32 | cut -c1-200
 echo "profile: $OUT"
