@@ -131,7 +131,7 @@ def main(argv):
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="push-cpu-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    bins = ([("before", args.before_bin)] if args.before_bin else []) + [("after", args.bin)]
+    bins = [("before", args.before_bin), ("after", args.bin)] if args.before_bin else [("bin", args.bin)]
     rows = []
     try:
         for rate in args.rates.split(","):
