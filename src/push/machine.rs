@@ -429,7 +429,10 @@ impl Machine {
         bump(self.counters.terminal(state));
         self.release_payload(&mut t.msg, fx);
         fx.push(Effect::Persist { id });
-        self.queue_callback(&t.msg.sp, t.msg.callback_url.clone(), t.msg.status_json());
+        // Most pushes have no callback: their status body is never built.
+        if t.msg.callback_url.is_some() {
+            self.queue_callback(&t.msg.sp, t.msg.callback_url.clone(), t.msg.status_json());
+        }
         self.retain_completed(t.msg, fx);
     }
 
