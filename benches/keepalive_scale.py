@@ -105,7 +105,11 @@ def wait_connected(server, want, deadline_s, idle_started):
 
 def one_point(args, bins, workdir, binary, label, idle_n, shards):
     point = {"binary": label, "idle_connections": idle_n, "shards": shards}
-    srv = sbs.start_server("pulsegate", args, bins, workdir, args.active + idle_n, shards=shards, binary=binary)
+    # The gateway's own max_connections (1,000,000 by default) must not be what refuses devices.
+    srv_args = copy.copy(args)
+    if not any(a.startswith("--max-connections") for a in args.pulsegate_arg):
+        srv_args.pulsegate_arg = ["--max-connections", str(args.active + idle_n + 1000)] + args.pulsegate_arg
+    srv = sbs.start_server("pulsegate", srv_args, bins, workdir, args.active + idle_n, shards=shards, binary=binary)
     idle_started = None
     try:
         _, _, rss0 = proc_sample(srv.pid)
