@@ -96,7 +96,7 @@ def wait_connected(server, want, deadline_s, idle_started):
         if idle_started and idle_started["proc"].poll() is not None:
             sbs.log(f"  ! idle loadgen exited early ({idle_started['proc'].returncode}) at {n} connections")
             return False, time.monotonic() - t0
-        if n != last and n is not None:
+        if n is not None:
             last = n
         time.sleep(1.0)
     sbs.log(f"  ! only {last} of {want:,} idle connections after {deadline_s:.0f} s")
@@ -148,7 +148,6 @@ def one_point(args, bins, workdir, binary, label, idle_n, shards):
                                              "keepalives", "keepalives_per_s", "ping_rtt_p99_ms", "steady_s",
                                              "control_messages", "established")})
         point["active_exit_code"] = run.get("exit_code")
-        _, vcs_end, _ = proc_sample(srv.pid)
         point["connections_at_end"] = connections_gauge(srv.http_port)
         if m.get("cpu_s_per_million") is not None:
             sbs.log(f"  active: {m['cpu_s_per_million']:.2f} CPU s per 1M keep-alives (user "

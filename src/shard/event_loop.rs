@@ -56,11 +56,11 @@ pub struct EventLoop<I: Io> {
     static_pending: VecDeque<(u32, u32)>,
     /// Static sends settled so far (`Io::static_sends_settled` counts alike).
     static_settled: u64,
-    /// Since the last wait: PINGRESPs sent from the static buffer, and whether
-    /// anything else happened (another send, a close, an accept, a mailbox
-    /// wake-up, a send completion). Only keep-alives alone let the next wait
-    /// batch (`Io::wait`).
-    turn_static_sends: u32,
+    /// Since the last wait: whether a PINGRESP went out from the static
+    /// buffer, and whether anything else happened (another send, a close, an
+    /// accept, a mailbox wake-up, a send completion). Only keep-alives alone
+    /// let the next wait batch (`Io::wait`).
+    turn_answered_keepalive: bool,
     turn_other_work: bool,
 }
 
@@ -79,7 +79,7 @@ impl<I: Io> EventLoop<I> {
             keys: Vec::with_capacity(KEYS_PER_FLUSH_PREALLOCATED),
             static_pending: VecDeque::with_capacity(KEYS_PER_FLUSH_PREALLOCATED),
             static_settled: 0,
-            turn_static_sends: 0,
+            turn_answered_keepalive: false,
             turn_other_work: false,
         }
     }
@@ -125,7 +125,7 @@ impl<I: Io> EventLoop<I> {
                 // answered without touching the connection's buffers.
                 self.io.send_static(pack(Op::PingResp, key, generation), io, bytes);
                 self.static_pending.push_back((key, generation & GENERATION_MASK));
-                self.turn_static_sends += 1;
+                self.turn_answered_keepalive = true;
                 return;
             }
         }
@@ -477,8 +477,8 @@ impl<I: Io> EventLoop<I> {
         } else {
             self.core.sleep_ms()
         };
-        let keepalives_only = self.turn_static_sends > 0 && !self.turn_other_work;
-        self.turn_static_sends = 0;
+        let keepalives_only = self.turn_answered_keepalive && !self.turn_other_work;
+        self.turn_answered_keepalive = false;
         self.turn_other_work = false;
         self.io.wait(timeout_ms, keepalives_only);
         self.completions.clear();

@@ -270,7 +270,8 @@ impl UringIo {
     /// wait that has one keeps waiting up to `batch_wait_us` for more (0, or a
     /// kernel without min_wait: off). Any other work in a turn (a CONNECT, a
     /// push, an accept, a close) makes the next wait return at its first
-    /// completion, so request/response traffic never waits for a batch.
+    /// completion, so request/response traffic is held at most once, by at
+    /// most the window, after a keep-alive-only turn.
     pub fn with_batch_wait_us(mut self, batch_wait_us: u32) -> UringIo {
         self.batch_wait_us = if self.ring.params().is_feature_min_timeout() {
             batch_wait_us
@@ -629,13 +630,12 @@ impl Io for UringIo {
         // With min_wait the kernel returns after batch_wait_us once any
         // completion is there (or when `want` arrived, or at the timeout).
         let (want, args) = match self.batch_wait_us {
-            _ if !keepalives_only => (1, args),
-            0 => (1, args),
             // A timer due sooner ends the window early: it must run then anyway.
-            us => {
+            us if keepalives_only && us > 0 => {
                 let us = (us as u64).min(timeout_ms.saturating_mul(1000)) as u32;
                 (BATCH_WANT_COMPLETIONS, args.min_wait_usec(us))
             }
+            _ => (1, args),
         };
         let entered = self.ring.submitter().submit_with_args(want, &args);
         self.mark_static_sends();
