@@ -115,6 +115,13 @@ pub const PUSH_CALLBACK_REQUEUE_MS: u64 = 1_000;
 pub const PUSH_PERSIST_RETRY_MS_MIN: u64 = 100;
 pub const PUSH_PERSIST_RETRY_MS_MAX: u64 = 5_000;
 
+/// A change only a crash could lose without harm (an attempt started: recovery
+/// starts it again) is written this much later, and not at all if the message
+/// changes for good before then (a PUBACK within it costs one write, not two).
+pub const PUSH_PERSIST_LAZY_MS: u64 = 1_000;
+/// Lazy changes waiting at most; beyond it a change is written at once.
+pub const PUSH_PERSIST_LAZY_MAX: usize = 1 << 20;
+
 /// Store deletes (messages past their retention) waiting while the store
 /// fails; beyond it the oldest are dropped and counted (a stale record comes
 /// back at recovery as a finished message and is deleted again).

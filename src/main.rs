@@ -386,6 +386,7 @@ fn start_push_service(
         queue_ops_max: cfg.store_queue_ops_max,
         batch_ops_max: cfg.store_batch_ops_max,
         batch_wait_us: 0,
+        commit_interval_us: cfg.store_commit_interval_us,
         retry_ms_min: cfg.store_retry_ms_min,
         retry_ms_max: cfg.store_retry_ms_max,
         compact: CompactPolicy {

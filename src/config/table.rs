@@ -244,6 +244,12 @@ settings! {
     /// Store writes per group commit (at most store_queue_ops_max).
     store_batch_ops_max: usize, flag usize, via same,
         default 20_000, unit "ops", range int(1, limits::STORE_QUEUE_OPS_MAX_CEILING as u64);
+    /// Store commits (fsyncs) start at most this often: writes arriving sooner
+    /// after the last commit wait for the rest of the interval and share the
+    /// next one, so a push costs a fraction of an fsync under load while an
+    /// idle store commits at once (0 = commit as soon as the writer is free).
+    store_commit_interval_us: u64, flag u64, via same,
+        default 2_000, unit "us", range int(0, 1_000_000);
     // Store recovery and compaction (issue 14: a store that recovers, a file that shrinks).
     /// After a failed store write the gateway answers 503 and probes the store
     /// first after this long, doubling per failed probe (at most store_retry_ms_max).

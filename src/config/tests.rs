@@ -169,6 +169,7 @@ completed_retention_bytes_max = 3000000
 api_requests_queue_max = 1024
 store_queue_ops_max = 5000
 store_batch_ops_max = 500
+store_commit_interval_us = 500
 store_retry_ms_min = 20
 store_retry_ms_max = 2000
 store_compact_free_bytes_min = 1048576

@@ -51,6 +51,11 @@ pub enum Effect {
     Persist {
         id: u64,
     },
+    /// Write it too, but a crash may lose this change (recovery redoes it):
+    /// later, and not at all if a `Persist` of it comes first.
+    PersistSoon {
+        id: u64,
+    },
     /// Delete the message's record.
     Delete {
         id: u64,

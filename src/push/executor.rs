@@ -249,6 +249,7 @@ impl PushService {
             Effect::Schedule { id, generation, due_ms } => self.timers.schedule(id, generation, due_ms),
             Effect::CancelTimer { id } => self.timers.cancel(id),
             Effect::Persist { id } => self.persister.mark(id),
+            Effect::PersistSoon { id } => self.persister.mark_soon(id, now.mono_ms),
             Effect::Delete { id } => self.persister.forget(id),
             Effect::PayloadHeld { sp, len_bytes } => self.budget.charge(&sp, len_bytes),
             Effect::PayloadReleased {

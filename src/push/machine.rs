@@ -248,7 +248,10 @@ impl Machine {
         let mut tracked = Tracked::new(msg, plan, expires_mono_ms);
         fx.push(tracked.arm());
         self.pending.insert(id, tracked);
-        fx.push(Effect::Persist { id });
+        if recovered {
+            // Its open attempts were closed; a new message is on disk as it is.
+            fx.push(Effect::Persist { id });
+        }
         self.start_attempt(id, now, devices, fx);
     }
 
@@ -344,7 +347,8 @@ impl Machine {
         t.start(&config.name, now.unix_ms);
         bump(&self.counters.attempts);
         self.mechanisms[mechanism].stats.attempts += 1;
-        fx.push(Effect::Persist { id });
+        // A crash before this lands restarts the attempt (at least once).
+        fx.push(Effect::PersistSoon { id });
         self.set_next(id, Next::AttemptTimeout, now.mono_ms + timeout_ms, fx);
         Started::Yes
     }

@@ -181,7 +181,10 @@ fn an_online_device_gets_the_push_and_its_puback_delivers_it() {
     let d = delivers(&fx);
     assert_eq!(d.len(), 1);
     assert_eq!((d[0].0, d[0].1), (at(3), 1));
-    assert!(persisted(&fx, 1));
+    assert!(
+        !persisted(&fx, 1) && fx.contains(&Effect::PersistSoon { id: 1 }),
+        "the attempt's start is written lazily (a crash restarts it): {fx:?}"
+    );
     assert!(
         fx.iter()
             .any(|e| matches!(e, Effect::Schedule { id: 1, due_ms, .. } if *due_ms == ACK_TIMEOUT_MS)),

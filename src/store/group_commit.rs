@@ -22,6 +22,7 @@
 //! commits (a submission is atomic), retry a failed submission by itself, or
 //! commit anything while degraded (ops queued behind a failure fail too).
 
+use super::pacing::Pacer;
 use super::{CompactPolicy, Store, StoreError, StoreOp};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hdrhistogram::Histogram;
@@ -42,6 +43,9 @@ pub struct GroupCommitConfig {
     /// Linger after the first submission to grow the batch (0 = commit as
     /// soon as the writer is free; concurrency alone then forms the batches).
     pub batch_wait_us: u64,
+    /// Store commits start at most this often (0 = no bound), unless as many
+    /// submissions wait as a recent commit held (see `pacing`).
+    pub commit_interval_us: u64,
     /// First probe this long after a failure; doubles per failed probe...
     pub retry_ms_min: u64,
     /// ...up to this.
@@ -61,6 +65,7 @@ impl Default for GroupCommitConfig {
             queue_ops_max: 65_536,
             batch_ops_max: 4_096,
             batch_wait_us: 0,
+            commit_interval_us: 0,
             retry_ms_min: 100,
             retry_ms_max: 5_000,
             compact: CompactPolicy::default(),
@@ -422,6 +427,7 @@ impl Writer {
 
 fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>, cfg: GroupCommitConfig) {
     let linger = Duration::from_micros(cfg.batch_wait_us);
+    let mut pacer = Pacer::new(Duration::from_micros(cfg.commit_interval_us), Instant::now());
     let file_bytes = store.file_bytes().unwrap_or(0);
     shared
         .counters
@@ -458,7 +464,9 @@ fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>
                 }
             }
         };
-        let deadline = (!linger.is_zero()).then(|| Instant::now() + linger);
+        let now = Instant::now();
+        let lingered = (!linger.is_zero()).then(|| now + linger);
+        let deadline = lingered.max(pacer.deadline(now));
         let mut ops = first.ops;
         let mut replies: Vec<Reply> = first.reply.into_iter().collect();
         let mut submissions = 1u64;
@@ -466,6 +474,7 @@ fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>
             let next = match rx.try_recv() {
                 Ok(r) => r,
                 Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) if pacer.enough(submissions) => break,
                 Err(TryRecvError::Empty) => match deadline {
                     Some(d) => match rx.recv_deadline(d) {
                         Ok(r) => r,
@@ -490,6 +499,7 @@ fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>
             Ok(())
         } else {
             let t0 = Instant::now();
+            pacer.started(t0, submissions);
             let r = w.store.commit(&ops);
             let us = t0.elapsed().as_micros().min(u64::MAX as u128) as u64;
             let mut c = w.counters();

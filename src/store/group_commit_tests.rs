@@ -253,6 +253,70 @@ fn shutdown_flushes_async_and_linger_grows_batches() {
     assert!(store.commits.load(Ordering::SeqCst) < 20);
 }
 
+#[test]
+fn paced_commits_start_at_most_once_per_interval_and_gather_what_arrives() {
+    let interval = Duration::from_millis(100);
+    let store = CountingStore::new(Duration::ZERO);
+    let cfg = GroupCommitConfig {
+        commit_interval_us: interval.as_micros() as u64,
+        ..GroupCommitConfig::default()
+    };
+    let gc = GroupCommitter::start(store.clone(), cfg);
+    // Two commits in a row: the second cannot start before the interval since the first.
+    let t0 = Instant::now();
+    gc.commit(vec![put(0)]).expect("first");
+    gc.commit(vec![put(1)]).expect("second");
+    assert!(t0.elapsed() >= interval, "the second commit waited: {:?}", t0.elapsed());
+    assert_eq!(store.commits.load(Ordering::SeqCst), 2);
+    // An open stream (nobody waits for its answer) shares the paced commits.
+    for id in 2..200 {
+        gc.commit_async(vec![put(id)]).expect("async");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    gc.commit(Vec::new()).expect("barrier");
+    let commits = store.commits.load(Ordering::SeqCst) - 2;
+    let intervals = (t0.elapsed().as_micros() / interval.as_micros()) as u64;
+    assert!(
+        commits <= intervals + 1,
+        "{commits} commits in {intervals} intervals: each starts an interval after the last"
+    );
+    assert_eq!(store.len().expect("len"), 200, "every op landed");
+}
+
+#[test]
+fn a_pool_of_blocking_callers_does_not_wait_for_the_pacing_timer() {
+    // Four callers that each wait for their commit: once all four are back the
+    // commit starts, so 20 rounds take far less than 20 intervals.
+    let interval = Duration::from_millis(500);
+    let store = CountingStore::new(Duration::ZERO);
+    let cfg = GroupCommitConfig {
+        commit_interval_us: interval.as_micros() as u64,
+        ..GroupCommitConfig::default()
+    };
+    let gc = Arc::new(GroupCommitter::start(store.clone(), cfg));
+    let t0 = Instant::now();
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let gc = Arc::clone(&gc);
+            std::thread::spawn(move || {
+                for k in 0..20 {
+                    gc.commit(vec![put(w * 100 + k)]).expect("commit");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    assert!(
+        t0.elapsed() < 10 * interval,
+        "20 rounds of 4 blocking callers took {:?}: they waited for the timer",
+        t0.elapsed()
+    );
+    assert!(store.commits.load(Ordering::SeqCst) < 80, "the callers shared commits");
+    assert_eq!(store.len().expect("len"), 80);
+}
+
 fn failing_store(fail_at: u64) -> Arc<CountingStore> {
     Arc::new(CountingStore {
         inner: MemStore::new(),
@@ -269,6 +333,7 @@ const FAST_RETRY: GroupCommitConfig = GroupCommitConfig {
     queue_ops_max: 65_536,
     batch_ops_max: 4_096,
     batch_wait_us: 0,
+    commit_interval_us: 0,
     retry_ms_min: 5,
     retry_ms_max: 20,
     compact: CompactPolicy {

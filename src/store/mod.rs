@@ -38,6 +38,7 @@
 
 pub mod group_commit;
 pub mod mem_store;
+mod pacing;
 pub mod redb_store;
 
 pub use group_commit::{GroupCommitConfig, GroupCommitStats, GroupCommitter, Ticket};
