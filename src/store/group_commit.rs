@@ -23,9 +23,11 @@
 //! commit anything while degraded (ops queued behind a failure fail too).
 
 use super::pacing::Pacer;
+use super::queue::{Answer, Outcome, Queue, Slot, Taken};
 use super::{CompactPolicy, Store, StoreError, StoreOp};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use hdrhistogram::Histogram;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -97,7 +99,25 @@ pub struct GroupCommitStats {
     pub file_bytes: u64,
 }
 
-type Reply = Sender<Result<(), StoreError>>;
+/// Who hears about a submission's commit.
+enum Reply {
+    /// A caller blocked in `commit`.
+    Blocking(Answer),
+    /// A `Ticket` (polled, or selected on among channels).
+    Ticket(Sender<Outcome>),
+}
+
+impl Reply {
+    fn send(self, r: Outcome) {
+        match self {
+            Reply::Blocking(a) => a.send(r),
+            // The caller may have gone away; nothing to do then.
+            Reply::Ticket(t) => {
+                let _ = t.send(r);
+            }
+        }
+    }
+}
 
 struct Request {
     ops: Vec<StoreOp>,
@@ -126,7 +146,7 @@ impl Shared {
 }
 
 pub struct GroupCommitter {
-    tx: Option<Sender<Request>>,
+    queue: Arc<Queue<Request>>,
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     config: GroupCommitConfig,
@@ -148,7 +168,8 @@ impl GroupCommitter {
             config.retry_ms_min > 0 && config.retry_ms_min <= config.retry_ms_max,
             "retry_ms_min must be in 1..=retry_ms_max"
         );
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let queue = Arc::new(Queue::default());
+        let rx = Arc::clone(&queue);
         let failed_opens = u64::from(failure.is_some());
         let shared = Arc::new(Shared {
             queued_ops: AtomicUsize::new(0),
@@ -171,7 +192,7 @@ impl GroupCommitter {
             // Failing to spawn one thread at start-up is unrecoverable.
             .expect("spawn store writer thread");
         GroupCommitter {
-            tx: Some(tx),
+            queue,
             shared,
             writer: Some(writer),
             config,
@@ -181,10 +202,10 @@ impl GroupCommitter {
     /// Blocks until durable (or error). Err(Full) immediately if more than
     /// `queue_ops_max` ops wait.
     pub fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
-        let (reply, done) = crossbeam_channel::bounded(1);
-        self.submit_request(ops, Some(reply))?;
-        // Writer dropped the reply without answering => it died.
-        done.recv().unwrap_or(Err(StoreError::Closed))
+        let slot = Arc::new(Slot::default());
+        self.submit_request(ops, Some(Reply::Blocking(Answer::new(Arc::clone(&slot)))))?;
+        // A reply dropped unanswered (the writer died) answers Closed.
+        slot.wait()
     }
 
     /// Fire-and-forget variant for state updates whose durability nobody
@@ -199,7 +220,7 @@ impl GroupCommitter {
     /// (`Full` over the bound, the sticky failure after a failed commit).
     pub fn submit(&self, ops: Vec<StoreOp>) -> Result<Ticket, StoreError> {
         let (reply, done) = crossbeam_channel::bounded(1);
-        self.submit_request(ops, Some(reply))?;
+        self.submit_request(ops, Some(Reply::Ticket(reply)))?;
         Ok(Ticket { done })
     }
 
@@ -247,8 +268,7 @@ impl GroupCommitter {
                 (cur == 0 || cur.saturating_add(n) <= max).then_some(cur + n)
             })
             .map_err(|cur| StoreError::Full { queued_ops: cur })?;
-        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
-        if tx.send(Request { ops, reply }).is_err() {
+        if self.queue.push(Request { ops, reply }).is_err() {
             self.shared.queued_ops.fetch_sub(n, Ordering::AcqRel);
             return Err(StoreError::Closed);
         }
@@ -290,8 +310,8 @@ impl Ticket {
 
 impl Drop for GroupCommitter {
     fn drop(&mut self) {
-        // Disconnecting the channel lets the writer drain what is queued and exit.
-        drop(self.tx.take());
+        // Closing the queue lets the writer drain what is queued and exit.
+        self.queue.close();
         if let Some(w) = self.writer.take() {
             // A writer that panicked has already failed its waiters (Closed).
             let _ = w.join();
@@ -425,7 +445,16 @@ impl Writer {
     }
 }
 
-fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>, cfg: GroupCommitConfig) {
+/// Abandons the queue when dropped (the writer ended).
+struct Abandon(Arc<Queue<Request>>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+fn writer_loop(store: Arc<dyn Store>, rx: Arc<Queue<Request>>, shared: Arc<Shared>, cfg: GroupCommitConfig) {
     let linger = Duration::from_micros(cfg.batch_wait_us);
     let mut pacer = Pacer::new(Duration::from_micros(cfg.commit_interval_us), Instant::now());
     let file_bytes = store.file_bytes().unwrap_or(0);
@@ -447,46 +476,41 @@ fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>
         // Started degraded (the store did not open).
         w.fail(w.shared.failure(), 0);
     }
-    let mut carry: Option<Request> = None;
+    // Ends the queue with the writer, even by a panic: waiting callers hear `Closed`.
+    let _abandon = Abandon(Arc::clone(&rx));
+    // Taken from the queue, not committed yet, in submission order.
+    let mut carry: VecDeque<Request> = VecDeque::new();
     loop {
-        let first = match carry.take() {
-            Some(r) => r,
-            None => {
-                w.upkeep();
-                let next = match w.next_due() {
-                    Some(at) => rx.recv_deadline(at),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match next {
-                    Ok(r) => r,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return, // disconnected and drained
-                }
+        if carry.is_empty() {
+            w.upkeep();
+            match rx.take(1, w.next_due()) {
+                Taken::Closed => return, // closed and drained
+                Taken::Items(items) => carry = items,
             }
-        };
+            if carry.is_empty() {
+                continue; // upkeep is due
+            }
+        }
         let now = Instant::now();
         let lingered = (!linger.is_zero()).then(|| now + linger);
-        let deadline = lingered.max(pacer.deadline(now));
-        let mut ops = first.ops;
-        let mut replies: Vec<Reply> = first.reply.into_iter().collect();
-        let mut submissions = 1u64;
-        while ops.len() < cfg.batch_ops_max {
-            let next = match rx.try_recv() {
-                Ok(r) => r,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) if pacer.enough(submissions) => break,
-                Err(TryRecvError::Empty) => match deadline {
-                    Some(d) => match rx.recv_deadline(d) {
-                        Ok(r) => r,
-                        Err(_) => break,
-                    },
-                    None => break,
-                },
-            };
-            if ops.len() + next.ops.len() > cfg.batch_ops_max {
-                carry = Some(next);
+        let full = w.shared.queued_ops.load(Ordering::Acquire) >= cfg.batch_ops_max;
+        let more = match lingered.max(pacer.deadline(now)) {
+            // Sleeps until the deadline, or until as many wait as a recent commit held.
+            Some(until) if !full => rx.take(pacer.more_wanted(carry.len()), Some(until)),
+            _ => rx.take(0, None),
+        };
+        if let Taken::Items(items) = more {
+            carry.extend(items);
+        }
+        let mut ops = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut submissions = 0u64;
+        // Submissions are never split: one larger than the batch goes alone.
+        while let Some(next) = carry.front() {
+            if !ops.is_empty() && ops.len() + next.ops.len() > cfg.batch_ops_max {
                 break;
             }
+            let Some(next) = carry.pop_front() else { break };
             ops.extend(next.ops);
             replies.extend(next.reply);
             submissions += 1;
@@ -520,8 +544,7 @@ fn writer_loop(store: Arc<dyn Store>, rx: Receiver<Request>, shared: Arc<Shared>
         w.counters().stats.submissions += submissions;
         w.shared.queued_ops.fetch_sub(n, Ordering::AcqRel);
         for r in replies {
-            // The caller may have gone away; nothing to do then.
-            let _ = r.send(result.clone());
+            r.send(result.clone());
         }
     }
 }

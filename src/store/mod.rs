@@ -39,6 +39,7 @@
 pub mod group_commit;
 pub mod mem_store;
 mod pacing;
+mod queue;
 pub mod redb_store;
 
 pub use group_commit::{GroupCommitConfig, GroupCommitStats, GroupCommitter, Ticket};

@@ -48,12 +48,23 @@ impl Pacer {
         self.last_start.map(|at| at + self.interval).filter(|&at| at > now)
     }
 
-    /// `waiting` submissions are as many as a recent commit held: more are
-    /// unlikely before the deadline, so the commit starts now. A batch of one
-    /// never counts (it would pin the writer to one fsync per submission).
-    pub fn enough(&self, waiting: u64) -> bool {
-        let target = self.max_this.max(self.max_prev);
-        target >= 2 && waiting >= target
+    /// How many more submissions, beside the `waiting` ones, end the wait:
+    /// once as many wait as a recent commit held, more are unlikely before
+    /// the deadline and the commit starts now (0: now; usize::MAX: only the
+    /// deadline). A batch of one never counts: it would pin the writer to
+    /// one fsync per submission.
+    pub fn more_wanted(&self, waiting: usize) -> usize {
+        let target = self.max_this.max(self.max_prev) as usize;
+        if target < 2 {
+            usize::MAX
+        } else {
+            target.saturating_sub(waiting)
+        }
+    }
+
+    #[cfg(test)]
+    fn enough(&self, waiting: u64) -> bool {
+        self.more_wanted(waiting as usize) == 0
     }
 
     /// A commit of `submissions` starts at `at`.
