@@ -2,7 +2,8 @@
 //! limits them, reserves a request's payload in the byte budgets, makes
 //! accepted messages durable (group commit: the payload row once, then one
 //! small record per device) before answering 201, and forwards every call to
-//! the push service.
+//! the push service. The 201 comes from the store writer once the commit is
+//! durable (`submit_then`), so no handler thread waits for an fsync.
 //!
 //! Owns API keys and rate buckets. Must never track messages itself: the push
 //! service owns their state; this only asks it.
@@ -14,21 +15,22 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::api::{ApiError, Caller, Gateway};
+use crate::api::{ApiError, Caller, Gateway, SubmitReply};
 use crate::config::Config;
 use crate::coordinator::CoordinatorGauges;
 use crate::metrics::{self, MetricsSources};
 use crate::outbound::url_policy::UrlPolicy;
 use crate::push::PushIds;
 use crate::push::budget::{OverBudget, PayloadBudget};
+use crate::push::message::Message;
 use crate::push::service::ServiceCounters;
 use crate::push::service::{Request, ServiceError, unix_ms};
 use crate::push::submit::{self, SubmitError};
 use crate::push::{format_id, parse_id};
 use crate::registry::Registry;
 use crate::shard::admission::Admission;
-use crate::store::GroupCommitter;
 use crate::store::StoreOp;
+use crate::store::{GroupCommitter, StoreError};
 
 /// Longest an API thread waits for the push service to answer a query.
 const SERVICE_REPLY_TIMEOUT_MS: u64 = 5_000;
@@ -58,6 +60,39 @@ pub struct ServiceHandle {
     pub budget: Arc<PayloadBudget>,
     /// Where callbacks may go: checked (DNS and every address) at submission.
     pub url_policy: Arc<UrlPolicy>,
+}
+
+/// A request's messages, built, budgeted and rate-counted, waiting for the
+/// commit that makes them durable.
+struct Accepted {
+    messages: Vec<Message>,
+    multicast: bool,
+    sp: String,
+    payload_len_bytes: u64,
+    budget: Arc<PayloadBudget>,
+    counters: Arc<ServiceCounters>,
+    requests: crossbeam_channel::Sender<Request>,
+}
+
+impl Accepted {
+    /// The answer once the commit's `outcome` is known: 201's body, or 503
+    /// with the payload's budget given back (the batch is atomic: nothing was
+    /// kept, and the service never hears of it).
+    fn settle(self, outcome: Result<(), StoreError>) -> Result<serde_json::Value, ApiError> {
+        if let Err(e) = outcome {
+            self.budget.release(&self.sp, self.payload_len_bytes);
+            self.counters.store_errors_api.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::Unavailable(format!("store: {e}")));
+        }
+        let ids: Vec<String> = self.messages.iter().map(|m| format_id(m.id)).collect();
+        // Durable already: if the service is gone, recovery at the next start resumes them.
+        let _ = self.requests.send(Request::Submit(self.messages));
+        Ok(if self.multicast {
+            serde_json::json!({ "ids": ids })
+        } else {
+            serde_json::json!({ "id": ids[0] })
+        })
+    }
 }
 
 /// What the API front reads and asks, and nothing more.
@@ -218,6 +253,82 @@ impl ApiFront {
         })
     }
 
+    /// Everything `POST /v1/messages` does before its commit: the committer,
+    /// the ops that make the messages durable, and the messages.
+    fn accept(&self, caller: &Caller, body: &[u8]) -> Result<(Arc<GroupCommitter>, Vec<StoreOp>, Accepted), ApiError> {
+        Self::sp_only(caller)?;
+        let service = self.service()?;
+        let default_profile = self.by_name.get(&caller.sp).and_then(|s| s.default_profile.as_deref());
+        let cfg = &self.env.cfg;
+        let submit::Submission { messages, multicast } =
+            submit::build(body, &caller.sp, default_profile, cfg, &self.env.push_ids, unix_ms()).map_err(
+                |e| match e {
+                    SubmitError::Bad(m) => ApiError::BadRequest(m),
+                    SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
+                },
+            )?;
+        // One URL for the whole request: refused here with the reason, never dropped later.
+        if let Some(url) = messages.first().and_then(|m| m.callback_url.as_deref())
+            && let Err(why) = service.url_policy.check(url)
+        {
+            return Err(ApiError::BadRequest(format!("callback_url refused: {why}")));
+        }
+        // Held messages are evicted oldest-first to make room; in-flight ones are not.
+        let in_flight = service.counters.pending.load(Ordering::Relaxed)
+            - service
+                .counters
+                .queued
+                .load(Ordering::Relaxed)
+                .min(service.counters.pending.load(Ordering::Relaxed));
+        if in_flight + messages.len() as u64 > cfg.pending_messages_max as u64 {
+            return Err(ApiError::Overloaded { retry_after_s: 1 });
+        }
+        // A profile that does not queue needs the device online now (or another mechanism).
+        if cfg.mechanisms.is_empty() {
+            for m in messages.iter().filter(|m| !m.profile.queue_if_offline) {
+                if self.env.registry.lookup(&m.device).is_none() {
+                    return Err(ApiError::DeviceOffline(m.device.clone()));
+                }
+            }
+        }
+        // build() makes at least one message, all sharing one payload.
+        let Some(payload) = messages.first().map(|m| m.payload.clone()) else {
+            return Err(ApiError::BadRequest("no messages".into()));
+        };
+        self.reserve_payload(&caller.sp, payload.len_bytes)?;
+        let release = || service.budget.release(&caller.sp, payload.len_bytes);
+        if let Err(e) = self.take_tokens(&caller.sp, messages.len()) {
+            release();
+            return Err(e);
+        }
+        let mut ops = Vec::with_capacity(messages.len() + 1);
+        if let Some(id) = payload.stored_as {
+            ops.push(StoreOp::PutPayload {
+                id,
+                value: payload.bytes.to_vec(),
+            });
+        }
+        for m in &messages {
+            match serde_json::to_vec(m) {
+                Ok(value) => ops.push(StoreOp::Put { id: m.id, value }),
+                Err(e) => {
+                    release();
+                    return Err(ApiError::Unavailable(e.to_string()));
+                }
+            }
+        }
+        let accepted = Accepted {
+            messages,
+            multicast,
+            sp: caller.sp.clone(),
+            payload_len_bytes: payload.len_bytes,
+            budget: Arc::clone(&service.budget),
+            counters: Arc::clone(&service.counters),
+            requests: service.requests.clone(),
+        };
+        Ok((Arc::clone(&service.committer), ops, accepted))
+    }
+
     fn ask<T>(
         &self,
         make: impl FnOnce(crossbeam_channel::Sender<Result<T, ServiceError>>) -> Request,
@@ -280,83 +391,20 @@ impl Gateway for ApiFront {
         }
     }
 
+    // 201 means on disk: answered once the group commit holding the ops is durable.
     fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-        Self::sp_only(caller)?;
-        let service = self.service()?;
-        let default_profile = self.by_name.get(&caller.sp).and_then(|s| s.default_profile.as_deref());
-        let cfg = &self.env.cfg;
-        let submit::Submission { messages, multicast } =
-            submit::build(body, &caller.sp, default_profile, cfg, &self.env.push_ids, unix_ms()).map_err(
-                |e| match e {
-                    SubmitError::Bad(m) => ApiError::BadRequest(m),
-                    SubmitError::PayloadTooLarge { max_bytes } => ApiError::PayloadTooLarge { max_bytes },
-                },
-            )?;
-        // One URL for the whole request: refused here with the reason, never dropped later.
-        if let Some(url) = messages.first().and_then(|m| m.callback_url.as_deref())
-            && let Err(why) = service.url_policy.check(url)
-        {
-            return Err(ApiError::BadRequest(format!("callback_url refused: {why}")));
-        }
-        // Held messages are evicted oldest-first to make room; in-flight ones are not.
-        let in_flight = service.counters.pending.load(Ordering::Relaxed)
-            - service
-                .counters
-                .queued
-                .load(Ordering::Relaxed)
-                .min(service.counters.pending.load(Ordering::Relaxed));
-        if in_flight + messages.len() as u64 > cfg.pending_messages_max as u64 {
-            return Err(ApiError::Overloaded { retry_after_s: 1 });
-        }
-        // A profile that does not queue needs the device online now (or another mechanism).
-        if cfg.mechanisms.is_empty() {
-            for m in messages.iter().filter(|m| !m.profile.queue_if_offline) {
-                if self.env.registry.lookup(&m.device).is_none() {
-                    return Err(ApiError::DeviceOffline(m.device.clone()));
-                }
+        let (committer, ops, accepted) = self.accept(caller, body)?;
+        accepted.settle(committer.commit(ops))
+    }
+
+    fn submit_then(&self, caller: &Caller, body: &[u8], reply: SubmitReply) {
+        match self.accept(caller, body) {
+            Err(e) => reply.send(Err(e)),
+            // The store writer answers: no thread waits for the fsync.
+            Ok((committer, ops, accepted)) => {
+                committer.commit_then(ops, move |outcome| reply.send(accepted.settle(outcome)));
             }
         }
-        // build() makes at least one message, all sharing one payload.
-        let Some(payload) = messages.first().map(|m| m.payload.clone()) else {
-            return Err(ApiError::BadRequest("no messages".into()));
-        };
-        self.reserve_payload(&caller.sp, payload.len_bytes)?;
-        let release = || service.budget.release(&caller.sp, payload.len_bytes);
-        if let Err(e) = self.take_tokens(&caller.sp, messages.len()) {
-            release();
-            return Err(e);
-        }
-        let mut ops = Vec::with_capacity(messages.len() + 1);
-        if let Some(id) = payload.stored_as {
-            ops.push(StoreOp::PutPayload {
-                id,
-                value: payload.bytes.to_vec(),
-            });
-        }
-        for m in &messages {
-            match serde_json::to_vec(m) {
-                Ok(value) => ops.push(StoreOp::Put { id: m.id, value }),
-                Err(e) => {
-                    release();
-                    return Err(ApiError::Unavailable(e.to_string()));
-                }
-            }
-        }
-        // 201 means on disk: block until the group commit holding these is durable.
-        // On failure nothing was kept (the batch is atomic) and the service never heard of it.
-        if let Err(e) = service.committer.commit(ops) {
-            release();
-            service.counters.store_errors_api.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::Unavailable(format!("store: {e}")));
-        }
-        let ids: Vec<String> = messages.iter().map(|m| format_id(m.id)).collect();
-        // Durable already: if the service is gone, recovery at the next start resumes them.
-        let _ = service.requests.send(Request::Submit(messages));
-        Ok(if multicast {
-            serde_json::json!({ "ids": ids })
-        } else {
-            serde_json::json!({ "id": ids[0] })
-        })
     }
 
     fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {

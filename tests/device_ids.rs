@@ -40,7 +40,9 @@ fn the_api_refuses_bad_device_ids_with_400_and_the_reason() {
         .post_message(&serde_json::json!({"devices": ["tenant/device-1", "phone-42"], "payload": "x"}));
     assert_eq!(status, 201, "ordinary ids still pass: {reply}");
     assert_eq!(
-        gw.metric("pulsegate_messages_pending"),
+        // The service publishes the gauge at the end of its turn, just after the 201.
+        gw.wait_metric("pulsegate_messages_pending", std::time::Duration::from_secs(5), |v| v
+            == 2),
         2,
         "only the two good messages were taken"
     );

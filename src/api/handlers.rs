@@ -1,7 +1,9 @@
 //! The handler pool: a fixed number of threads that run `routes::handle` for complete
-//! requests (the gateway's methods block: a group-commit fsync, a service reply), fed by a
-//! bounded queue; each answer goes back to the event loop over a channel, then a
-//! `mio::Waker` wakes the loop.
+//! requests (the gateway's methods block: a service reply), fed by a bounded queue; each
+//! answer goes back to the event loop over a channel, then a `mio::Waker` wakes the loop.
+//! A push (`POST /v1/messages`) does not hold its thread through the group commit: the
+//! gateway answers through a `SubmitReply`, which the store writer calls once the commit
+//! is durable, with the same channel and waker.
 //!
 //! The job queue is a mutex and a condition variable, not a channel: an idle handler
 //! sleeps at once, where a blocking channel receive spins and calls `sched_yield`
@@ -12,6 +14,7 @@
 //! Must never: touch a socket, block the event loop (submission is `try_send`), or hold more
 //! jobs than `queue_max` plus one per thread.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
@@ -22,7 +25,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 
 use super::request::RequestHead;
 use super::response::Response;
-use super::{Gateway, routes};
+use super::{Gateway, SubmitReply, routes};
 
 /// One complete request for a handler thread.
 pub(super) struct Job {
@@ -124,7 +127,7 @@ impl Pool {
             let wake = Arc::clone(&wake);
             let spawned = thread::Builder::new()
                 .name(format!("api-handler-{i}"))
-                .spawn(move || serve(&queue, &done, &*gateway, &*wake));
+                .spawn(move || serve(&queue, &done, &*gateway, &wake));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -172,7 +175,7 @@ impl Pool {
     }
 }
 
-fn serve(jobs: &Jobs, done: &Sender<Done>, gateway: &dyn Gateway, wake: &dyn Fn()) {
+fn serve(jobs: &Jobs, done: &Sender<Done>, gateway: &dyn Gateway, wake: &Arc<dyn Fn() + Send + Sync>) {
     while let Some(job) = jobs.pop() {
         let Job {
             token,
@@ -180,9 +183,34 @@ fn serve(jobs: &Jobs, done: &Sender<Done>, gateway: &dyn Gateway, wake: &dyn Fn(
             head,
             body,
         } = job;
-        let response = panic::catch_unwind(AssertUnwindSafe(|| routes::handle(&head, &body, gateway)))
-            .unwrap_or_else(|_| Response::error(500, "internal_error", "request handler panicked").closing());
-        // The loop is gone only at shutdown: the answer has nobody to go to.
+        // A submit answers through its reply (maybe later, from the store
+        // writer once the commit is durable), never also from here.
+        let deferred = Cell::new(false);
+        let later = || {
+            deferred.set(true);
+            let (done, wake) = (done.clone(), Arc::clone(wake));
+            SubmitReply::new(move |result| {
+                let response = routes::submit_response(result);
+                // The loop is gone only at shutdown: the answer has nobody to go to.
+                if done
+                    .send(Done {
+                        token,
+                        conn_id,
+                        response,
+                    })
+                    .is_ok()
+                {
+                    wake();
+                }
+            })
+        };
+        let response = match panic::catch_unwind(AssertUnwindSafe(|| routes::handle(&head, &body, gateway, later))) {
+            Ok(Some(response)) => response,
+            Ok(None) => continue,
+            // A reply made before the panic answers for itself when dropped.
+            Err(_) if deferred.get() => continue,
+            Err(_) => Response::error(500, "internal_error", "request handler panicked").closing(),
+        };
         if done
             .send(Done {
                 token,

@@ -92,6 +92,42 @@ pub enum ApiError {
     Unavailable(String),
     /// 503 `shutting_down`.
     ShuttingDown,
+    /// 500 `internal_error`, and the connection closes (a handler panicked).
+    Internal(String),
+}
+
+/// Where a `POST /v1/messages` answer goes when the gateway gives it later
+/// (once its group commit is durable), from any thread. Called exactly once:
+/// dropped unanswered it answers 500 if a panic dropped it, else 503.
+pub struct SubmitReply {
+    send: Option<SubmitAnswer>,
+}
+
+type SubmitAnswer = Box<dyn FnOnce(Result<serde_json::Value, ApiError>) + Send>;
+
+impl SubmitReply {
+    pub fn new(send: impl FnOnce(Result<serde_json::Value, ApiError>) + Send + 'static) -> SubmitReply {
+        SubmitReply {
+            send: Some(Box::new(send)),
+        }
+    }
+
+    pub fn send(mut self, result: Result<serde_json::Value, ApiError>) {
+        if let Some(send) = self.send.take() {
+            send(result);
+        }
+    }
+}
+
+impl Drop for SubmitReply {
+    fn drop(&mut self) {
+        if let Some(send) = self.send.take() {
+            send(Err(match std::thread::panicking() {
+                true => ApiError::Internal("request handler panicked".into()),
+                false => ApiError::Unavailable("the request's answer was lost".into()),
+            }));
+        }
+    }
 }
 
 /// What the HTTP server needs from the rest of the gateway.
@@ -100,6 +136,11 @@ pub trait Gateway: Send + Sync + 'static {
     fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError>;
     /// `POST /v1/messages`: answers 201 with the returned body once durable.
     fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError>;
+    /// `POST /v1/messages` without holding the handler thread while the
+    /// commit is in flight: `reply` gets `submit`'s answer, now or later.
+    fn submit_then(&self, caller: &Caller, body: &[u8], reply: SubmitReply) {
+        reply.send(self.submit(caller, body));
+    }
     /// `GET /v1/messages/{id}`.
     fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError>;
     /// `PATCH /v1/messages/{id}`.

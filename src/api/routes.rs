@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::request::RequestHead;
 use super::response::{PROMETHEUS_TEXT, Response};
-use super::{ApiError, Gateway};
+use super::{ApiError, Gateway, SubmitReply};
 
 #[derive(Serialize)]
 struct Health {
@@ -19,20 +19,27 @@ struct Health {
     store_error: Option<String>,
 }
 
-/// The route table.
-pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> Response {
+/// The route table: the answer to `head`, or None when a `POST /v1/messages`
+/// went to the gateway with the `SubmitReply` from `later` (which answers,
+/// now or once the commit is durable).
+pub(super) fn handle(
+    head: &RequestHead,
+    body: &[u8],
+    gateway: &dyn Gateway,
+    later: impl FnOnce() -> SubmitReply,
+) -> Option<Response> {
     let path = head.path.as_str();
     let method = head.method.as_str();
     match (path, method) {
         ("/metrics", "GET") => {
-            return match gateway.authorize_metrics(head.authorization.as_deref()) {
+            return Some(match gateway.authorize_metrics(head.authorization.as_deref()) {
                 Ok(()) => Response::raw(200, PROMETHEUS_TEXT, gateway.metrics_text().into_bytes()),
                 Err(e) => api_error(e),
-            };
+            });
         }
         ("/healthz", "GET") => {
             // 503 while degraded, so a load balancer sends pushes elsewhere.
-            return match gateway.store_error() {
+            return Some(match gateway.store_error() {
                 None => Response::json(
                     200,
                     &Health {
@@ -47,9 +54,9 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
                         store_error: Some(e),
                     },
                 ),
-            };
+            });
         }
-        ("/metrics" | "/healthz", _) => return method_not_allowed("GET"),
+        ("/metrics" | "/healthz", _) => return Some(method_not_allowed("GET")),
         _ => {}
     }
     let route = if path == "/v1/messages" {
@@ -65,7 +72,7 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
         Route::Message(id)
     } else {
         let shown: String = path.chars().take(200).collect();
-        return Response::error(404, "not_found", format!("no route for {shown}"));
+        return Some(Response::error(404, "not_found", format!("no route for {shown}")));
     };
     let allowed = match route {
         Route::Messages => "POST",
@@ -74,22 +81,22 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
         Route::Message(_) => "GET, PATCH, DELETE",
     };
     if !allowed.split(", ").any(|m| m == method) {
-        return method_not_allowed(allowed);
+        return Some(method_not_allowed(allowed));
     }
     let caller = match gateway.authenticate(head.authorization.as_deref()) {
         Ok(c) => c,
-        Err(e) => return api_error(e),
+        Err(e) => return Some(api_error(e)),
     };
     let result = match (route, method) {
         (Route::Messages, _) => {
             if head.content_length.is_none() {
                 // A body sent without framing would be read as the next request: close.
-                return Response::error(411, "length_required", "POST requires a Content-Length header").closing();
+                return Some(
+                    Response::error(411, "length_required", "POST requires a Content-Length header").closing(),
+                );
             }
-            return match gateway.submit(&caller, body) {
-                Ok(v) => Response::json(201, &v),
-                Err(e) => api_error(e),
-            };
+            gateway.submit_then(&caller, body, later());
+            return None;
         }
         (Route::Mechanisms, _) => gateway.mechanisms(&caller),
         (Route::HeartbeatLimit, "GET") => gateway.heartbeat_limit(&caller, None),
@@ -98,8 +105,16 @@ pub(super) fn handle(head: &RequestHead, body: &[u8], gateway: &dyn Gateway) -> 
         (Route::Message(id), "PATCH") => gateway.update(&caller, id, body),
         (Route::Message(id), _) => gateway.cancel(&caller, id),
     };
-    match result {
+    Some(match result {
         Ok(v) => Response::json(200, &v),
+        Err(e) => api_error(e),
+    })
+}
+
+/// `POST /v1/messages`'s answer.
+pub(super) fn submit_response(result: Result<serde_json::Value, ApiError>) -> Response {
+    match result {
+        Ok(v) => Response::json(201, &v),
         Err(e) => api_error(e),
     }
 }
@@ -155,5 +170,6 @@ fn api_error(err: ApiError) -> Response {
         .with_header("Retry-After", retry_after_s.to_string()),
         ApiError::Unavailable(m) => Response::error(503, "unavailable", m),
         ApiError::ShuttingDown => Response::error(503, "shutting_down", "gateway is shutting down").closing(),
+        ApiError::Internal(m) => Response::error(500, "internal_error", m).closing(),
     }
 }

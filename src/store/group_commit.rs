@@ -105,6 +105,8 @@ enum Reply {
     Blocking(Answer),
     /// A `Ticket` (polled, or selected on among channels).
     Ticket(Sender<Outcome>),
+    /// `commit_then`'s continuation, run on the writer thread.
+    Then(Then),
 }
 
 impl Reply {
@@ -115,6 +117,30 @@ impl Reply {
             Reply::Ticket(t) => {
                 let _ = t.send(r);
             }
+            Reply::Then(t) => t.run(r),
+        }
+    }
+}
+
+type Continuation = Box<dyn FnOnce(Outcome) + Send>;
+
+/// A continuation that runs once: with the commit's outcome, or `Closed` if
+/// dropped unanswered (the writer ended). A panic in it is contained: the
+/// writer goes on committing.
+struct Then(Option<Continuation>);
+
+impl Then {
+    fn run(mut self, r: Outcome) {
+        if let Some(f) = self.0.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(r)));
+        }
+    }
+}
+
+impl Drop for Then {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(Err(StoreError::Closed))));
         }
     }
 }
@@ -203,16 +229,28 @@ impl GroupCommitter {
     /// `queue_ops_max` ops wait.
     pub fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
         let slot = Arc::new(Slot::default());
-        self.submit_request(ops, Some(Reply::Blocking(Answer::new(Arc::clone(&slot)))))?;
+        self.submit_request(ops, Some(Reply::Blocking(Answer::new(Arc::clone(&slot)))))
+            .map_err(|(e, _)| e)?;
         // A reply dropped unanswered (the writer died) answers Closed.
         slot.wait()
+    }
+
+    /// Non-blocking `commit`: `then` runs exactly once, with the outcome, on
+    /// the writer thread once the batch holding these ops is durable (or
+    /// failed), so it must be short and must not block; or at once, on this
+    /// thread, with the refusal (`Full`, the failure while degraded, `Closed`).
+    pub fn commit_then(&self, ops: Vec<StoreOp>, then: impl FnOnce(Outcome) + Send + 'static) {
+        let reply = Reply::Then(Then(Some(Box::new(then))));
+        if let Err((e, Some(reply))) = self.submit_request(ops, Some(reply)) {
+            reply.send(Err(e));
+        }
     }
 
     /// Fire-and-forget variant for state updates whose durability nobody
     /// waits on (still ordered after earlier submissions). A later store
     /// failure shows up in `stats().failed_commits` and fails later calls.
     pub fn commit_async(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
-        self.submit_request(ops, None)
+        self.submit_request(ops, None).map_err(|(e, _)| e)
     }
 
     /// Non-blocking submission: the returned `Ticket` says, when polled, whether
@@ -220,7 +258,8 @@ impl GroupCommitter {
     /// (`Full` over the bound, the sticky failure after a failed commit).
     pub fn submit(&self, ops: Vec<StoreOp>) -> Result<Ticket, StoreError> {
         let (reply, done) = crossbeam_channel::bounded(1);
-        self.submit_request(ops, Some(Reply::Ticket(reply)))?;
+        self.submit_request(ops, Some(Reply::Ticket(reply)))
+            .map_err(|(e, _)| e)?;
         Ok(Ticket { done })
     }
 
@@ -256,21 +295,26 @@ impl GroupCommitter {
         drop(self);
     }
 
-    fn submit_request(&self, ops: Vec<StoreOp>, reply: Option<Reply>) -> Result<(), StoreError> {
+    /// Queues a submission; a refusal gives its reply back unsent.
+    fn submit_request(&self, ops: Vec<StoreOp>, reply: Option<Reply>) -> Result<(), (StoreError, Option<Reply>)> {
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(self.shared.failure());
+            return Err((self.shared.failure(), reply));
         }
         let n = ops.len();
         let max = self.config.queue_ops_max;
-        self.shared
+        if let Some(cur) = self
+            .shared
             .queued_ops
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                 (cur == 0 || cur.saturating_add(n) <= max).then_some(cur + n)
             })
-            .map_err(|cur| StoreError::Full { queued_ops: cur })?;
-        if self.queue.push(Request { ops, reply }).is_err() {
+            .err()
+        {
+            return Err((StoreError::Full { queued_ops: cur }, reply));
+        }
+        if let Err(request) = self.queue.push(Request { ops, reply }) {
             self.shared.queued_ops.fetch_sub(n, Ordering::AcqRel);
-            return Err(StoreError::Closed);
+            return Err((StoreError::Closed, request.reply));
         }
         Ok(())
     }

@@ -441,3 +441,47 @@ fn tickets_resolve_without_blocking_and_a_passed_probe_ends_a_failure() {
     assert_eq!(settle(&t), Ok(()));
     assert_eq!(failing.load_all().expect("load").len(), 1);
 }
+
+#[test]
+fn commit_then_runs_once_after_the_commit_or_at_once_when_refused_and_survives_a_panic() {
+    let store = CountingStore::new(Duration::from_millis(1));
+    let gc = GroupCommitter::start(store.clone(), GroupCommitConfig::default());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let t = tx.clone();
+    let seen = Arc::clone(&store);
+    gc.commit_then(vec![put(1)], move |r| {
+        // Runs only once the op is in the store.
+        t.send((r, seen.len().expect("len"))).expect("send");
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).expect("ran"), (Ok(()), 1));
+    // A continuation that panics: the writer goes on committing.
+    gc.commit_then(vec![put(2)], |_| panic!("a broken continuation"));
+    gc.commit(vec![put(3)]).expect("the writer survived");
+    assert_eq!(store.len().expect("len"), 3);
+    drop(gc);
+    assert!(rx.try_recv().is_err(), "each continuation ran once");
+
+    // Refused at once (over the queue bound): it runs on the caller's thread with the error.
+    let gate = Arc::new(GateStore {
+        inner: MemStore::new(),
+        entered: AtomicU64::new(0),
+        open: Mutex::new(false),
+        cv: Condvar::new(),
+    });
+    let cfg = GroupCommitConfig {
+        queue_ops_max: 1,
+        ..GroupCommitConfig::default()
+    };
+    let gc = GroupCommitter::start(gate.clone(), cfg);
+    gc.commit_async(vec![put(0)]).expect("first");
+    let caller = std::thread::current().id();
+    gc.commit_then(vec![put(1)], move |r| {
+        tx.send((r, (std::thread::current().id() == caller) as u64))
+            .expect("send");
+    });
+    assert_eq!(
+        rx.try_recv().expect("ran at once"),
+        (Err(StoreError::Full { queued_ops: 1 }), 1)
+    );
+    gate.open();
+}
