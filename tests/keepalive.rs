@@ -201,12 +201,30 @@ both_backends!(
 /// PINGREQs sent one round trip at a time are held for the window (the batching is real),
 /// while SUBSCRIBEs one round trip at a time on the same shard are not (request/response
 /// traffic never waits for a batch, except the first request after a keep-alive-only turn).
+/// A shard batches only while it answers at least two keep-alives per window (over the last
+/// second), so four other devices keep pinging meanwhile: alone, sequential pings would
+/// turn batching off by their own slowness.
 #[test]
 fn batched_waits_follow_only_keepalive_turns() {
     const WINDOW_MS: u64 = 100;
     const ROUNDS: u32 = 20;
     let window_us = (WINDOW_MS * 1000).to_string();
     let gw = Gateway::start_with_shards("uring", 1, &["--loop-batch-wait-us", &window_us]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pingers: Vec<_> = (0..4)
+        .map(|i| {
+            let mut p = gw.connect_id(V311, &format!("batch-pinger-{i}"));
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    p.ping();
+                    assert_eq!(p.recv(WAIT), Ok(Rx::PingResp));
+                }
+            })
+        })
+        .collect();
+    // One second of their keep-alives: the shard's rate is measured per second.
+    std::thread::sleep(Duration::from_millis(1_500));
     let mut c = gw.connect_id(V311, "batch-window");
     let t0 = Instant::now();
     for _ in 0..ROUNDS {
@@ -214,6 +232,10 @@ fn batched_waits_follow_only_keepalive_turns() {
         assert_eq!(c.recv(WAIT), Ok(Rx::PingResp));
     }
     let pings_s = t0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pingers {
+        p.join().expect("pinger");
+    }
     let t0 = Instant::now();
     for i in 0..ROUNDS {
         let id = 1 + i as u16;

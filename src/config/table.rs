@@ -161,7 +161,8 @@ settings! {
     /// the next wait, so only the first packet after a keep-alive-only turn
     /// can be held, by at most this long. Measured at 4,000 keep-alives/s over
     /// two shards: 2000 cut wake-ups 1,810 -> 403 per second and CPU per
-    /// keep-alive by 28%; an idle shard still sleeps until its next timer.
+    /// keep-alive by 28%; an idle shard still sleeps until its next timer. A
+    /// shard answering fewer than two keep-alives per window does not batch.
     loop_batch_wait_us: u32, flag u32, via same,
         default 2000, unit "us", range int(0, 100_000);
     /// Pin shard threads to CPUs (round-robin).

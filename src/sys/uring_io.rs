@@ -46,6 +46,10 @@ const ACCEPT_SLOTS: usize = 16;
 /// completions are there (a quarter of what one turn handles: the shard
 /// asserts it against `limits::COMPLETIONS_PER_TURN_MAX`).
 pub const BATCH_WANT_COMPLETIONS: usize = 1024;
+/// A wait batches only if the shard answered at least this many keep-alives
+/// per batch window over the last second: a shard that sees fewer (many
+/// shards, a light load) would pay the window's timer and gather nothing.
+const BATCH_KEEPALIVES_PER_WINDOW_MIN: u64 = 2;
 /// Accepted descriptors whose peer address waits for the loop to take it, at
 /// most (the loop takes each in the turn it drains the accept; beyond this
 /// the waiting ones are stale and dropped).
@@ -226,6 +230,11 @@ pub struct UringIo {
     static_mark: Option<(u64, u64)>,
     /// See `with_batch_wait_us`.
     batch_wait_us: u32,
+    /// The keep-alive rate the batching decision uses: when the current
+    /// measurement began (ms) with `static_sent` then, and the last rate.
+    rate_since_ms: u64,
+    rate_sent_at_start: u64,
+    static_per_s: u64,
 }
 
 impl UringIo {
@@ -263,6 +272,9 @@ impl UringIo {
             static_settled: 0,
             static_mark: None,
             batch_wait_us: 0,
+            rate_since_ms: 0,
+            rate_sent_at_start: 0,
+            static_per_s: 0,
         })
     }
 
@@ -271,7 +283,9 @@ impl UringIo {
     /// kernel without min_wait: off). Any other work in a turn (a CONNECT, a
     /// push, an accept, a close) makes the next wait return at its first
     /// completion, so request/response traffic is held at most once, by at
-    /// most the window, after a keep-alive-only turn.
+    /// most the window, after a keep-alive-only turn. A shard answering fewer
+    /// than `BATCH_KEEPALIVES_PER_WINDOW_MIN` keep-alives per window (over the
+    /// last second) does not batch at all: it would gather nothing.
     pub fn with_batch_wait_us(mut self, batch_wait_us: u32) -> UringIo {
         self.batch_wait_us = if self.ring.params().is_feature_min_timeout() {
             batch_wait_us
@@ -416,6 +430,20 @@ fn translate(accepts: &mut [Option<AcceptSlots>], c: Completion) -> Option<Compl
         return Some(c);
     }
     accepts.iter_mut().flatten().find_map(|a| a.translate(c))
+}
+
+impl UringIo {
+    /// Whether the last second's keep-alives fill a batch window (re-measured each second).
+    fn keepalives_dense(&mut self) -> bool {
+        let now_ms = self.now_ms();
+        let span_ms = now_ms.saturating_sub(self.rate_since_ms);
+        if span_ms >= 1_000 {
+            self.static_per_s = (self.static_sent - self.rate_sent_at_start) * 1_000 / span_ms;
+            self.rate_since_ms = now_ms;
+            self.rate_sent_at_start = self.static_sent;
+        }
+        self.static_per_s * self.batch_wait_us as u64 >= BATCH_KEEPALIVES_PER_WINDOW_MIN * 1_000_000
+    }
 }
 
 impl Io for UringIo {
@@ -629,9 +657,10 @@ impl Io for UringIo {
         let args = types::SubmitArgs::new().timespec(&ts);
         // With min_wait the kernel returns after batch_wait_us once any
         // completion is there (or when `want` arrived, or at the timeout).
+        let dense = keepalives_only && self.batch_wait_us > 0 && self.keepalives_dense();
         let (want, args) = match self.batch_wait_us {
             // A timer due sooner ends the window early: it must run then anyway.
-            us if keepalives_only && us > 0 => {
+            us if dense => {
                 let us = (us as u64).min(timeout_ms.saturating_mul(1000)) as u32;
                 (BATCH_WANT_COMPLETIONS, args.min_wait_usec(us))
             }
