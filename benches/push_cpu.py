@@ -19,10 +19,6 @@ child is killed by pid at the end.
 
 import argparse
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +26,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import side_by_side as sbs  # noqa: E402  (free ports and child shutdown, shared)
+
 CHILDREN = []
 
 
@@ -37,27 +36,12 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kill(proc):
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+    sbs._kill_child(proc, "server", grace_s=10.0)
 
 
 def start_pulsegate(binary, workdir, extra):
-    mqtt_port, http_port = free_port(), free_port()
+    mqtt_port, http_port = sbs.free_port(), sbs.free_port()
     data_dir = workdir / f"data-{mqtt_port}"
     ready = workdir / f"ready-{mqtt_port}.json"
     log_path = workdir / f"pulsegate-{mqtt_port}.log"
