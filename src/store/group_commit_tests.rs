@@ -283,40 +283,6 @@ fn paced_commits_start_at_most_once_per_interval_and_gather_what_arrives() {
     assert_eq!(store.len().expect("len"), 200, "every op landed");
 }
 
-#[test]
-fn a_pool_of_blocking_callers_does_not_wait_for_the_pacing_timer() {
-    // Four callers that each wait for their commit: once all four are back the
-    // commit starts, so 20 rounds take far less than 20 intervals.
-    let interval = Duration::from_millis(500);
-    let store = CountingStore::new(Duration::ZERO);
-    let cfg = GroupCommitConfig {
-        commit_interval_us: interval.as_micros() as u64,
-        ..GroupCommitConfig::default()
-    };
-    let gc = Arc::new(GroupCommitter::start(store.clone(), cfg));
-    let t0 = Instant::now();
-    let writers: Vec<_> = (0..4u64)
-        .map(|w| {
-            let gc = Arc::clone(&gc);
-            std::thread::spawn(move || {
-                for k in 0..20 {
-                    gc.commit(vec![put(w * 100 + k)]).expect("commit");
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().expect("writer");
-    }
-    assert!(
-        t0.elapsed() < 10 * interval,
-        "20 rounds of 4 blocking callers took {:?}: they waited for the timer",
-        t0.elapsed()
-    );
-    assert!(store.commits.load(Ordering::SeqCst) < 80, "the callers shared commits");
-    assert_eq!(store.len().expect("len"), 80);
-}
-
 fn failing_store(fail_at: u64) -> Arc<CountingStore> {
     Arc::new(CountingStore {
         inner: MemStore::new(),
