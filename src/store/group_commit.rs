@@ -23,7 +23,7 @@
 //! commit anything while degraded (ops queued behind a failure fail too).
 
 use super::pacing::Pacer;
-use super::queue::{Answer, Outcome, Queue, Slot, Taken};
+use super::queue::{Outcome, Queue, Slot, Taken};
 use super::{CompactPolicy, Store, StoreError, StoreOp};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use hdrhistogram::Histogram;
@@ -101,18 +101,16 @@ pub struct GroupCommitStats {
 
 /// Who hears about a submission's commit.
 enum Reply {
-    /// A caller blocked in `commit`.
-    Blocking(Answer),
     /// A `Ticket` (polled, or selected on among channels).
     Ticket(Sender<Outcome>),
-    /// `commit_then`'s continuation, run on the writer thread.
+    /// `commit_then`'s continuation (a blocking `commit`'s is its slot's
+    /// `set`), run on the writer thread.
     Then(Then),
 }
 
 impl Reply {
     fn send(self, r: Outcome) {
         match self {
-            Reply::Blocking(a) => a.send(r),
             // The caller may have gone away; nothing to do then.
             Reply::Ticket(t) => {
                 let _ = t.send(r);
@@ -229,9 +227,9 @@ impl GroupCommitter {
     /// `queue_ops_max` ops wait.
     pub fn commit(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
         let slot = Arc::new(Slot::default());
-        self.submit_request(ops, Some(Reply::Blocking(Answer::new(Arc::clone(&slot)))))
-            .map_err(|(e, _)| e)?;
-        // A reply dropped unanswered (the writer died) answers Closed.
+        let answer = Arc::clone(&slot);
+        // Refused, answered, or dropped unanswered (the writer died: Closed): the slot hears.
+        self.commit_then(ops, move |r| answer.set(r));
         slot.wait()
     }
 

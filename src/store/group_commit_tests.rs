@@ -451,3 +451,10 @@ fn commit_then_runs_once_after_the_commit_or_at_once_when_refused_and_survives_a
     );
     gate.open();
 }
+
+#[test]
+fn a_continuation_dropped_unanswered_hears_closed() {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    drop(Then(Some(Box::new(move |r| tx.send(r).expect("send")))));
+    assert_eq!(rx.try_recv().expect("ran"), Err(StoreError::Closed));
+}

@@ -10,12 +10,11 @@
 //!
 //! Owns the queued requests, the closed flag and the writer's wake-up
 //! threshold. Must never hold its lock across a store call or a wake-up of
-//! anyone but the writer, and never leave a blocking caller without an
-//! answer: a reply dropped unanswered (the writer died, the queue closed)
-//! answers `Closed`.
+//! anyone but the writer. (That a caller always gets an answer, `Closed` if
+//! its request is dropped, is the committer's continuation's promise.)
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use super::StoreError;
@@ -31,7 +30,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Blocks until the answer is there (the writer, or the reply's drop, gives one).
+    /// Blocks until `set` gave the answer.
     pub fn wait(&self) -> Outcome {
         let mut o = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
@@ -42,34 +41,9 @@ impl Slot {
         }
     }
 
-    fn set(&self, r: Outcome) {
+    pub fn set(&self, r: Outcome) {
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
         self.ready.notify_one();
-    }
-}
-
-/// The writer's end of a `Slot`: answers once, `Closed` if dropped unanswered.
-pub struct Answer {
-    slot: Option<Arc<Slot>>,
-}
-
-impl Answer {
-    pub fn new(slot: Arc<Slot>) -> Answer {
-        Answer { slot: Some(slot) }
-    }
-
-    pub fn send(mut self, r: Outcome) {
-        if let Some(s) = self.slot.take() {
-            s.set(r);
-        }
-    }
-}
-
-impl Drop for Answer {
-    fn drop(&mut self) {
-        if let Some(s) = self.slot.take() {
-            s.set(Err(StoreError::Closed));
-        }
     }
 }
 
@@ -177,6 +151,7 @@ impl<T> Queue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     #[test]
@@ -212,16 +187,25 @@ mod tests {
         assert!(matches!(q.take(1, None), Taken::Closed));
     }
 
+    /// Answers `Closed` into its slot when dropped (as the committer's requests do).
+    struct ClosedOnDrop(Arc<Slot>);
+
+    impl Drop for ClosedOnDrop {
+        fn drop(&mut self) {
+            self.0.set(Err(StoreError::Closed));
+        }
+    }
+
     #[test]
-    fn an_unanswered_reply_answers_closed() {
+    fn abandon_drops_what_is_queued_and_a_slot_hands_over_its_answer() {
         let slot = Arc::new(Slot::default());
-        let answer = Answer::new(Arc::clone(&slot));
         let q = Queue::default();
-        q.push(answer).ok().expect("open");
+        q.push(ClosedOnDrop(Arc::clone(&slot))).ok().expect("open");
         q.abandon();
         assert_eq!(slot.wait(), Err(StoreError::Closed));
+        assert!(q.push(ClosedOnDrop(Arc::new(Slot::default()))).is_err(), "closed");
         let slot = Arc::new(Slot::default());
-        Answer::new(Arc::clone(&slot)).send(Ok(()));
+        slot.set(Ok(()));
         assert_eq!(slot.wait(), Ok(()));
     }
 }
