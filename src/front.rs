@@ -392,11 +392,6 @@ impl Gateway for ApiFront {
     }
 
     // 201 means on disk: answered once the group commit holding the ops is durable.
-    fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-        let (committer, ops, accepted) = self.accept(caller, body)?;
-        accepted.settle(committer.commit(ops))
-    }
-
     fn submit_then(&self, caller: &Caller, body: &[u8], reply: SubmitReply) {
         match self.accept(caller, body) {
             Err(e) => reply.send(Err(e)),

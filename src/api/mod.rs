@@ -134,13 +134,9 @@ impl Drop for SubmitReply {
 pub trait Gateway: Send + Sync + 'static {
     /// Maps the `Authorization` header to a caller.
     fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, ApiError>;
-    /// `POST /v1/messages`: answers 201 with the returned body once durable.
-    fn submit(&self, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError>;
-    /// `POST /v1/messages` without holding the handler thread while the
-    /// commit is in flight: `reply` gets `submit`'s answer, now or later.
-    fn submit_then(&self, caller: &Caller, body: &[u8], reply: SubmitReply) {
-        reply.send(self.submit(caller, body));
-    }
+    /// `POST /v1/messages`: `reply` gets 201's body once the messages are
+    /// durable, or the refusal, now or later (the handler thread does not wait).
+    fn submit_then(&self, caller: &Caller, body: &[u8], reply: SubmitReply);
     /// `GET /v1/messages/{id}`.
     fn status(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError>;
     /// `PATCH /v1/messages/{id}`.

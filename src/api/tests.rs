@@ -20,7 +20,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::{Value, json};
 
-use super::{ApiError, Caller, Gateway, HttpConfig, HttpCounters, HttpServer};
+use super::{ApiError, Caller, Gateway, HttpConfig, HttpCounters, HttpServer, SubmitReply};
 use crate::tls::ServerTls;
 use crate::tls::test_pki::TestPki;
 
@@ -135,8 +135,8 @@ impl Gateway for FakeGateway {
         lock(&self.auth).clone()
     }
 
-    fn submit(&self, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
-        self.answer("submit", caller, None, body)
+    fn submit_then(&self, caller: &Caller, body: &[u8], reply: SubmitReply) {
+        reply.send(self.answer("submit", caller, None, body));
     }
 
     fn status(&self, caller: &Caller, id: &str) -> Result<Value, ApiError> {
