@@ -175,6 +175,16 @@ impl Pool {
     }
 }
 
+/// Hands `answer` to the loop and wakes it; false once the loop is gone
+/// (only at shutdown: the answer has nobody to go to).
+fn answer(done: &Sender<Done>, wake: &dyn Fn(), answer: Done) -> bool {
+    let sent = done.send(answer).is_ok();
+    if sent {
+        wake();
+    }
+    sent
+}
+
 fn serve(jobs: &Jobs, done: &Sender<Done>, gateway: &dyn Gateway, wake: &Arc<dyn Fn() + Send + Sync>) {
     while let Some(job) = jobs.pop() {
         let Job {
@@ -191,17 +201,15 @@ fn serve(jobs: &Jobs, done: &Sender<Done>, gateway: &dyn Gateway, wake: &Arc<dyn
             let (done, wake) = (done.clone(), Arc::clone(wake));
             SubmitReply::new(move |result| {
                 let response = routes::submit_response(result);
-                // The loop is gone only at shutdown: the answer has nobody to go to.
-                if done
-                    .send(Done {
+                answer(
+                    &done,
+                    &*wake,
+                    Done {
                         token,
                         conn_id,
                         response,
-                    })
-                    .is_ok()
-                {
-                    wake();
-                }
+                    },
+                );
             })
         };
         let response = match panic::catch_unwind(AssertUnwindSafe(|| routes::handle(&head, &body, gateway, later))) {
@@ -211,16 +219,16 @@ fn serve(jobs: &Jobs, done: &Sender<Done>, gateway: &dyn Gateway, wake: &Arc<dyn
             Err(_) if deferred.get() => continue,
             Err(_) => Response::error(500, "internal_error", "request handler panicked").closing(),
         };
-        if done
-            .send(Done {
+        if !answer(
+            done,
+            &**wake,
+            Done {
                 token,
                 conn_id,
                 response,
-            })
-            .is_err()
-        {
+            },
+        ) {
             return;
         }
-        wake();
     }
 }
