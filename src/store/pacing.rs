@@ -8,7 +8,8 @@
 //! waits for its 201) cannot send their next push until it lands, so once as
 //! many submissions wait as the busiest commit of the last one to two
 //! seconds held, the commit starts at once. A fixed pool of such callers thus
-//! never waits for the timer, while an open stream still shares fsyncs.
+//! waits for the timer only when it shrinks or falls out of step (until the
+//! busier size is forgotten), while an open stream still shares fsyncs.
 //!
 //! Owns the interval, the last commit's start and the recent batch sizes.
 //! Must never delay a commit by more than the interval, nor hold anything

@@ -433,7 +433,8 @@ fn translate(accepts: &mut [Option<AcceptSlots>], c: Completion) -> Option<Compl
 }
 
 impl UringIo {
-    /// Whether the last second's keep-alives fill a batch window (re-measured each second).
+    /// Whether the keep-alive rate fills a batch window, measured over spans of
+    /// at least a second (from one keep-alive-only wait to a later one).
     fn keepalives_dense(&mut self) -> bool {
         let now_ms = self.now_ms();
         let span_ms = now_ms.saturating_sub(self.rate_since_ms);
