@@ -73,6 +73,16 @@ struct GateStore {
 }
 
 impl GateStore {
+    /// Commits block until `open`.
+    fn closed() -> Arc<GateStore> {
+        Arc::new(GateStore {
+            inner: MemStore::new(),
+            entered: AtomicU64::new(0),
+            open: Mutex::new(false),
+            cv: Condvar::new(),
+        })
+    }
+
     fn open(&self) {
         *self.open.lock().expect("gate lock") = true;
         self.cv.notify_all();
@@ -187,12 +197,7 @@ fn ops_apply_in_submission_order() {
 
 #[test]
 fn full_when_queue_bound_hit() {
-    let store = Arc::new(GateStore {
-        inner: MemStore::new(),
-        entered: AtomicU64::new(0),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    });
+    let store = GateStore::closed();
     let cfg = GroupCommitConfig {
         queue_ops_max: 10,
         batch_ops_max: 100,
@@ -378,12 +383,7 @@ fn settle(t: &Ticket) -> Result<(), StoreError> {
 
 #[test]
 fn tickets_resolve_without_blocking_and_a_passed_probe_ends_a_failure() {
-    let store = Arc::new(GateStore {
-        inner: MemStore::new(),
-        entered: AtomicU64::new(0),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    });
+    let store = GateStore::closed();
     let gc = GroupCommitter::start(store.clone(), GroupCommitConfig::default());
     let t = gc.submit(vec![put(1)]).expect("taken");
     while store.entered.load(Ordering::SeqCst) == 0 {
@@ -428,12 +428,7 @@ fn commit_then_runs_once_after_the_commit_or_at_once_when_refused_and_survives_a
     assert!(rx.try_recv().is_err(), "each continuation ran once");
 
     // Refused at once (over the queue bound): it runs on the caller's thread with the error.
-    let gate = Arc::new(GateStore {
-        inner: MemStore::new(),
-        entered: AtomicU64::new(0),
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    });
+    let gate = GateStore::closed();
     let cfg = GroupCommitConfig {
         queue_ops_max: 1,
         ..GroupCommitConfig::default()
